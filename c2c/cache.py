@@ -1,0 +1,56 @@
+"""The one place that reads and writes per-layer keys/values of ``transformers`` Cache objects.
+
+Tensors are (B, H, N, d) everywhere, as the Cache API stores them.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+KV = tuple[torch.Tensor, torch.Tensor]
+
+
+def full_length_cache() -> DynamicCache:
+    """A cache that keeps every position in every layer.
+
+    Built without the model config, so sliding-window layers (Gemma 3) are plain full layers: the model still
+    masks attention to its window, but positions older than the window keep their keys/values, which fusion
+    needs for prompts longer than the window.
+    """
+    return DynamicCache()
+
+
+def cache_from_kv(layers: list[KV]) -> DynamicCache:
+    cache = DynamicCache()
+    for index, (keys, values) in enumerate(layers):
+        cache.update(keys, values, index)
+    return cache
+
+
+def layer_kv(cache: DynamicCache, layer: int) -> KV:
+    entry = cache.layers[layer]
+    return entry.keys, entry.values
+
+
+def all_kv(cache: DynamicCache) -> list[KV]:
+    return [layer_kv(cache, layer) for layer in range(len(cache.layers))]
+
+
+def set_layer_kv(cache: DynamicCache, layer: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+    """Replace a layer's keys/values (same shape); autograd flows through the new tensors."""
+    entry = cache.layers[layer]
+    if not isinstance(entry, DynamicLayer) or entry.keys.shape != keys.shape or entry.values.shape != values.shape:
+        raise ValueError(f"cannot replace layer {layer} of {type(entry).__name__} with keys {tuple(keys.shape)}")
+    entry.keys, entry.values = keys, values
+
+
+def gather_positions(kv: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Pick per-row positions: kv (B, H, N_src, d), positions (B, N) with -1 allowed -> (B, H, N, d)."""
+    index = positions.clamp(min=0)[:, None, :, None].expand(-1, kv.shape[1], -1, kv.shape[3])
+    return kv.gather(2, index)
+
+
+def seq_length(cache: DynamicCache) -> int:
+    return cache.get_seq_length()

@@ -1,0 +1,171 @@
+"""The C2C fuser: one small network per receiver layer that turns (sharer K/V, receiver K/V) into a residual.
+
+Per layer, a K branch and a V branch with separate weights (method doc section 2.2):
+concat(sharer, receiver) -> linear -> residual FFN trunk -> projection (FFN blocks + linear) and per-head
+weight (FFN block + linear + sigmoid); a scalar gate per branch selects the layer. The fuser returns the
+residual ``gate * weight * projection``; the caller adds it to the receiver cache.
+
+Fixes over the reference: the training gate uses logistic noise (binary Concrete), so its open probability
+at low temperature is ``sigmoid(logit)`` and matches the inference rule ``logit > 0``; an optional
+straight-through estimator trains with the hard gate; the temperature schedule is set by the trainer from
+the real number of optimizer steps; ``zero_init`` makes the untrained fuser an exact no-op.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+@dataclass
+class FuserConfig:
+    hidden_size: int = 128  # the reference uses 1024 (~17M parameters per layer); 128 trains on a CPU
+    intermediate_size: int = 128
+    num_layers: int = 3  # the projection branch has num_layers - 2 FFN blocks, as in the reference
+    dropout: float = 0.1
+    zero_init: bool = True  # zero the projection's output layer: the untrained fuser changes nothing
+    gate_noise: str = "logistic"  # "logistic" (binary Concrete) or "gumbel" (the reference's, mismatched)
+    straight_through: bool = True  # forward with the hard gate, backward through the relaxed one
+    temperature_start: float = 1.0
+    temperature_end: float = 0.001
+
+    def __post_init__(self):
+        for name in ("hidden_size", "intermediate_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"fuser {name} must be a positive integer, got {getattr(self, name)}")
+        if self.num_layers < 2:
+            raise ValueError(f"fuser num_layers must be >= 2 (input trunk + output), got {self.num_layers}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"fuser dropout must be in [0, 1), got {self.dropout}")
+        if self.gate_noise not in ("logistic", "gumbel"):
+            raise ValueError(f"gate_noise must be 'logistic' or 'gumbel', got {self.gate_noise!r}")
+        if not 0 < self.temperature_end <= self.temperature_start:
+            raise ValueError("gate temperatures must satisfy 0 < temperature_end <= temperature_start, got "
+                             f"{self.temperature_start} -> {self.temperature_end}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "FuserConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown fuser config keys {sorted(unknown)}; known keys are {sorted(known)}")
+        return cls(**data)
+
+
+class FFNBlock(nn.Module):
+    """Pre-norm residual MLP: ``x + dropout(W2 gelu(W1 rmsnorm(x)))``, bias-free."""
+
+    def __init__(self, size: int, intermediate: int, dropout: float):
+        super().__init__()
+        self.norm = nn.RMSNorm(size, eps=1e-6)
+        self.up = nn.Linear(size, intermediate, bias=False)
+        self.down = nn.Linear(intermediate, size, bias=False)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.dropout(self.down(F.gelu(self.up(self.norm(x)))))
+
+
+class FuserBranch(nn.Module):
+    """Maps per-token (sharer, receiver) features to a projection and one weight per receiver head."""
+
+    def __init__(self, sharer_dim: int, receiver_heads: int, receiver_head_dim: int, config: FuserConfig):
+        super().__init__()
+        hidden, intermediate = config.hidden_size, config.intermediate_size
+        self.receiver_heads, self.receiver_head_dim = receiver_heads, receiver_head_dim
+        receiver_dim = receiver_heads * receiver_head_dim
+        self.input = nn.Linear(sharer_dim + receiver_dim, hidden)
+        self.trunk = FFNBlock(hidden, intermediate, config.dropout)
+        self.projection = nn.Sequential(
+            *[FFNBlock(hidden, intermediate, config.dropout) for _ in range(config.num_layers - 2)],
+            nn.Linear(hidden, receiver_dim),
+        )
+        self.weight = nn.Sequential(FFNBlock(hidden, hidden, config.dropout), nn.Linear(hidden, receiver_heads))
+        if config.zero_init:
+            nn.init.zeros_(self.projection[-1].weight)
+            nn.init.zeros_(self.projection[-1].bias)
+
+    def forward(self, sharer: torch.Tensor, receiver: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """sharer (B, H_S, N, d_S), receiver (B, H_R, N, d_R) -> projection (B, H_R, N, d_R), weight (B, H_R, N, 1)."""
+        batch, _, tokens, _ = receiver.shape
+        flat = torch.cat([_flatten_heads(sharer), _flatten_heads(receiver)], dim=-1)  # (B, N, H_S*d_S + H_R*d_R)
+        hidden = self.trunk(self.input(flat))  # (B, N, h)
+        projection = self.projection(hidden).view(batch, tokens, self.receiver_heads, self.receiver_head_dim)
+        weight = torch.sigmoid(self.weight(hidden))  # (B, N, H_R)
+        return projection.transpose(1, 2), weight.transpose(1, 2).unsqueeze(-1)
+
+
+def _flatten_heads(x: torch.Tensor) -> torch.Tensor:
+    batch, heads, tokens, dim = x.shape  # (B, H, N, d) -> (B, N, H*d), head-major
+    return x.transpose(1, 2).reshape(batch, tokens, heads * dim)
+
+
+class LayerFuser(nn.Module):
+    """The fuser of one receiver layer: K and V branches and their gates."""
+
+    def __init__(self, sharer_heads: int, sharer_head_dim: int, receiver_heads: int, receiver_head_dim: int,
+                 config: FuserConfig):
+        super().__init__()
+        self.config = config
+        sharer_dim = sharer_heads * sharer_head_dim
+        self.key = FuserBranch(sharer_dim, receiver_heads, receiver_head_dim, config)
+        self.value = FuserBranch(sharer_dim, receiver_heads, receiver_head_dim, config)
+        self.gate_logits = nn.Parameter(torch.zeros(2))  # (K, V)
+        self.register_buffer("temperature", torch.tensor(config.temperature_start), persistent=False)
+
+    def open_gates(self) -> torch.Tensor:
+        """Inference gates (K, V): open iff the logit is positive."""
+        return (self.gate_logits > 0).to(self.gate_logits.dtype)
+
+    def _gate(self, index: int, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        logit = self.gate_logits[index].to(like.dtype)
+        if not self.training:
+            return (logit > 0).to(like.dtype)
+        uniform = torch.rand(shape, dtype=like.dtype, device=like.device).clamp(1e-6, 1 - 1e-6)
+        if self.config.gate_noise == "logistic":
+            noise = torch.log(uniform) - torch.log1p(-uniform)
+        else:
+            noise = -torch.log(-torch.log(uniform))
+        soft = torch.sigmoid((logit + noise) / self.temperature.to(like.dtype))
+        if not self.config.straight_through:
+            return soft
+        return _HardGate.apply(soft)
+
+    def forward(self, sharer_key: torch.Tensor, sharer_value: torch.Tensor, receiver_key: torch.Tensor,
+                receiver_value: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Residuals for the receiver's keys and values, (B, H_R, N, d_R) each; None where the gate is shut."""
+        residuals = []
+        for index, (branch, sharer, receiver) in enumerate(
+                ((self.key, sharer_key, receiver_key), (self.value, sharer_value, receiver_value))):
+            if not self.training and self.gate_logits[index] <= 0:
+                residuals.append(None)  # a shut gate is exactly "the receiver alone": skip the work
+                continue
+            projection, weight = branch(sharer.to(receiver.dtype), receiver)
+            gate = self._gate(index, weight.shape, receiver)  # (B, H_R, N, 1) in training, scalar at inference
+            residuals.append(gate * weight * projection)
+        return residuals[0], residuals[1]
+
+
+class _HardGate(torch.autograd.Function):
+    """Straight-through estimator: exactly 0/1 forward, the relaxed gate's gradient backward."""
+
+    @staticmethod
+    def forward(ctx, soft: torch.Tensor) -> torch.Tensor:
+        return (soft > 0.5).to(soft.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad
+
+
+def temperature_at(step: int, total_steps: int, config: FuserConfig) -> float:
+    """Geometric annealing from temperature_start to temperature_end over the real number of optimizer steps."""
+    progress = min(max(step, 0) / max(total_steps, 1), 1.0)
+    return config.temperature_start * math.exp(progress * math.log(config.temperature_end / config.temperature_start))

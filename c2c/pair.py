@@ -1,0 +1,440 @@
+"""The public model: a frozen receiver, one or more frozen sharers, and the fusers that join them.
+
+One request (see docs/architecture.md): the receiver prefills the prompt minus its last token; each sharer
+prefills its own rendering of the prompt; per receiver layer, the fuser turns the aligned sharer K/V and
+the receiver K/V into a residual added to the receiver cache (residuals of several sharers are summed);
+the receiver then runs the last prompt token and decodes from the fused cache, unfused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.nn import functional as F
+from transformers import DynamicCache
+
+from . import cache as kvcache
+from .align import Message, Rendered, TokenAligner, as_messages, layer_map, render, same_tokenizer
+from .fuser import FuserConfig, LayerFuser, temperature_at
+from .models import LoadedModel, ModelShape, load_model
+
+FORMAT_VERSION = 1
+CONFIG_NAME = "c2c_config.json"
+WEIGHTS_NAME = "fuser.safetensors"
+
+Prompt = str | list[Message]
+
+
+class CheckpointError(ValueError):
+    """A fuser checkpoint that cannot be used as given; the message says why and what to do."""
+
+
+@dataclass
+class SharerConfig:
+    model: str
+    shape: dict
+    layer_map: list[int]
+    token_alignment: str = "offsets"
+
+
+@dataclass
+class C2CConfig:
+    """Everything needed to rebuild the fusers and to check that they fit the models they are given."""
+
+    receiver: str
+    receiver_shape: dict
+    sharers: list[SharerConfig]
+    fuser: FuserConfig = field(default_factory=FuserConfig)
+    chat_template: bool = True  # render prompts with each model's chat template where it has one
+    format_version: int = FORMAT_VERSION
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["fuser"] = self.fuser.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "C2CConfig":
+        version = data.get("format_version")
+        if not isinstance(version, int):
+            raise CheckpointError(f"config has no integer format_version (got {version!r}); it is not a c2c config")
+        if version > FORMAT_VERSION:
+            raise CheckpointError(f"checkpoint format version {version} is newer than this c2c understands "
+                                  f"({FORMAT_VERSION}); upgrade c2c (pip install -U c2c)")
+        try:
+            sharers = [SharerConfig(**s) for s in data["sharers"]]
+            fuser = FuserConfig.from_dict(data["fuser"])
+            rest = {k: v for k, v in data.items() if k not in ("sharers", "fuser")}
+            return cls(sharers=sharers, fuser=fuser, **rest)
+        except (KeyError, TypeError, ValueError) as error:
+            raise CheckpointError(f"config is malformed: {error}") from error
+
+
+@dataclass
+class Batch:
+    """Left-padded prompts (plus right-padded responses when training or scoring) and their sharer inputs."""
+
+    input_ids: torch.Tensor  # (B, P + R) receiver ids
+    attention_mask: torch.Tensor  # (B, P + R)
+    prompt_length: int  # P: prompts are left-padded to this width
+    sharer_ids: list[torch.Tensor]  # per sharer (B, S_j)
+    sharer_mask: list[torch.Tensor]  # per sharer (B, S_j)
+    positions: list[torch.Tensor]  # per sharer (B, P): sharer position fused into each receiver position, -1 = none
+    labels: torch.Tensor | None = None  # (B, P + R): response ids, -100 elsewhere
+    sharer_kv: list[list[kvcache.KV]] | None = None  # precomputed sharer caches (training reuse)
+
+    def to(self, device: torch.device) -> "Batch":
+        move = lambda t: t.to(device) if t is not None else None  # noqa: E731
+        return Batch(move(self.input_ids), move(self.attention_mask), self.prompt_length,
+                     [move(t) for t in self.sharer_ids], [move(t) for t in self.sharer_mask],
+                     [move(t) for t in self.positions], move(self.labels),
+                     [[(move(k), move(v)) for k, v in kv] for kv in self.sharer_kv] if self.sharer_kv else None)
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip padding, as ``generate`` computes them: (B, N) -> (B, N)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def _pad(rows: Sequence[Sequence[int]], value: int, left: bool) -> torch.Tensor:
+    width = max(len(r) for r in rows)
+    padded = [([value] * (width - len(r)) + list(r)) if left else (list(r) + [value] * (width - len(r))) for r in rows]
+    return torch.tensor(padded, dtype=torch.long)
+
+
+def _shape_dict(model: LoadedModel) -> dict:
+    return asdict(model.shape)
+
+
+def _max_positions(model: LoadedModel) -> int:
+    return getattr(model.model.config.get_text_config(decoder=True), "max_position_embeddings", None) or 1 << 30
+
+
+class C2CModel(nn.Module):
+    """Receiver + sharers + fusers. Only the fusers are parameters of this module; the LLMs are the caller's."""
+
+    def __init__(self, receiver: LoadedModel, sharers: Sequence[LoadedModel], config: C2CConfig):
+        super().__init__()
+        if len(sharers) != len(config.sharers) or not sharers:
+            raise CheckpointError(f"config describes {len(config.sharers)} sharer(s) but {len(sharers)} were given")
+        self.config = config
+        self.receiver = receiver  # a LoadedModel, not an nn.Module: never trained, never saved here
+        self.sharers = list(sharers)
+        _check_shape("receiver", receiver, config.receiver_shape)
+        for index, (sharer, sharer_config) in enumerate(zip(sharers, config.sharers)):
+            _check_shape(f"sharer {index}", sharer, sharer_config.shape)
+        r = receiver.shape
+        self.fusers = nn.ModuleList(
+            nn.ModuleList(LayerFuser(s.shape.num_kv_heads, s.shape.head_dim, r.num_kv_heads, r.head_dim, config.fuser)
+                          for _ in range(r.num_layers))
+            for s in sharers)
+        self.aligners = [TokenAligner(receiver.tokenizer, s.tokenizer, c.token_alignment)
+                         for s, c in zip(sharers, config.sharers)]
+        self.fusion_enabled = True
+
+    # ----------------------------------------------------------------------------------------- building
+    @classmethod
+    def create(cls, receiver: LoadedModel | str, sharers: Sequence[LoadedModel | str],
+               fuser: FuserConfig | None = None, layer_maps: str | list = "last_aligned",
+               token_alignment: str = "offsets", chat_template: bool = True) -> "C2CModel":
+        """A fresh (untrained) C2C model for any pair. ``layer_maps``: a strategy name, or one per sharer."""
+        receiver = load_model(receiver) if isinstance(receiver, str) else receiver
+        sharers = [load_model(s) if isinstance(s, str) else s for s in sharers]
+        maps = layer_maps if isinstance(layer_maps, list) and layer_maps and isinstance(layer_maps[0], (list, str)) \
+            else [layer_maps] * len(sharers)
+        sharer_configs = []
+        for sharer, strategy in zip(sharers, maps):
+            alignment = "identity" if same_tokenizer(receiver.tokenizer, sharer.tokenizer) else token_alignment
+            sharer_configs.append(SharerConfig(sharer.name, _shape_dict(sharer),
+                                               layer_map(strategy, receiver.shape.num_layers, sharer.shape.num_layers),
+                                               alignment))
+        config = C2CConfig(receiver.name, _shape_dict(receiver), sharer_configs, fuser or FuserConfig(), chat_template)
+        return cls(receiver, sharers, config)
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write the config and the fuser weights (only what trains), atomically."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        weights = {name: tensor.detach().contiguous().cpu() for name, tensor in self.fusers.state_dict().items()}
+        _atomic_write(directory / WEIGHTS_NAME, lambda path: save_file(weights, path, metadata={"format": "c2c"}))
+        _atomic_write(directory / CONFIG_NAME,
+                      lambda path: Path(path).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n"))
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, receiver: LoadedModel | None = None,
+                        sharers: Sequence[LoadedModel] | None = None) -> "C2CModel":
+        """Load a checkpoint; models not given are loaded from the specs stored in its config."""
+        config = load_config(directory)
+        receiver = receiver or load_model(config.receiver)
+        sharers = sharers or [load_model(s.model) for s in config.sharers]
+        model = cls(receiver, sharers, config)
+        model.load_fuser_weights(Path(directory) / WEIGHTS_NAME)
+        return model
+
+    def load_fuser_weights(self, path: Path) -> None:
+        if not path.is_file():
+            raise CheckpointError(f"{path} is missing; a c2c checkpoint folder holds {CONFIG_NAME} and {WEIGHTS_NAME}")
+        try:
+            weights = load_file(str(path))
+        except (SafetensorError, OSError) as error:
+            raise CheckpointError(f"{path} is corrupt or truncated ({error}); save or train the fuser again") from error
+        expected = self.fusers.state_dict()
+        missing, unexpected = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
+        wrong = [k for k in expected.keys() & weights.keys() if expected[k].shape != weights[k].shape]
+        if missing or unexpected or wrong:
+            raise CheckpointError(f"{path} does not fit this pair's fusers: missing {missing[:3]}, unexpected "
+                                  f"{unexpected[:3]}, wrong shape {wrong[:3]}; was it saved for another pair?")
+        self.fusers.load_state_dict(weights, strict=True)
+
+    # ----------------------------------------------------------------------------------------- inputs
+    def render_prompt(self, prompt: Prompt) -> Rendered:
+        return render(self.receiver.tokenizer, as_messages(prompt), self.config.chat_template)
+
+    def response_ids(self, prompt: Prompt, response: str, template: bool = True) -> list[int]:
+        """Receiver ids of the assistant's response after ``prompt``: its turn end included when ``template``."""
+        tokenizer = self.receiver.tokenizer
+        messages = as_messages(prompt)
+        text = response
+        if template and self.config.chat_template and tokenizer.chat_template:
+            prompt_text = render(tokenizer, messages, True).text
+            full = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": response}],
+                                                 tokenize=False)
+            text = full[len(prompt_text):] if full.startswith(prompt_text) else response + (tokenizer.eos_token or "")
+        elif template and tokenizer.eos_token:
+            text = response + tokenizer.eos_token
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def prepare(self, prompts: Sequence[Prompt], responses: Sequence[str] | None = None,
+                sharer_prompts: Sequence[Prompt] | None = None, max_new_tokens: int = 0,
+                response_template: bool = True) -> Batch:
+        """Tokenize and align a batch. ``sharer_prompts`` makes the sharers read other prompts (the shuffled
+        control): their fused positions are spread in order over the receiver's fused positions."""
+        if not prompts:
+            raise ValueError("no prompts given")
+        views = [self.render_prompt(p) for p in prompts]
+        limit = _max_positions(self.receiver)
+        for view, prompt in zip(views, prompts):
+            if len(view.ids) + max_new_tokens > limit:
+                raise ValueError(f"prompt of {len(view.ids)} tokens + {max_new_tokens} new tokens exceeds the "
+                                 f"receiver's {limit} positions; shorten the prompt or lower max_new_tokens")
+        responses_ids = [self.response_ids(p, r, response_template) for p, r in zip(prompts, responses)] \
+            if responses is not None else None
+        sharer_ids, sharer_mask, positions = [], [], []
+        for sharer, aligner in zip(self.sharers, self.aligners):
+            rows, maps = [], []
+            for index, (prompt, view) in enumerate(zip(prompts, views)):
+                alignment = aligner.align(as_messages(prompt), view, self.config.chat_template)
+                if sharer_prompts is not None:
+                    other = sharer_prompts[index]
+                    other_alignment = aligner.align(as_messages(other), self.render_prompt(other),
+                                                    self.config.chat_template)
+                    alignment.sharer_ids = other_alignment.sharer_ids
+                    alignment.positions = _spread(alignment.positions, other_alignment.positions)
+                if len(alignment.sharer_ids) > _max_positions(sharer):
+                    raise ValueError(f"prompt is {len(alignment.sharer_ids)} tokens for sharer {sharer.name}, over "
+                                     f"its {_max_positions(sharer)} positions; shorten the prompt")
+                rows.append(alignment.sharer_ids)
+                maps.append(alignment.positions)
+            width = max(len(r) for r in rows)
+            # Left padding shifts each sharer row right; shift the positions that point into it.
+            maps = [[p + width - len(r) if p >= 0 else -1 for p in m] for m, r in zip(maps, rows)]
+            pad = sharer.tokenizer.pad_token_id
+            sharer_ids.append(_pad(rows, pad, left=True))
+            sharer_mask.append(_pad([[1] * len(r) for r in rows], 0, left=True))
+            positions.append(_pad(maps, -1, left=True))
+        pad = self.receiver.tokenizer.pad_token_id
+        input_ids = _pad([v.ids for v in views], pad, left=True)
+        attention_mask = _pad([[1] * len(v.ids) for v in views], 0, left=True)
+        prompt_length = input_ids.shape[1]
+        labels = None
+        if responses_ids is not None:
+            input_ids = torch.cat([input_ids, _pad(responses_ids, pad, left=False)], dim=1)
+            attention_mask = torch.cat([attention_mask, _pad([[1] * len(r) for r in responses_ids], 0, left=False)], 1)
+            labels = torch.cat([torch.full((len(prompts), prompt_length), -100),
+                                _pad(responses_ids, -100, left=False)], dim=1)
+        return Batch(input_ids, attention_mask, prompt_length, sharer_ids, sharer_mask, positions, labels)
+
+    # ----------------------------------------------------------------------------------------- fusion
+    @contextlib.contextmanager
+    def disable_fusion(self) -> Iterator[None]:
+        """Inside this context the model is exactly the receiver alone."""
+        previous, self.fusion_enabled = self.fusion_enabled, False
+        try:
+            yield
+        finally:
+            self.fusion_enabled = previous
+
+    @torch.no_grad()
+    def sharer_caches(self, batch: Batch) -> list[list[kvcache.KV]]:
+        """Each sharer's full-length K/V over its own input: per sharer, per layer (B, H_S, S_j, d_S)."""
+        if batch.sharer_kv is not None:
+            return batch.sharer_kv
+        caches = []
+        for sharer, ids, mask in zip(self.sharers, batch.sharer_ids, batch.sharer_mask):
+            output = sharer.model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
+                                  cache=kvcache.full_length_cache(), use_cache=True, logits_to_keep=1)
+            caches.append(kvcache.all_kv(output.cache))
+        return caches
+
+    def prefill(self, batch: Batch, fuse: bool = True) -> DynamicCache:
+        """Receiver cache of the prompt minus its last token, fused with the sharers' unless ``fuse`` is False."""
+        prefix = slice(0, batch.prompt_length - 1)
+        mask = batch.attention_mask[:, prefix]
+        with torch.no_grad():
+            output = self.receiver.model(input_ids=batch.input_ids[:, prefix], attention_mask=mask,
+                                         position_ids=position_ids(mask), cache=kvcache.full_length_cache(),
+                                         use_cache=True, logits_to_keep=1)
+        cache = output.cache
+        if fuse and self.fusion_enabled and batch.prompt_length > 1:
+            self.fuse_(cache, batch)
+        return cache
+
+    def fuse_(self, cache: DynamicCache, batch: Batch) -> None:
+        """Add every sharer's fused residual to the receiver cache, in place, on the prompt prefix."""
+        length = kvcache.seq_length(cache)
+        sharer_kv = self.sharer_caches(batch)
+        residuals: list[list[torch.Tensor | None]] = [[None, None] for _ in range(len(cache.layers))]
+        for fusers, sharer_config, kv, positions in zip(self.fusers, self.config.sharers, sharer_kv, batch.positions):
+            positions = positions[:, :length]  # (B, N)
+            fused = (positions >= 0)[:, None, :, None]  # (B, 1, N, 1)
+            for layer, fuser in enumerate(fusers):
+                receiver_key, receiver_value = kvcache.layer_kv(cache, layer)  # (B, H_R, N, d_R)
+                sharer_key, sharer_value = kv[sharer_config.layer_map[layer]]  # (B, H_S, S, d_S)
+                key, value = fuser(kvcache.gather_positions(sharer_key, positions),
+                                   kvcache.gather_positions(sharer_value, positions), receiver_key, receiver_value)
+                for slot, residual in enumerate((key, value)):
+                    if residual is not None:
+                        residual = residual * fused
+                        total = residuals[layer][slot]
+                        residuals[layer][slot] = residual if total is None else total + residual
+        for layer, (key, value) in enumerate(residuals):
+            if key is None and value is None:
+                continue  # every gate shut: this layer stays bit-identical to the receiver's
+            receiver_key, receiver_value = kvcache.layer_kv(cache, layer)
+            kvcache.set_layer_kv(cache, layer, receiver_key if key is None else receiver_key + key,
+                                 receiver_value if value is None else receiver_value + value)
+
+    def set_gate_temperature(self, step: int, total_steps: int) -> float:
+        value = temperature_at(step, total_steps, self.config.fuser)
+        for fuser in self.layer_fusers():
+            fuser.temperature.fill_(value)
+        return value
+
+    def layer_fusers(self) -> Iterator[LayerFuser]:
+        for fusers in self.fusers:
+            yield from fusers
+
+    def gate_logits(self) -> torch.Tensor:
+        """(sharers, receiver layers, 2): the K and V gate logits."""
+        return torch.stack([torch.stack([f.gate_logits.detach() for f in fusers]) for fusers in self.fusers])
+
+    # ----------------------------------------------------------------------------------------- running
+    def forward(self, batch: Batch, fuse: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits over the response section and the mean cross-entropy on its labelled tokens.
+
+        The prompt prefix is fused (gradients reach the fusers through the receiver's attention); the last
+        prompt token and the response run on the receiver, unfused, over the fused cache.
+        """
+        if batch.labels is None:
+            raise ValueError("forward needs a batch prepared with responses")
+        cache = self.prefill(batch, fuse=fuse)
+        tail = slice(batch.prompt_length - 1, None)
+        output = self.receiver.model(input_ids=batch.input_ids[:, tail], attention_mask=batch.attention_mask,
+                                     position_ids=position_ids(batch.attention_mask)[:, tail], cache=cache,
+                                     use_cache=True)
+        logits = output.logits[:, :-1].float()  # position t predicts token t + 1
+        labels = batch.labels[:, batch.prompt_length:]
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+        return logits, loss
+
+    @torch.no_grad()
+    def continuation_logprobs(self, prompts: Sequence[Prompt], continuations: Sequence[str], fuse: bool = True,
+                              sharer_prompts: Sequence[Prompt] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sum of log-probabilities of each continuation after its prompt, and its token count: (B,), (B,)."""
+        batch = self.prepare(prompts, continuations, sharer_prompts=sharer_prompts, response_template=False)
+        batch = batch.to(self.device)
+        logits, _ = self.forward(batch, fuse=fuse)
+        labels = batch.labels[:, batch.prompt_length:]
+        logprobs = torch.log_softmax(logits, dim=-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        valid = labels != -100
+        return (logprobs * valid).sum(-1), valid.sum(-1)
+
+    @torch.no_grad()
+    def generate(self, prompts: Prompt | Sequence[Prompt], max_new_tokens: int = 128, do_sample: bool = False,
+                 temperature: float = 1.0, top_p: float = 1.0, top_k: int | None = None,
+                 stop: Sequence[str] | None = None, streamer=None, fuse: bool = True,
+                 sharer_prompts: Sequence[Prompt] | None = None, **generate_kwargs) -> list[str]:
+        """Fused prefill, then the receiver's stock ``generate`` decodes from the fused cache.
+
+        ``generate_kwargs`` go to ``transformers`` ``generate`` (e.g. ``stopping_criteria``)."""
+        single = isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], dict))
+        prompts = [prompts] if single else list(prompts)
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        batch = self.prepare(prompts, sharer_prompts=sharer_prompts, max_new_tokens=max_new_tokens).to(self.device)
+        cache = self.prefill(batch, fuse=fuse)
+        tokenizer = self.receiver.tokenizer
+        sampling = dict(temperature=temperature, top_p=top_p, top_k=top_k) if do_sample else {}
+        output = self.receiver.model.generate(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask, cache=cache,
+            max_new_tokens=max_new_tokens, do_sample=do_sample, stop_strings=list(stop) if stop else None,
+            tokenizer=tokenizer if stop else None, streamer=streamer, pad_token_id=tokenizer.pad_token_id,
+            **sampling, **generate_kwargs)
+        return tokenizer.batch_decode(output[:, batch.input_ids.shape[1]:], skip_special_tokens=True)
+
+    @property
+    def device(self) -> torch.device:
+        return self.receiver.model.device
+
+
+def _spread(own: list[int], other: list[int]) -> list[int]:
+    """Give the fused positions of ``own`` the fused sharer positions of ``other``, spread in order."""
+    targets = [i for i, p in enumerate(own) if p >= 0]
+    sources = [p for p in other if p >= 0]
+    spread = [-1] * len(own)
+    if sources:
+        for k, index in enumerate(targets):
+            spread[index] = sources[k * len(sources) // len(targets)]
+    return spread
+
+
+def _check_shape(role: str, model: LoadedModel, expected: dict) -> None:
+    actual = _shape_dict(model)
+    if actual != expected:
+        diff = {k: (expected.get(k), actual.get(k)) for k in set(expected) | set(actual) if expected.get(k) != actual.get(k)}
+        raise CheckpointError(f"the {role} {model.name!r} does not match the checkpoint: (expected, given) = {diff}; "
+                              "this fuser was trained for another pair; load the models it names in its config")
+
+
+def load_config(directory: str | Path) -> C2CConfig:
+    path = Path(directory) / CONFIG_NAME
+    if not path.is_file():
+        raise CheckpointError(f"{directory} is not a c2c checkpoint: {path} is missing (train one with `c2c train`)")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"{path} is not valid JSON ({error}); the checkpoint is damaged") from error
+    return C2CConfig.from_dict(data)
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write to a temporary file in the same folder, then rename: a crash never leaves a half-written file."""
+    handle, temporary = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)

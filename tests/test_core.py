@@ -1,0 +1,391 @@
+"""Core: token and layer alignment, the fuser, the fused runtime and checkpoints, on tiny models."""
+
+import json
+
+import pytest
+import torch
+from conftest import SMALL_FUSER, make_pair
+from tiny import tiny
+
+from c2c import cache as kvcache
+from c2c.align import TokenAligner, as_messages, content_tokens, layer_map, render
+from c2c.fuser import FuserConfig, LayerFuser, temperature_at
+from c2c.pair import C2CModel, CheckpointError, position_ids
+
+TRICKY = [
+    "Hello world, 你好 🙂! What's the capital of France?",
+    "東京 는 한국어 😀😀 and   spaces\tand tabs",
+    "<|im_start|> looks special but is text; 机器学习 很有趣。",
+]
+PAIRS = [("llama", "gemma"), ("gemma", "llama"), ("qwen", "llama"), ("llama", "qwen")]
+
+
+# ------------------------------------------------------------------------------------------- token alignment
+@pytest.mark.parametrize("receiver,sharer", PAIRS)
+@pytest.mark.parametrize("text", TRICKY)
+@pytest.mark.parametrize("chat", [True, False])
+def test_offsets_alignment_maps_each_token_to_the_sharer_token_covering_its_end(receiver, sharer, text, chat):
+    r, s = tiny(receiver).tokenizer, tiny(sharer).tokenizer
+    messages = as_messages(text)
+    view = render(r, messages, chat)
+    alignment = TokenAligner(r, s, "offsets").align(messages, view, chat)
+    sharer_view = render(s, messages, chat)
+    assert alignment.sharer_ids == sharer_view.ids  # the sharer reads the text its own way
+    assert len(alignment.positions) == len(view.ids) and alignment.positions[-1] == -1
+    (r_start, _), (s_start, _) = view.spans[0], sharer_view.spans[0]
+    fused = 0
+    for index, message, a, b in content_tokens(view):
+        position = alignment.positions[index]
+        if index == len(view.ids) - 1:
+            continue
+        fused += 1
+        assert position >= 0, f"content token {index} ({view.text[r_start + a:r_start + b]!r}) not fused"
+        sa, sb = sharer_view.offsets[position]
+        # The sharer token covers the last character of the receiver token (or is the last one before it).
+        assert sa - s_start <= b - 1 and (sb - s_start >= b or all(
+            o[0] - s_start > b - 1 for o in sharer_view.offsets[position + 1:] if o[1] > o[0]))
+    assert fused == alignment.exact + alignment.approximate > 0
+    template_positions = {i for i in range(len(view.ids))} - {t[0] for t in content_tokens(view)}
+    assert all(alignment.positions[i] == -1 for i in template_positions)  # template tokens are never fused
+
+
+def test_byte_level_pieces_of_one_character_share_its_sharer_token():
+    r, s = tiny("llama").tokenizer, tiny("gemma").tokenizer
+    messages = as_messages("x 猫 y")  # not in the tiny corpus: byte-level BPE splits it into byte pieces
+    view = render(r, messages, chat=False)
+    alignment = TokenAligner(r, s, "offsets").align(messages, view, chat=False)
+    pieces = [i for i, (a, b) in enumerate(view.offsets) if view.text[a:b] == "猫"]
+    assert len(pieces) >= 2
+    targets = {alignment.positions[i] for i in pieces}
+    assert len(targets) == 1
+    sharer_view = render(s, messages, chat=False)
+    assert "猫" in sharer_view.text[slice(*sharer_view.offsets[targets.pop()])] or s.unk_token_id in sharer_view.ids
+
+
+def test_chat_templates_differ_and_only_message_text_is_fused():
+    r, s = tiny("llama").tokenizer, tiny("qwen").tokenizer
+    messages = [{"role": "user", "content": "What is the capital of France?"},
+                {"role": "assistant", "content": "Paris."}, {"role": "user", "content": "And of Japan?"}]
+    view = render(r, messages, chat=True)
+    assert "<|im_start|>" in view.text and all(span is not None for span in view.spans)
+    alignment = TokenAligner(r, s, "offsets").align(messages, view, chat=True)
+    sharer_view = render(s, messages, chat=True)
+    assert "<<user>>" in sharer_view.text
+    for index, position in enumerate(alignment.positions):
+        if position >= 0:
+            text = sharer_view.text[slice(*sharer_view.offsets[position])]
+            assert "<<" not in text and "<end>" not in text
+    assert sum(p >= 0 for p in alignment.positions) > 8
+
+
+@pytest.mark.parametrize("strategy", ["first", "longest"])
+def test_reference_strategies_give_one_sharer_token_per_receiver_token(strategy):
+    r, s = tiny("llama").tokenizer, tiny("gemma").tokenizer
+    messages = as_messages(TRICKY[0])
+    view = render(r, messages, chat=True)
+    alignment = TokenAligner(r, s, strategy).align(messages, view, chat=True)
+    fused = [p for p in alignment.positions if p >= 0]
+    assert fused == list(range(1, len(alignment.sharer_ids)))  # position 0 is the sharer's BOS
+    assert alignment.sharer_ids[0] == s.bos_token_id
+
+
+def test_longest_keeps_the_longest_piece_and_first_the_first():
+    r, s = tiny("llama").tokenizer, tiny("qwen").tokenizer
+    messages = as_messages("capital")
+    view = render(r, messages, chat=False)
+    first = TokenAligner(r, s, "first").align(messages, view, chat=False)
+    longest = TokenAligner(r, s, "longest").align(messages, view, chat=False)
+    for index, _, _, _ in content_tokens(view)[:-1]:
+        pieces = s.encode(r.decode([view.ids[index]]), add_special_tokens=False)
+        assert first.sharer_ids[first.positions[index]] == pieces[0]
+        assert len(s.decode([longest.sharer_ids[longest.positions[index]]])) == max(len(s.decode([p])) for p in pieces)
+
+
+def test_same_tokenizer_uses_the_identity_fast_path():
+    pair = make_pair("llama", ("llama",))
+    assert pair.config.sharers[0].token_alignment == "identity"
+    batch = pair.prepare(["hello there"])
+    assert torch.equal(batch.sharer_ids[0], batch.input_ids)
+    length = batch.input_ids.shape[1]
+    assert batch.positions[0][0].tolist() == list(range(length - 1)) + [-1]
+    with pytest.raises(ValueError, match="identity"):
+        TokenAligner(tiny("llama").tokenizer, tiny("gemma").tokenizer, "identity")
+
+
+def test_empty_prompt_is_a_clear_error():
+    pair = make_pair()
+    with pytest.raises(ValueError, match="empty"):
+        pair.prepare(["   "])
+
+
+def test_over_long_prompt_is_a_clear_error():
+    pair = make_pair()
+    with pytest.raises(ValueError, match="exceeds the receiver's 256 positions"):
+        pair.generate("word " * 300, max_new_tokens=4)
+
+
+# ------------------------------------------------------------------------------------------- layer maps
+def test_layer_maps():
+    assert layer_map("last_aligned", 28, 24) == [0] * 5 + list(range(1, 24))
+    assert layer_map("last_aligned", 28, 36) == [t + 8 for t in range(28)]
+    assert layer_map("last_aligned", 3, 3) == [0, 1, 2]
+    spread = layer_map("spread", 30, 18)
+    assert spread[0] == 0 and spread[-1] == 17 and spread == sorted(spread)
+    assert layer_map("spread", 4, 9) == [0, 3, 5, 8]
+    assert layer_map([2, 1, 0], 3, 5) == [2, 1, 0]
+    with pytest.raises(ValueError, match="one sharer layer"):
+        layer_map([0, 9, 0], 3, 5)
+    with pytest.raises(ValueError, match="unknown"):
+        layer_map("nearest", 3, 5)
+
+
+# ------------------------------------------------------------------------------------------- fuser
+def test_fuser_parameter_count_matches_the_reference():
+    """Qwen3-0.6B (28 layers, 8 KV heads x 128) <- Qwen2.5-0.5B (2 x 64) with the reference's sizes."""
+    config = FuserConfig(hidden_size=1024, intermediate_size=1024, num_layers=3)
+    with torch.device("meta"):
+        layer = LayerFuser(2, 64, 8, 128, config)
+    assert sum(p.numel() for p in layer.parameters()) * 28 == 477_848_056
+
+
+def test_fuser_shapes_and_zero_init():
+    fuser = LayerFuser(1, 16, 2, 8, FuserConfig(hidden_size=16, intermediate_size=24)).eval()
+    with torch.no_grad():
+        fuser.gate_logits.fill_(1.0)
+    sk, sv, rk, rv = torch.randn(3, 1, 5, 16), torch.randn(3, 1, 5, 16), torch.randn(3, 2, 5, 8), torch.randn(3, 2, 5, 8)
+    key, value = fuser(sk, sv, rk, rv)
+    assert key.shape == value.shape == (3, 2, 5, 8)
+    assert torch.count_nonzero(key) == 0 and torch.count_nonzero(value) == 0  # zero_init: exact no-op
+
+
+def test_closed_gates_skip_work_and_gate_training_noise_matches_inference():
+    config = FuserConfig(hidden_size=8, intermediate_size=8, zero_init=False, straight_through=False)
+    fuser = LayerFuser(1, 4, 1, 4, config)
+    with torch.no_grad():
+        fuser.gate_logits.copy_(torch.tensor([-0.1, 0.3]))
+    fuser.eval()
+    key, value = fuser(*[torch.randn(1, 1, 3, 4)] * 4)
+    assert key is None and value is not None
+    # Logistic noise at a low temperature opens a gate with probability sigmoid(logit).
+    fuser.train()
+    fuser.temperature.fill_(1e-3)
+    gates = torch.stack([fuser._gate(0, (20000,), torch.zeros(1)) for _ in range(5)])
+    assert abs(gates.mean().item() - torch.sigmoid(torch.tensor(-0.1)).item()) < 0.01
+
+
+def test_straight_through_gate_is_hard_forward_and_differentiable():
+    fuser = LayerFuser(1, 4, 1, 4, FuserConfig(hidden_size=8, intermediate_size=8)).train()
+    gate = fuser._gate(1, (1000,), torch.zeros(1))
+    assert set(gate.detach().unique().tolist()) <= {0.0, 1.0}
+    gate.sum().backward()
+    assert fuser.gate_logits.grad[1] != 0
+
+
+def test_temperature_anneals_over_the_real_number_of_steps():
+    config = FuserConfig()
+    assert temperature_at(0, 50, config) == pytest.approx(1.0)
+    assert temperature_at(25, 50, config) == pytest.approx(config.temperature_end ** 0.5)
+    assert temperature_at(50, 50, config) == pytest.approx(config.temperature_end)
+    assert temperature_at(80, 50, config) == pytest.approx(config.temperature_end)
+
+
+def test_fuser_config_validation_and_round_trip():
+    config = FuserConfig(hidden_size=32)
+    assert FuserConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    with pytest.raises(ValueError, match="unknown fuser config keys"):
+        FuserConfig.from_dict({"hidden": 3})
+    with pytest.raises(ValueError, match="hidden_size"):
+        FuserConfig(hidden_size=0)
+
+
+# ------------------------------------------------------------------------------------------- runtime
+PROMPTS = ["What is the capital of France? Answer in one word, then explain why at some length.",
+           "hi 你好 🙂", "Water boils at what temperature?"]
+
+
+def _last_logits(pair, prompts, fuse=True):
+    batch = pair.prepare(prompts)
+    cache = pair.prefill(batch, fuse=fuse)
+    last = slice(batch.prompt_length - 1, batch.prompt_length)
+    output = pair.receiver.model(input_ids=batch.input_ids[:, last], attention_mask=batch.attention_mask,
+                                 position_ids=position_ids(batch.attention_mask)[:, last], cache=cache)
+    return output.logits[:, -1]
+
+
+@pytest.mark.parametrize("receiver,sharer", PAIRS)
+def test_closed_gates_are_bit_identical_to_the_receiver_alone(receiver, sharer):
+    pair = make_pair(receiver, (sharer,), open_gates=False)
+    fused = _last_logits(pair, PROMPTS)
+    with pair.disable_fusion():
+        alone = _last_logits(pair, PROMPTS)
+    assert torch.equal(fused, alone)
+    assert pair.generate(PROMPTS, max_new_tokens=6) == pair.generate(PROMPTS, max_new_tokens=6, fuse=False)
+    # ... and the two-section receiver equals the stock receiver up to float rounding.
+    batch = pair.prepare(PROMPTS)
+    stock = pair.receiver.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                position_ids=position_ids(batch.attention_mask)).logits[:, -1]
+    torch.testing.assert_close(fused, stock, rtol=1e-4, atol=1e-5)
+
+
+def test_zero_init_fuser_with_open_gates_is_the_receiver_alone():
+    pair = make_pair(fuser=FuserConfig(hidden_size=16, intermediate_size=16, zero_init=True), open_gates=True)
+    fused = _last_logits(pair, PROMPTS)
+    with pair.disable_fusion():
+        alone = _last_logits(pair, PROMPTS)
+    assert torch.equal(fused, alone)
+
+
+@pytest.mark.parametrize("receiver,sharer", PAIRS)
+def test_open_gates_change_the_output(receiver, sharer):
+    pair = make_pair(receiver, (sharer,))
+    fused = _last_logits(pair, PROMPTS)
+    with pair.disable_fusion():
+        alone = _last_logits(pair, PROMPTS)
+    assert (fused - alone).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("receiver,sharer", PAIRS)
+def test_batch_equals_one_at_a_time(receiver, sharer):
+    pair = make_pair(receiver, (sharer,))
+    batched = _last_logits(pair, PROMPTS)
+    for row, prompt in enumerate(PROMPTS):
+        torch.testing.assert_close(batched[row], _last_logits(pair, [prompt])[0], rtol=1e-4, atol=1e-5)
+    assert pair.generate(PROMPTS, max_new_tokens=5) == [pair.generate(p, max_new_tokens=5)[0] for p in PROMPTS]
+
+
+def test_padding_and_template_positions_are_not_fused_per_row():
+    pair = make_pair()
+    batch = pair.prepare(PROMPTS)
+    positions = batch.positions[0]
+    padded = batch.attention_mask[:, :batch.prompt_length] == 0
+    assert padded.any() and (positions[padded] == -1).all()
+    assert (positions[:, -1] == -1).all()  # the last prompt token of every row is never fused
+    for row in range(len(PROMPTS)):
+        fused = positions[row][positions[row] >= 0]
+        assert (batch.sharer_mask[0][row, fused] == 1).all()  # never points at sharer padding
+        assert fused.tolist() == sorted(fused.tolist())
+
+
+def test_sliding_window_sharer_keeps_every_position():
+    """The tiny Gemma has a window of 8: a long prompt still has sharer K/V for its first positions."""
+    pair = make_pair("llama", ("gemma",))
+    prompt = "The quick brown fox jumps over the lazy dog. Water boils at 100 degrees Celsius."
+    batch = pair.prepare([prompt])
+    kv = pair.sharer_caches(batch)[0]
+    assert all(k.shape[2] == batch.sharer_ids[0].shape[1] > 8 for k, _ in kv)
+    assert batch.positions[0][0, :10].ge(0).sum() > 0  # early receiver positions read early sharer positions
+    # The full-length cache does not change what the sharer computes: compare with its stock forward.
+    gemma = tiny("gemma").model
+    ids, mask = batch.sharer_ids[0], batch.sharer_mask[0]
+    stock = gemma(input_ids=ids, attention_mask=mask).logits[:, -1]
+    full = gemma(input_ids=ids, attention_mask=mask, cache=kvcache.full_length_cache(), use_cache=True).logits[:, -1]
+    torch.testing.assert_close(stock, full)
+
+
+def test_several_sharers_sum_their_residuals():
+    both = make_pair("llama", ("gemma", "qwen"))
+    only_gemma = make_pair("llama", ("gemma",))
+    only_gemma.fusers[0].load_state_dict(both.fusers[0].state_dict())
+    with torch.no_grad():
+        for fuser in both.fusers[1]:
+            fuser.gate_logits.fill_(-1.0)
+    torch.testing.assert_close(_last_logits(both, PROMPTS), _last_logits(only_gemma, PROMPTS), rtol=0, atol=0)
+    with torch.no_grad():
+        for fuser in both.fusers[1]:
+            fuser.gate_logits.fill_(1.0)
+    assert not torch.equal(_last_logits(both, PROMPTS), _last_logits(only_gemma, PROMPTS))
+
+
+def test_shuffled_sharer_reads_another_prompt():
+    pair = make_pair()
+    own = pair.prepare(PROMPTS[:2])
+    shuffled = pair.prepare(PROMPTS[:2], sharer_prompts=PROMPTS[1::-1])
+    assert torch.equal(shuffled.input_ids, own.input_ids)
+    assert not torch.equal(shuffled.sharer_ids[0], own.sharer_ids[0])
+    assert ((shuffled.positions[0] >= 0) == (own.positions[0] >= 0)).all()  # same receiver positions fused
+
+
+def test_training_forward_masks_prompt_and_trains_only_the_fuser():
+    pair = make_pair().train()
+    batch = pair.prepare(PROMPTS[:2], responses=["Paris.", "Hello!"])
+    assert (batch.labels[:, :batch.prompt_length] == -100).all()  # no loss on the prompt
+    assert (batch.labels[:, batch.prompt_length:] != -100).sum() > 2
+    cache = pair.prefill(batch)
+    assert kvcache.seq_length(cache) == batch.prompt_length - 1  # response positions are never fused
+    _, loss = pair(batch)
+    loss.backward()
+    assert all(p.grad is not None for p in pair.fusers.parameters() if p.requires_grad and p.dim() > 1)
+    assert all(p.grad is None for p in pair.receiver.model.parameters())
+    assert all(p.grad is None for p in pair.sharers[0].model.parameters())
+
+
+def test_continuation_logprobs_match_the_receiver_when_fusion_is_off():
+    pair = make_pair()
+    with pair.disable_fusion():
+        total, count = pair.continuation_logprobs(["Question: capital of France?\nAnswer:"], [" Paris"])
+    tokenizer = pair.receiver.tokenizer
+    view = pair.render_prompt("Question: capital of France?\nAnswer:")
+    continuation = tokenizer(" Paris", add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([view.ids + continuation])
+    logprobs = torch.log_softmax(pair.receiver.model(input_ids=ids).logits[0, :-1], -1)
+    expected = sum(logprobs[len(view.ids) - 1 + i, t] for i, t in enumerate(continuation))
+    assert count.item() == len(continuation)
+    torch.testing.assert_close(total[0], expected, rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------- checkpoints
+def test_checkpoint_round_trip(tmp_path):
+    pair = make_pair("llama", ("gemma", "qwen"))
+    pair.save_pretrained(tmp_path / "ckpt")
+    config = json.loads((tmp_path / "ckpt" / "c2c_config.json").read_text())
+    assert config["format_version"] == 1 and config["receiver_shape"]["num_layers"] == 4
+    assert [s["layer_map"] for s in config["sharers"]] == [[0, 0, 1, 2], [1, 2, 3, 4]]
+    loaded = C2CModel.from_pretrained(tmp_path / "ckpt", receiver=tiny("llama"), sharers=[tiny("gemma"), tiny("qwen")])
+    assert loaded.config == pair.config
+    for a, b in zip(pair.fusers.state_dict().values(), loaded.fusers.state_dict().values()):
+        assert torch.equal(a, b)
+    assert torch.equal(_last_logits(pair, PROMPTS), _last_logits(loaded.eval(), PROMPTS))
+
+
+def test_checkpoint_for_another_pair_is_refused(tmp_path):
+    make_pair("llama", ("gemma",)).save_pretrained(tmp_path)
+    with pytest.raises(CheckpointError, match="another pair"):
+        C2CModel.from_pretrained(tmp_path, receiver=tiny("qwen"), sharers=[tiny("gemma")])
+    with pytest.raises(CheckpointError, match="1 sharer"):
+        C2CModel.from_pretrained(tmp_path, receiver=tiny("llama"), sharers=[tiny("gemma"), tiny("qwen")])
+
+
+def test_truncated_weights_are_refused(tmp_path):
+    make_pair().save_pretrained(tmp_path)
+    weights = tmp_path / "fuser.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        C2CModel.from_pretrained(tmp_path, receiver=tiny("llama"), sharers=[tiny("gemma")])
+
+
+def test_newer_format_and_bad_configs_are_refused(tmp_path):
+    make_pair().save_pretrained(tmp_path)
+    path = tmp_path / "c2c_config.json"
+    config = json.loads(path.read_text())
+    path.write_text(json.dumps({**config, "format_version": 99}))
+    with pytest.raises(CheckpointError, match="newer"):
+        C2CModel.from_pretrained(tmp_path, receiver=tiny("llama"), sharers=[tiny("gemma")])
+    path.write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        C2CModel.from_pretrained(tmp_path, receiver=tiny("llama"), sharers=[tiny("gemma")])
+    with pytest.raises(CheckpointError, match="not a c2c checkpoint"):
+        C2CModel.from_pretrained(tmp_path / "nowhere", receiver=tiny("llama"), sharers=[tiny("gemma")])
+
+
+def test_weights_with_missing_keys_are_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+    make_pair().save_pretrained(tmp_path)
+    weights = load_file(str(tmp_path / "fuser.safetensors"))
+    weights.pop(next(iter(weights)))
+    save_file(weights, str(tmp_path / "fuser.safetensors"))
+    with pytest.raises(CheckpointError, match="missing"):
+        C2CModel.from_pretrained(tmp_path, receiver=tiny("llama"), sharers=[tiny("gemma")])
+
+
+def test_small_fuser_fixture_is_not_zero_init():
+    assert SMALL_FUSER.zero_init is False
