@@ -52,5 +52,11 @@ def gather_positions(kv: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     return kv.gather(2, index)
 
 
+def repeat_rows(cache: DynamicCache, repeats: int) -> DynamicCache:
+    """A new cache holding each row ``repeats`` times (the original is left untouched for reuse)."""
+    return cache_from_kv([(k.repeat_interleave(repeats, dim=0), v.repeat_interleave(repeats, dim=0))
+                          for k, v in all_kv(cache)])
+
+
 def seq_length(cache: DynamicCache) -> int:
     return cache.get_seq_length()

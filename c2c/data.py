@@ -495,7 +495,8 @@ def load_benchmark(
             keep = sorted(random.Random(seed).sample(range(len(items)), limit))
             items = [items[i] for i in keep]
     report["selected"] = len(items)
-    return Benchmark(name, split, items, report)
+    label = Path(name).stem if name not in BENCHMARKS else name  # a generic file is named by its stem
+    return Benchmark(label, split, items, report)
 
 
 # --------------------------------------------------------------------------- prompts

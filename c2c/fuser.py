@@ -28,7 +28,7 @@ class FuserConfig:
     num_layers: int = 3  # the projection branch has num_layers - 2 FFN blocks, as in the reference
     dropout: float = 0.1
     zero_init: bool = True  # zero the projection's output layer: the untrained fuser changes nothing
-    gate_noise: str = "logistic"  # "logistic" (binary Concrete) or "gumbel" (the reference's, mismatched)
+    gate_noise: str = "logistic"  # "logistic" (binary Concrete), "gumbel" (the reference's) or "none"
     straight_through: bool = True  # forward with the hard gate, backward through the relaxed one
     temperature_start: float = 1.0
     temperature_end: float = 0.001
@@ -41,8 +41,8 @@ class FuserConfig:
             raise ValueError(f"fuser num_layers must be >= 2 (input trunk + output), got {self.num_layers}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"fuser dropout must be in [0, 1), got {self.dropout}")
-        if self.gate_noise not in ("logistic", "gumbel"):
-            raise ValueError(f"gate_noise must be 'logistic' or 'gumbel', got {self.gate_noise!r}")
+        if self.gate_noise not in ("logistic", "gumbel", "none"):
+            raise ValueError(f"gate_noise must be 'logistic', 'gumbel' or 'none', got {self.gate_noise!r}")
         if not 0 < self.temperature_end <= self.temperature_start:
             raise ValueError("gate temperatures must satisfy 0 < temperature_end <= temperature_start, got "
                              f"{self.temperature_start} -> {self.temperature_end}")
@@ -131,8 +131,10 @@ class LayerFuser(nn.Module):
         uniform = torch.rand(shape, dtype=like.dtype, device=like.device).clamp(1e-6, 1 - 1e-6)
         if self.config.gate_noise == "logistic":
             noise = torch.log(uniform) - torch.log1p(-uniform)
-        else:
+        elif self.config.gate_noise == "gumbel":
             noise = -torch.log(-torch.log(uniform))
+        else:
+            noise = torch.zeros_like(uniform)
         soft = torch.sigmoid((logit + noise) / self.temperature.to(like.dtype))
         if not self.config.straight_through:
             return soft

@@ -211,8 +211,12 @@ class C2CModel(nn.Module):
             full = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": response}],
                                                  tokenize=False)
             text = full[len(prompt_text):] if full.startswith(prompt_text) else response + (tokenizer.eos_token or "")
-        elif template and tokenizer.eos_token:
-            text = response + tokenizer.eos_token
+        else:
+            prompt_text = render(tokenizer, messages, False).text
+            if not prompt_text[-1:].isspace() and not response[:1].isspace():
+                text = " " + response  # a raw completion: "Answer:" + " Paris"
+            if template and tokenizer.eos_token:
+                text += tokenizer.eos_token
         return tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def prepare(self, prompts: Sequence[Prompt], responses: Sequence[str] | None = None,
@@ -280,18 +284,23 @@ class C2CModel(nn.Module):
         """Each sharer's full-length K/V over its own input: per sharer, per layer (B, H_S, S_j, d_S)."""
         if batch.sharer_kv is not None:
             return batch.sharer_kv
-        caches = []
-        for sharer, ids, mask in zip(self.sharers, batch.sharer_ids, batch.sharer_mask):
-            output = sharer.model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
-                                  cache=kvcache.full_length_cache(), use_cache=True, logits_to_keep=1)
-            caches.append(kvcache.all_kv(output.cache))
-        return caches
+        return [self.sharer_kv(index, ids, mask)
+                for index, (ids, mask) in enumerate(zip(batch.sharer_ids, batch.sharer_mask))]
+
+    @torch.no_grad()
+    def sharer_kv(self, index: int, ids: torch.Tensor, mask: torch.Tensor) -> list[kvcache.KV]:
+        """Sharer ``index`` prefills left-padded ``ids`` (B, S): per layer (B, H_S, S, d_S)."""
+        output = self.sharers[index].model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
+                                           cache=kvcache.full_length_cache(), use_cache=True, logits_to_keep=1)
+        return kvcache.all_kv(output.cache)
 
     def prefill(self, batch: Batch, fuse: bool = True) -> DynamicCache:
         """Receiver cache of the prompt minus its last token, fused with the sharers' unless ``fuse`` is False."""
         prefix = slice(0, batch.prompt_length - 1)
         mask = batch.attention_mask[:, prefix]
-        with torch.no_grad():
+        # A frozen receiver needs no graph for its own prompt K/V; a LoRA-trained one (the baseline) does.
+        receiver_trains = torch.is_grad_enabled() and any(p.requires_grad for p in self.receiver.model.parameters())
+        with torch.set_grad_enabled(receiver_trains):
             output = self.receiver.model(input_ids=batch.input_ids[:, prefix], attention_mask=mask,
                                          position_ids=position_ids(mask), cache=kvcache.full_length_cache(),
                                          use_cache=True, logits_to_keep=1)
@@ -357,18 +366,6 @@ class C2CModel(nn.Module):
         labels = batch.labels[:, batch.prompt_length:]
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
         return logits, loss
-
-    @torch.no_grad()
-    def continuation_logprobs(self, prompts: Sequence[Prompt], continuations: Sequence[str], fuse: bool = True,
-                              sharer_prompts: Sequence[Prompt] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sum of log-probabilities of each continuation after its prompt, and its token count: (B,), (B,)."""
-        batch = self.prepare(prompts, continuations, sharer_prompts=sharer_prompts, response_template=False)
-        batch = batch.to(self.device)
-        logits, _ = self.forward(batch, fuse=fuse)
-        labels = batch.labels[:, batch.prompt_length:]
-        logprobs = torch.log_softmax(logits, dim=-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        valid = labels != -100
-        return (logprobs * valid).sum(-1), valid.sum(-1)
 
     @torch.no_grad()
     def generate(self, prompts: Prompt | Sequence[Prompt], max_new_tokens: int = 128, do_sample: bool = False,

@@ -120,8 +120,8 @@ def test_empty_prompt_is_a_clear_error():
 
 def test_over_long_prompt_is_a_clear_error():
     pair = make_pair()
-    with pytest.raises(ValueError, match="exceeds the receiver's 256 positions"):
-        pair.generate("word " * 300, max_new_tokens=4)
+    with pytest.raises(ValueError, match="exceeds the receiver.s 1024 positions"):
+        pair.generate("word " * 1100, max_new_tokens=4)
 
 
 # ------------------------------------------------------------------------------------------- layer maps
@@ -317,20 +317,6 @@ def test_training_forward_masks_prompt_and_trains_only_the_fuser():
     assert all(p.grad is not None for p in pair.fusers.parameters() if p.requires_grad and p.dim() > 1)
     assert all(p.grad is None for p in pair.receiver.model.parameters())
     assert all(p.grad is None for p in pair.sharers[0].model.parameters())
-
-
-def test_continuation_logprobs_match_the_receiver_when_fusion_is_off():
-    pair = make_pair()
-    with pair.disable_fusion():
-        total, count = pair.continuation_logprobs(["Question: capital of France?\nAnswer:"], [" Paris"])
-    tokenizer = pair.receiver.tokenizer
-    view = pair.render_prompt("Question: capital of France?\nAnswer:")
-    continuation = tokenizer(" Paris", add_special_tokens=False)["input_ids"]
-    ids = torch.tensor([view.ids + continuation])
-    logprobs = torch.log_softmax(pair.receiver.model(input_ids=ids).logits[0, :-1], -1)
-    expected = sum(logprobs[len(view.ids) - 1 + i, t] for i, t in enumerate(continuation))
-    assert count.item() == len(continuation)
-    torch.testing.assert_close(total[0], expected, rtol=1e-4, atol=1e-4)
 
 
 # ------------------------------------------------------------------------------------------- checkpoints

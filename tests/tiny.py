@@ -72,7 +72,8 @@ def _build(kind: str) -> LoadedModel:
     if kind == "llama":
         tokenizer = _byte_bpe(400)
         config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-                             num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=256,
+                             num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=1024,
+                             initializer_range=0.15,
                              tie_word_embeddings=True)
         model = LlamaForCausalLM(config)
     elif kind == "gemma":
@@ -81,12 +82,13 @@ def _build(kind: str) -> LoadedModel:
                                   num_attention_heads=2, num_key_value_heads=1, head_dim=16, query_pre_attn_scalar=16,
                                   sliding_window=8, layer_types=["sliding_attention", "sliding_attention",
                                                                  "full_attention"],
-                                  max_position_embeddings=256, pad_token_id=0, eos_token_id=1, bos_token_id=2)
+                                  max_position_embeddings=1024, pad_token_id=0, eos_token_id=1, bos_token_id=2)
         model = Gemma3ForCausalLM(config)
     elif kind == "qwen":
         tokenizer = _char_bpe(350)
         config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=5,
-                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                             initializer_range=0.15,
                              tie_word_embeddings=False)
         model = Qwen2ForCausalLM(config)
     else:

@@ -1,0 +1,208 @@
+"""The ``c2c`` command: argument parsing over the public API, nothing else."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .models import DEFAULT_RECEIVER, DEFAULT_SHARER
+
+
+def _pair_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--fuser", help="a trained fuser folder (c2c_config.json + fuser.safetensors)")
+    parser.add_argument("--receiver", help=f"receiver spec when no --fuser is given (default {DEFAULT_RECEIVER})")
+    parser.add_argument("--sharer", action="append", help=f"sharer spec(s) when no --fuser is given "
+                                                          f"(default {DEFAULT_SHARER}); repeat for several")
+
+
+def _load_pair(args):
+    from .pair import C2CModel
+    if args.fuser:
+        return C2CModel.from_pretrained(args.fuser)
+    print("note: no --fuser given: an untrained fuser changes nothing, so this is the receiver alone",
+          file=sys.stderr)
+    return C2CModel.create(args.receiver or DEFAULT_RECEIVER, args.sharer or [DEFAULT_SHARER])
+
+
+def cmd_inspect(args) -> None:
+    from .fuser import FuserConfig
+    from .inspection import SAMPLE_TEXT, format_report, inspect_pair
+    from .pair import C2CModel
+    pair = C2CModel.create(args.receiver, args.sharer or [DEFAULT_SHARER],
+                           FuserConfig(hidden_size=args.fuser_hidden, intermediate_size=args.fuser_hidden),
+                           args.layer_map, args.token_alignment, chat_template=not args.no_chat_template)
+    report = inspect_pair(pair, args.text or SAMPLE_TEXT)
+    print(json.dumps(report, indent=2, ensure_ascii=False) if args.json else format_report(report))
+
+
+def cmd_generate(args) -> None:
+    import torch
+    from transformers import TextStreamer
+    pair = _load_pair(args)
+    torch.manual_seed(args.seed)
+    prompts = args.prompt if args.prompt else [sys.stdin.read()]
+    stream = len(prompts) == 1 and not args.no_stream
+    streamer = TextStreamer(pair.receiver.tokenizer, skip_prompt=True, skip_special_tokens=True) if stream else None
+    outputs = pair.generate(prompts, max_new_tokens=args.max_new_tokens, do_sample=args.sample,
+                            temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, stop=args.stop,
+                            streamer=streamer, fuse=not args.no_fuse)
+    if not stream:
+        for output in outputs:
+            print(output)
+
+
+def cmd_train(args) -> None:
+    import yaml
+    from .train import TrainConfig, train
+    overrides = {}
+    for assignment in args.set or []:
+        key, _, value = assignment.partition("=")
+        overrides[key] = yaml.safe_load(value)
+    for key in ("output", "method", "steps", "epochs", "batch_size", "grad_accum", "lr", "seed", "max_examples"):
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
+    if args.steps is not None:
+        overrides.setdefault("epochs", None)
+    if args.epochs is not None:
+        overrides.setdefault("steps", None)
+    if args.resume:
+        run = Path(args.resume)
+        if not (run / "train_config.json").is_file():
+            raise SystemExit(f"error: {run} is not a training run folder (no train_config.json); "
+                             "give the output folder of an earlier `c2c train`")
+        config = TrainConfig.from_dict({**json.loads((run / "train_config.json").read_text()), **overrides})
+    elif args.recipe:
+        config = TrainConfig.from_file(args.recipe, overrides)
+    else:
+        config = TrainConfig.from_dict(overrides)
+    output = train(config, resume=bool(args.resume))
+    print(f"saved to {output}")
+
+
+def cmd_eval(args) -> None:
+    from .evaluate import EvalConfig, EvalSetup, run_eval
+    from .models import load_model
+    config = EvalConfig(benchmarks=args.bench.split(","), methods=args.methods.split(","), scoring=args.scoring,
+                        split=args.split, limit=args.limit, seed=args.seed, out=args.out, data_dir=args.data_dir,
+                        skip_bad=args.skip_bad, recompute=args.recompute)
+    pair = None
+    if args.fuser:
+        from .pair import C2CModel
+        pair = C2CModel.from_pretrained(args.fuser)
+        receiver, sharer = pair.receiver, pair.sharers[0]
+    else:
+        receiver, sharer = load_model(args.receiver or DEFAULT_RECEIVER), load_model((args.sharer or [DEFAULT_SHARER])[0])
+    lora = None
+    if args.lora:
+        from .train import load_lora_receiver
+        lora = load_lora_receiver(args.lora)
+    chat = pair.config.chat_template if pair else not args.no_chat_template
+    setup = EvalSetup(pair, receiver, sharer, lora, chat=chat, t2t_tokens=args.t2t_tokens,
+                      max_new_tokens=args.max_new_tokens)
+    run_eval(config, setup)
+    print((Path(config.out) / "table.md").read_text())
+    print(f"per-item records, summary.json and the plot are in {config.out}")
+
+
+def cmd_chat(args) -> None:
+    from .serve import chat
+    chat(_load_pair(args), max_new_tokens=args.max_new_tokens)
+
+
+def cmd_serve(args) -> None:
+    from .serve import serve
+    serve(_load_pair(args), host=args.host, port=args.port, api_key=args.api_key)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="c2c", description="Cache-to-Cache: LLMs talking through their KV-caches")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    inspect = commands.add_parser("inspect", help="shapes, layer map, fuser size and token alignment of a pair")
+    inspect.add_argument("--receiver", default=DEFAULT_RECEIVER)
+    inspect.add_argument("--sharer", action="append")
+    inspect.add_argument("--fuser-hidden", type=int, default=128)
+    inspect.add_argument("--layer-map", default="last_aligned")
+    inspect.add_argument("--token-alignment", default="offsets")
+    inspect.add_argument("--no-chat-template", action="store_true")
+    inspect.add_argument("--text", help="sample text for the alignment report")
+    inspect.add_argument("--json", action="store_true")
+    inspect.set_defaults(run=cmd_inspect)
+
+    generate = commands.add_parser("generate", help="answer prompts with the fused pair")
+    _pair_arguments(generate)
+    generate.add_argument("prompt", nargs="*", help="prompt(s); read from standard input if none")
+    generate.add_argument("--max-new-tokens", type=int, default=128)
+    generate.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    generate.add_argument("--temperature", type=float, default=0.7)
+    generate.add_argument("--top-p", type=float, default=0.9)
+    generate.add_argument("--top-k", type=int)
+    generate.add_argument("--stop", action="append", help="stop string (repeatable)")
+    generate.add_argument("--no-stream", action="store_true")
+    generate.add_argument("--no-fuse", action="store_true", help="the receiver alone")
+    generate.add_argument("--seed", type=int, default=0)
+    generate.set_defaults(run=cmd_generate)
+
+    train = commands.add_parser("train", help="train a fuser (or the LoRA baseline) from a recipe")
+    train.add_argument("recipe", nargs="?", help="YAML recipe (see recipes/)")
+    train.add_argument("--resume", metavar="DIR", help="continue an interrupted run from its output folder")
+    train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any recipe key (YAML value)")
+    train.add_argument("--output")
+    train.add_argument("--method", choices=["c2c", "lora"])
+    train.add_argument("--steps", type=int)
+    train.add_argument("--epochs", type=float)
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--grad-accum", type=int)
+    train.add_argument("--lr", type=float)
+    train.add_argument("--seed", type=int)
+    train.add_argument("--max-examples", type=int)
+    train.set_defaults(run=cmd_train)
+
+    evaluate = commands.add_parser("eval", help="evaluate methods and baselines on benchmarks")
+    _pair_arguments(evaluate)
+    evaluate.add_argument("--bench", required=True, help="comma-separated names or generic MC .jsonl paths")
+    evaluate.add_argument("--methods", default="receiver,sharer,c2c")
+    evaluate.add_argument("--scoring", default="cloze-options")
+    evaluate.add_argument("--split", default="test")
+    evaluate.add_argument("--limit", type=int)
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--out", default="results/eval")
+    evaluate.add_argument("--data-dir")
+    evaluate.add_argument("--lora", metavar="DIR", help="LoRA run folder for the lora-receiver method")
+    evaluate.add_argument("--t2t-tokens", type=int, default=64, help="sharer's budget in the t2t baseline")
+    evaluate.add_argument("--max-new-tokens", type=int, default=64, help="answer budget of the generate scoring")
+    evaluate.add_argument("--no-chat-template", action="store_true", help="without --fuser: raw prompts")
+    evaluate.add_argument("--skip-bad", action="store_true", help="skip malformed rows (reported)")
+    evaluate.add_argument("--recompute", action="store_true", help="ignore finished per-item records")
+    evaluate.set_defaults(run=cmd_eval)
+
+    chat = commands.add_parser("chat", help="chat with the fused pair in the terminal")
+    _pair_arguments(chat)
+    chat.add_argument("--max-new-tokens", type=int, default=256)
+    chat.set_defaults(run=cmd_chat)
+
+    serve = commands.add_parser("serve", help="OpenAI-compatible HTTP server")
+    _pair_arguments(serve)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--api-key")
+    serve.set_defaults(run=cmd_serve)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    from .data import DataError
+    from .models import ModelLoadError
+    from .pair import CheckpointError
+    from .train import RecipeError, TrainingError
+    try:
+        args.run(args)
+    except (ModelLoadError, CheckpointError, RecipeError, TrainingError, DataError, ValueError) as error:
+        raise SystemExit(f"error: {error}") from None
+
+
+if __name__ == "__main__":
+    main()

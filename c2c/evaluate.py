@@ -1,0 +1,391 @@
+"""Evaluation: every method (models alone, text-to-text, C2C and its shuffled-sharer control, ensemble,
+routing, a LoRA receiver) under one of four scoring protocols, with per-item records that make long runs
+resumable, a summary with 95% intervals and latency, a Markdown table and a plot.
+
+A *scorer* turns a prompt into a prefilled receiver state (ids + cache of all prompt tokens but the last);
+the protocols (generate, letter, cloze, cloze-options) run on that state the same way for every method.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol
+
+import torch
+from tqdm import tqdm
+from transformers import DynamicCache
+
+from . import cache as kvcache
+from .align import as_messages, render
+from .data import MCItem, cloze_continuations, extract_choice_letter, load_benchmark, mc_prompt
+from .models import LoadedModel
+from .pair import C2CModel, position_ids
+
+SCORINGS = ("generate", "letter", "cloze", "cloze-options")
+RUN_METHODS = ("receiver", "sharer", "t2t", "c2c", "c2c-shuffled", "lora-receiver")
+DERIVED_METHODS = {"ensemble": ("receiver", "sharer"), "routing": ("receiver", "sharer"),
+                   "routing-oracle": ("receiver", "sharer")}
+METHODS = RUN_METHODS + tuple(DERIVED_METHODS)
+T2T_BACKGROUND_PROMPT = "Question: {question}\nUseful background knowledge for answering this question:"
+
+
+# ------------------------------------------------------------------------------------------------ scorers
+@dataclass
+class Prefilled:
+    """A prompt run through a model up to (not including) its last token."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    input_ids: torch.Tensor  # (1, P)
+    cache: DynamicCache  # P - 1 positions
+
+
+class Scorer(Protocol):
+    name: str
+
+    def prefill(self, prompt: str, other_prompt: str | None = None) -> Prefilled: ...
+
+
+@dataclass
+class ModelScorer:
+    """One model alone, reading the prompt through its own chat template (if ``chat`` and it has one)."""
+
+    name: str
+    model: LoadedModel
+    chat: bool
+
+    @torch.no_grad()
+    def prefill(self, prompt: str, other_prompt: str | None = None) -> Prefilled:
+        view = render(self.model.tokenizer, as_messages(prompt), self.chat)
+        ids = torch.tensor([view.ids], device=self.model.model.device)
+        output = self.model.model(input_ids=ids[:, :-1], cache=kvcache.full_length_cache(), use_cache=True,
+                                  logits_to_keep=1)
+        return Prefilled(self.model.model, self.model.tokenizer, ids, output.cache)
+
+
+@dataclass
+class PairScorer:
+    """The receiver reading a fused cache; ``other_prompt`` makes the sharer read another question."""
+
+    name: str
+    pair: C2CModel
+
+    @torch.no_grad()
+    def prefill(self, prompt: str, other_prompt: str | None = None) -> Prefilled:
+        batch = self.pair.prepare([prompt], sharer_prompts=[other_prompt] if other_prompt else None)
+        batch = batch.to(self.pair.device)
+        cache = self.pair.prefill(batch, fuse=True)
+        return Prefilled(self.pair.receiver.model, self.pair.receiver.tokenizer, batch.input_ids, cache)
+
+
+# ------------------------------------------------------------------------------------------------ protocols
+@torch.no_grad()
+def continuation_logprobs(state: Prefilled, continuations: list[str]) -> list[tuple[float, int]]:
+    """(sum of log-probabilities, token count) of each continuation after the prompt, in one batch."""
+    rows = [state.tokenizer(c, add_special_tokens=False)["input_ids"] for c in continuations]
+    width = max(len(r) for r in rows)
+    last = state.input_ids[0, -1].item()
+    pad = state.tokenizer.pad_token_id or 0
+    tail = torch.tensor([[last] + r + [pad] * (width - len(r)) for r in rows], device=state.input_ids.device)
+    tail_mask = torch.tensor([[1] * (1 + len(r)) + [0] * (width - len(r)) for r in rows], device=tail.device)
+    prefix = kvcache.seq_length(state.cache)
+    cache = kvcache.repeat_rows(state.cache, len(rows))
+    mask = torch.cat([torch.ones(len(rows), prefix, dtype=torch.long, device=tail.device), tail_mask], dim=1)
+    logits = state.model(input_ids=tail, attention_mask=mask, position_ids=position_ids(mask)[:, prefix:],
+                         cache=cache, use_cache=True).logits.float()
+    logprobs = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, tail[:, 1:, None]).squeeze(-1)
+    valid = tail_mask[:, 1:].bool()
+    return [(float(logprobs[i][valid[i]].sum()), int(valid[i].sum())) for i in range(len(rows))]
+
+
+@torch.no_grad()
+def next_token_logits(state: Prefilled) -> torch.Tensor:
+    cache = kvcache.repeat_rows(state.cache, 1)
+    prefix = kvcache.seq_length(cache)
+    return state.model(input_ids=state.input_ids[:, -1:], position_ids=torch.tensor([[prefix]]), cache=cache,
+                       use_cache=True).logits[0, -1].float()
+
+
+@torch.no_grad()
+def greedy_text(state: Prefilled, max_new_tokens: int, stop: list[str] | None = None) -> tuple[str, int]:
+    """Greedy continuation decoded by the stock ``generate`` from the prefilled cache; (text, new tokens)."""
+    cache = kvcache.repeat_rows(state.cache, 1)
+    output = state.model.generate(input_ids=state.input_ids, attention_mask=torch.ones_like(state.input_ids),
+                                  cache=cache, max_new_tokens=max_new_tokens, do_sample=False,
+                                  pad_token_id=state.tokenizer.pad_token_id, stop_strings=stop,
+                                  tokenizer=state.tokenizer if stop else None)
+    new = output[0, state.input_ids.shape[1]:]
+    return state.tokenizer.decode(new, skip_special_tokens=True), len(new)
+
+
+def score_item(state: Prefilled, item: MCItem, scoring: str, max_new_tokens: int) -> dict:
+    """Prediction and per-choice scores of one prefilled item under a protocol."""
+    if scoring == "generate":
+        text, generated = greedy_text(state, max_new_tokens)
+        return {"prediction": extract_choice_letter(text, len(item.choices)), "text": text,
+                "generated_tokens": generated, "scores": None}
+    if scoring == "letter":
+        logits = next_token_logits(state)
+        ids = [state.tokenizer(f" {letter}", add_special_tokens=False)["input_ids"][0] for letter in item.letters]
+        scores = torch.log_softmax(logits, -1)[ids].tolist()
+    else:  # cloze protocols: log-likelihood per character of each choice text, as lm-evaluation-harness's acc_norm
+        continuations = cloze_continuations(item)
+        scores = [total / len(text) for (total, _), text in
+                  zip(continuation_logprobs(state, continuations), continuations)]
+    return {"prediction": max(range(len(scores)), key=scores.__getitem__), "scores": scores,
+            "generated_tokens": 0}
+
+
+def item_prompt(item: MCItem, scoring: str) -> str:
+    return mc_prompt(item, {"generate": "generate", "letter": "cloze-options", "cloze": "cloze",
+                            "cloze-options": "cloze-options"}[scoring])
+
+
+# ------------------------------------------------------------------------------------------------ methods
+@dataclass
+class EvalSetup:
+    """What the methods need: the pair (with the fuser, if any) and optional LoRA receiver."""
+
+    pair: C2CModel | None
+    receiver: LoadedModel
+    sharer: LoadedModel
+    lora_receiver: LoadedModel | None = None
+    chat: bool = False
+    t2t_tokens: int = 64
+    max_new_tokens: int = 64
+
+
+def method_runner(method: str, setup: EvalSetup, items: list[MCItem], scoring: str, seed: int
+                  ) -> Callable[[MCItem], dict]:
+    """A function that evaluates one item with ``method`` and returns its record (without timing)."""
+    def with_scorer(scorer: Scorer, partner: Callable[[MCItem], str | None] = lambda item: None,
+                    prefix: Callable[[MCItem], tuple[str, dict]] = lambda item: ("", {})):
+        def run(item: MCItem) -> dict:
+            context, extra = prefix(item)
+            state = scorer.prefill(context + item_prompt(item, scoring), partner(item))
+            return {**score_item(state, item, scoring, setup.max_new_tokens), **extra}
+        return run
+
+    if method == "receiver":
+        return with_scorer(ModelScorer("receiver", setup.receiver, setup.chat))
+    if method == "sharer":
+        return with_scorer(ModelScorer("sharer", setup.sharer, setup.chat))
+    if method == "lora-receiver":
+        if setup.lora_receiver is None:
+            raise ValueError("method lora-receiver needs --lora DIR (a LoRA adapter trained with `c2c train` "
+                             "method: lora)")
+        return with_scorer(ModelScorer("lora-receiver", setup.lora_receiver, setup.chat))
+    if method in ("c2c", "c2c-shuffled"):
+        if setup.pair is None:
+            raise ValueError(f"method {method} needs a fuser: pass --fuser DIR")
+        scorer = PairScorer(method, setup.pair)
+        if method == "c2c":
+            return with_scorer(scorer)
+        partners = shuffled_partners(items, seed)
+        return with_scorer(scorer, partner=lambda item: item_prompt(partners[item.id], scoring))
+    if method == "t2t":
+        sharer = ModelScorer("sharer", setup.sharer, setup.chat)
+
+        def background(item: MCItem) -> tuple[str, dict]:
+            state = sharer.prefill(T2T_BACKGROUND_PROMPT.format(question=item.question))
+            text, generated = greedy_text(state, setup.t2t_tokens)
+            return f"Background: {text.strip()}\n\n", {"background": text, "sharer_tokens": generated}
+        return with_scorer(ModelScorer("receiver", setup.receiver, setup.chat), prefix=background)
+    raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+
+
+def shuffled_partners(items: list[MCItem], seed: int) -> dict[str, MCItem]:
+    """Each item's partner for the shuffled control: a seeded derangement (never the item itself)."""
+    order = list(range(len(items)))
+    random.Random(seed).shuffle(order)
+    return {items[order[i]].id: items[order[(i + 1) % len(order)]] for i in range(len(order))}
+
+
+def derived_records(method: str, receiver: dict[str, dict], sharer: dict[str, dict]) -> list[dict]:
+    """Ensemble (mean of both models' choice probabilities), confidence routing, and the routing oracle."""
+    records = []
+    for item_id, r in receiver.items():
+        s = sharer.get(item_id)
+        if s is None or r["scores"] is None:
+            continue
+        p_r, p_s = (torch.softmax(torch.tensor(x["scores"]), 0) for x in (r, s))
+        if method == "ensemble":
+            prediction, route = int(((p_r + p_s) / 2).argmax()), None
+        elif method == "routing":
+            route = "receiver" if p_r.max() >= p_s.max() else "sharer"
+            prediction = (r if route == "receiver" else s)["prediction"]
+        else:  # routing-oracle: right whenever either model is right
+            route = "receiver" if r["correct"] else "sharer"
+            prediction = (r if r["correct"] or not s["correct"] else s)["prediction"]
+        records.append({"id": item_id, "subject": r["subject"], "gold": r["gold"], "prediction": prediction,
+                        "correct": prediction == r["gold"], "route": route,
+                        "latency_ms": r["latency_ms"] + s["latency_ms"], "generated_tokens": 0})
+    return records
+
+
+# ------------------------------------------------------------------------------------------------ the run
+@dataclass
+class EvalConfig:
+    benchmarks: list[str]
+    methods: list[str]
+    scoring: str = "cloze-options"
+    split: str = "test"
+    limit: int | None = None
+    seed: int = 0
+    out: str = "results/eval"
+    data_dir: str | None = None
+    skip_bad: bool = False
+    recompute: bool = False
+    warmup: int = 1
+
+    def __post_init__(self):
+        if self.scoring not in SCORINGS:
+            raise ValueError(f"scoring {self.scoring!r} is unknown; expected one of {SCORINGS}")
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise ValueError(f"unknown methods {unknown}; expected some of {METHODS}")
+        if self.scoring == "generate" and any(m in DERIVED_METHODS for m in self.methods):
+            raise ValueError("ensemble and routing need per-choice scores: use a letter or cloze scoring, not generate")
+
+
+def run_eval(config: EvalConfig, setup: EvalSetup) -> dict:
+    """Evaluate, resuming from per-item files in ``config.out``; returns (and writes) the summary."""
+    out = Path(config.out)
+    runs = list(dict.fromkeys([d for m in config.methods for d in DERIVED_METHODS.get(m, (m,))]))
+    summary = {"scoring": config.scoring, "split": config.split, "seed": config.seed, "limit": config.limit,
+               "t2t_tokens": setup.t2t_tokens, "max_new_tokens": setup.max_new_tokens, "benchmarks": {}}
+    for name in config.benchmarks:
+        benchmark = load_benchmark(name, config.split, config.data_dir, config.skip_bad, config.limit, config.seed)
+        folder = out / benchmark.name
+        folder.mkdir(parents=True, exist_ok=True)
+        records = {m: run_method(m, setup, benchmark.items, config, folder) for m in runs}
+        for method in config.methods:
+            if method in DERIVED_METHODS:
+                by_id = {m: {r["id"]: r for r in records[m]} for m in DERIVED_METHODS[method]}
+                records[method] = derived_records(method, by_id["receiver"], by_id["sharer"])
+                write_jsonl(folder / f"{method}.jsonl", records[method])
+        summary["benchmarks"][benchmark.name] = {
+            "n": len(benchmark.items), "scoring": config.scoring, "report": benchmark.report,
+            "methods": {m: summarize(records[m]) for m in config.methods}}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "table.md").write_text(markdown_table(summary))
+    plot(summary, out / "accuracy_vs_latency.png")
+    return summary
+
+
+def run_method(method: str, setup: EvalSetup, items: list[MCItem], config: EvalConfig, folder: Path) -> list[dict]:
+    """Records for every item, reusing those already in ``folder/method.jsonl`` (unless recompute)."""
+    path = folder / f"{method}.jsonl"
+    if config.recompute and path.exists():
+        path.unlink()
+    records = read_jsonl(path)
+    text = path.read_text() if path.exists() else ""
+    if text and (not text.endswith("\n") or len(records) != text.count("\n")):
+        write_jsonl(path, records)  # drop a line cut off by an interrupted run before appending
+    done = {r["id"]: r for r in records}
+    todo = [item for item in items if item.id not in done]
+    if todo:
+        run = method_runner(method, setup, items, config.scoring, config.seed)
+        for item in todo[:config.warmup]:
+            run(item)  # warm-up: first calls pay for allocation and lazy initialisation
+        with path.open("a") as handle:
+            for item in tqdm(todo, desc=f"{folder.name} {method}", dynamic_ncols=True):
+                started = time.perf_counter()
+                result = run(item)
+                latency = (time.perf_counter() - started) * 1000
+                record = {"id": item.id, "subject": item.subject, "gold": item.answer,
+                          "correct": result["prediction"] == item.answer, "latency_ms": latency, **result}
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+                handle.flush()
+                done[item.id] = record
+    return [done[item.id] for item in items]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Records of a per-item file; a line cut off by an interrupted run is skipped (the item is redone)."""
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def write_jsonl(path: Path, records: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
+def wilson(correct: int, n: int, z: float = 1.96) -> list[float]:
+    if n == 0:
+        return [0.0, 0.0]
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [round(centre - half, 4), round(centre + half, 4)]
+
+
+def summarize(records: list[dict]) -> dict:
+    n = len(records)
+    correct = sum(r["correct"] for r in records)
+    latencies = sorted(r["latency_ms"] for r in records)
+    subjects: dict[str, list[bool]] = {}
+    for r in records:
+        subjects.setdefault(r["subject"] or "all", []).append(r["correct"])
+    return {"n": n, "accuracy": round(correct / n, 4) if n else 0.0, "ci95": wilson(correct, n),
+            "latency_ms_mean": round(statistics.fmean(latencies), 2) if n else 0.0,
+            "latency_ms_p50": round(_quantile(latencies, 0.5), 2), "latency_ms_p90": round(_quantile(latencies, 0.9), 2),
+            "per_subject": {s: round(sum(v) / len(v), 4) for s, v in sorted(subjects.items())} if len(subjects) > 1
+            else None}
+
+
+def _quantile(values: list[float], q: float) -> float:
+    return values[min(int(q * len(values)), len(values) - 1)] if values else 0.0
+
+
+def markdown_table(summary: dict) -> str:
+    names = list(summary["benchmarks"])
+    methods = list(dict.fromkeys(m for b in summary["benchmarks"].values() for m in b["methods"]))
+    lines = [f"Scoring: `{summary['scoring']}`, split `{summary['split']}`, t2t sharer budget "
+             f"{summary['t2t_tokens']} new tokens. Accuracy % [95% CI], mean latency per item (ms, batch 1).", "",
+             "| method | " + " | ".join(f"{n} (n={summary['benchmarks'][n]['n']})" for n in names) + " | mean |",
+             "|---|" + "---|" * (len(names) + 1)]
+    for method in methods:
+        cells, accuracies = [], []
+        for name in names:
+            result = summary["benchmarks"][name]["methods"].get(method)
+            if result is None:
+                cells.append("-")
+                continue
+            accuracies.append(result["accuracy"])
+            lo, hi = result["ci95"]
+            cells.append(f"{100 * result['accuracy']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}], "
+                         f"{result['latency_ms_mean']:.0f} ms")
+        mean = f"{100 * statistics.fmean(accuracies):.1f}" if accuracies else "-"
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {mean} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    names = list(summary["benchmarks"])
+    figure, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 4), squeeze=False)
+    for axis, name in zip(axes[0], names):
+        for method, result in summary["benchmarks"][name]["methods"].items():
+            axis.scatter(result["latency_ms_mean"], 100 * result["accuracy"], label=method)
+            axis.annotate(method, (result["latency_ms_mean"], 100 * result["accuracy"]), fontsize=7)
+        axis.set(title=f"{name} ({summary['scoring']})", xlabel="mean latency per item (ms)", ylabel="accuracy (%)")
+        axis.set_xscale("log")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)

@@ -1,0 +1,90 @@
+"""On-disk store of each training example's sharer K/V.
+
+The sharer is frozen and the data fixed, so an example's sharer cache never changes: compute it once, reuse it
+every epoch (and across runs on the same pair and data). Stored in float16 to halve the disk; the stored values
+are used from the very first step, so runs with and without a warm store train identically. Bounded in size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .cache import KV
+from .models import cache_dir
+
+
+class SharerKVStore:
+    def __init__(self, folder: Path, max_bytes: int, dtype: torch.dtype = torch.float16):
+        self.folder, self.max_bytes, self.dtype = folder, max_bytes, dtype
+        folder.mkdir(parents=True, exist_ok=True)
+        self.bytes = sum(f.stat().st_size for f in folder.glob("*.safetensors"))
+        self.hits = self.misses = self.over_budget = 0
+
+    @classmethod
+    def for_pair(cls, pair, max_gb: float) -> "SharerKVStore":
+        identity = json.dumps([[s.model, s.shape, s.token_alignment] for s in pair.config.sharers]
+                              + [pair.config.chat_template], sort_keys=True)
+        digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
+        return cls(cache_dir() / "sharer_kv" / digest, int(max_gb * 2**30))
+
+    def _path(self, sharer: int, ids: torch.Tensor) -> Path:
+        digest = hashlib.sha256(f"{sharer}:".encode() + ids.cpu().numpy().astype("int64").tobytes()).hexdigest()
+        return self.folder / f"{digest[:32]}.safetensors"
+
+    def _save(self, path: Path, layers: list[KV]) -> None:
+        tensors = {f"{kind}{layer}": tensor.contiguous().cpu()
+                   for layer, kv in enumerate(layers) for kind, tensor in zip("kv", kv)}
+        size = sum(t.numel() * t.element_size() for t in tensors.values())
+        if self.bytes + size > self.max_bytes:
+            self.over_budget += 1
+            return
+        handle, temporary = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
+        os.close(handle)
+        save_file(tensors, temporary)
+        os.replace(temporary, path)
+        self.bytes += size
+
+    def batch_kv(self, pair, batch) -> list[list[KV]]:
+        """Per sharer, per layer (B, H_S, S, d_S) for a prepared batch, from the store where possible."""
+        caches = []
+        for sharer, (ids, mask) in enumerate(zip(batch.sharer_ids, batch.sharer_mask)):
+            rows = [ids[b][mask[b].bool()] for b in range(ids.shape[0])]
+            paths = [self._path(sharer, row) for row in rows]
+            found = {b: _load(path) for b, path in enumerate(paths) if path.is_file()}
+            missing = [b for b in range(len(rows)) if b not in found]
+            self.hits += len(found)
+            self.misses += len(missing)
+            if missing:
+                fresh = pair.sharer_kv(sharer, ids[missing], mask[missing])
+                for i, b in enumerate(missing):
+                    length = len(rows[b])  # left padding: the row's tokens are the last `length` positions
+                    layers = [(k[i:i + 1, :, -length:].to(self.dtype), v[i:i + 1, :, -length:].to(self.dtype))
+                              for k, v in fresh]
+                    self._save(paths[b], layers)
+                    found[b] = layers
+            width = ids.shape[1]
+            caches.append([tuple(torch.cat([_left_pad(found[b][layer][kind], width) for b in range(len(rows))])
+                                 for kind in range(2))
+                           for layer in range(len(found[0]))])
+        return caches
+
+    def report(self) -> dict:
+        return {"folder": str(self.folder), "hits": self.hits, "misses": self.misses, "bytes": self.bytes,
+                "max_bytes": self.max_bytes, "not_stored_over_budget": self.over_budget}
+
+
+def _load(path: Path) -> list[KV]:
+    tensors = load_file(str(path))
+    return [(tensors[f"k{layer}"], tensors[f"v{layer}"]) for layer in range(len(tensors) // 2)]
+
+
+def _left_pad(kv: torch.Tensor, width: int) -> torch.Tensor:
+    """(1, H, n, d) -> (1, H, width, d) in float32, zeros on the left (padding positions are never read)."""
+    return torch.nn.functional.pad(kv.float(), (0, 0, width - kv.shape[2], 0))

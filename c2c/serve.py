@@ -1,0 +1,723 @@
+"""Talk to a C2C pair: a terminal chat (`chat`) and an OpenAI-compatible HTTP server (`create_app`, `serve`).
+
+Both share one core, `generate_jobs`: it runs prompts as one `pair.generate` batch with a `Rows` stopping
+criterion, which ``generate`` calls after every decoding step. `Rows` turns each row's new token into a text
+delta for that row's listener and ends the row on its own terms: its ``max_tokens``, its end-of-sequence, one
+of its stop sequences (trimmed from the answer, as OpenAI does) or its cancel flag. So the rows of one batch
+may ask for different lengths, and each answer is delivered the moment its row ends.
+
+Server: a handler validates a request, turns each of its prompts into a `Job` and submits them to the
+`Engine`, a bounded queue drained by the one thread that runs the model (torch must not run one model from
+several threads at once). The engine takes the oldest waiting job plus the waiting jobs with the same
+`Sampling` (all greedy requests share one), waiting up to ``batch_window_ms`` for more when it was idle, up to
+``max_batch``. Handlers read their jobs' events from an asyncio queue and either stream them as server-sent
+events or join them into one answer; a client that disconnects sets its jobs' cancel flags.
+
+A ``/v1/completions`` prompt is fused as one user message (the receiver's chat template is applied, as for
+chat): fusion is trained on chat-formatted prompts, and a raw-text mode would answer differently from chat.
+As in OpenAI's API, ``temperature`` defaults to 1 (sampling); send 0 for greedy answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import queue
+import socket
+import sys
+import threading
+import time
+import uuid
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Callable, Iterator, TextIO
+
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
+
+from .align import Message
+from .pair import C2CModel, Prompt
+
+try:  # the HTTP server is the optional extra c2c[serve]; chat() needs none of it
+    import uvicorn
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse, Response, StreamingResponse
+    from starlette.exceptions import HTTPException
+except ImportError:  # pragma: no cover
+    FastAPI = None
+
+log = logging.getLogger("c2c.serve")
+
+Post = Callable[[str, object], None]  # ("delta", str) | ("done", Finish) | ("error", Exception)
+
+
+# ============================================================================================ shared core
+@dataclass(frozen=True)
+class Sampling:
+    """Generation settings every job of one batch shares; temperature 0 is greedy."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    fuse: bool = True
+
+    @classmethod
+    def of(cls, temperature: float, top_p: float, fuse: bool) -> "Sampling":
+        """Greedy ignores top_p, so that every greedy request can join the same batch."""
+        return cls(float(temperature), float(top_p) if temperature > 0 else 1.0, fuse)
+
+    def generate_kwargs(self) -> dict:
+        if self.temperature == 0:
+            return {"do_sample": False, "fuse": self.fuse}
+        return {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "fuse": self.fuse}
+
+
+@dataclass(frozen=True)
+class Finish:
+    reason: str  # "stop" (end of sequence or stop sequence), "length", "cancelled"
+    tokens: int  # tokens generated, the end-of-sequence token excluded
+
+
+@dataclass(eq=False)
+class Job:
+    """One prompt to answer. ``post`` is called from the thread that runs the model."""
+
+    prompt: Prompt
+    max_tokens: int
+    sampling: Sampling
+    post: Post
+    stop: tuple[str, ...] = ()
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+
+class Row:
+    """One job's answer as its tokens arrive. Text is held back only while it may still change: a partial
+    UTF-8 character, or an ending that may be the start of a stop sequence."""
+
+    def __init__(self, job: Job, tokenizer, eos_ids: set[int]):
+        self.job, self.tokenizer, self.eos_ids = job, tokenizer, eos_ids
+        self.ids: list[int] = []
+        self.sent = ""
+        self.finish: str | None = None
+
+    def step(self, token: int) -> None:
+        if self.finish:
+            return
+        if self.job.cancel.is_set():
+            self.end("cancelled", self.sent)
+        elif token in self.eos_ids:
+            self.end("stop", self.text())
+        else:
+            self.add(token)
+
+    def add(self, token: int) -> None:
+        self.ids.append(token)
+        text = self.text()
+        cut = _find_stop(text, self.job.stop)
+        if cut is not None:
+            self.end("stop", text[:cut])
+        elif len(self.ids) >= self.job.max_tokens:
+            self.end("length", text)
+        elif not text.endswith("\ufffd"):
+            self.emit(text[:len(text) - _stop_start(text, self.job.stop)])
+
+    def text(self) -> str:
+        return self.tokenizer.decode(self.ids, skip_special_tokens=True)
+
+    def emit(self, text: str) -> None:
+        if len(text) > len(self.sent):
+            self.job.post("delta", text[len(self.sent):])
+            self.sent = text
+
+    def end(self, reason: str, text: str) -> None:
+        self.emit(text)
+        self.finish = reason
+        self.job.post("done", Finish(reason, len(self.ids)))
+
+    def fail(self, error: Exception) -> None:
+        self.finish = "error"
+        self.job.post("error", error)
+
+
+def _find_stop(text: str, stops: tuple[str, ...]) -> int | None:
+    found = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return min(found) if found else None
+
+
+def _stop_start(text: str, stops: tuple[str, ...]) -> int:
+    """Length of the longest ending of ``text`` that begins a stop sequence."""
+    return max((k for s in stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+
+
+class Rows(StoppingCriteria):
+    """The stopping criterion of one batch; ``generate`` calls it with every step's tokens appended."""
+
+    def __init__(self, jobs: list[Job], pair: C2CModel):
+        eos = pair.receiver.model.generation_config.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+        self.rows = [Row(job, pair.receiver.tokenizer, eos_ids) for job in jobs]
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        for row, token in zip(self.rows, input_ids[:, -1].tolist()):
+            row.step(token)
+        return torch.tensor([row.finish is not None for row in self.rows], device=input_ids.device)
+
+
+def generate_jobs(pair: C2CModel, jobs: list[Job]) -> list[str]:
+    """Answer jobs of the same sampling as one batch; each job gets its deltas, then one done or error event.
+    Returns the finish reasons."""
+    rows = Rows(jobs, pair)
+    try:
+        pair.generate([job.prompt for job in jobs], max_new_tokens=max(job.max_tokens for job in jobs),
+                      stopping_criteria=StoppingCriteriaList([rows]), **jobs[0].sampling.generate_kwargs())
+    except Exception as error:  # reported to every waiting client; the server keeps running
+        for row in rows.rows:
+            if row.finish is None:
+                row.fail(error)
+    for row in rows.rows:
+        if row.finish is None:  # generate stopped for a reason of its own (none is expected)
+            row.end("stop", row.text())
+    return [row.finish for row in rows.rows]
+
+
+# ============================================================================================ terminal chat
+COMMANDS = "/sharer off, /sharer on, /reset, /quit (or Ctrl-D)"
+
+
+def chat(pair: C2CModel, *, max_new_tokens: int = 256, do_sample: bool = False, temperature: float = 0.7,
+         top_p: float = 0.9, input: TextIO | None = None, output: TextIO | None = None) -> None:
+    """A terminal chat; the whole conversation so far is the fused context of each answer, streamed as it comes.
+
+    ``/sharer off`` answers with the receiver alone (to compare on the same question), ``/sharer on`` fuses
+    again, ``/reset`` starts a new conversation, ``/quit`` or end of input ends. Works without a terminal."""
+    read, write = input or sys.stdin, output or sys.stdout
+
+    def say(text: str) -> None:
+        write.write(text)
+        write.flush()
+
+    sharers = ", ".join(s.name for s in pair.sharers)
+    say(f"c2c chat: receiver {pair.receiver.name}, sharer {sharers}. Commands: {COMMANDS}\n")
+    say(_mode(pair, True))
+    messages: list[Message] = []
+    fuse = True
+    while (line := _read_line(read, say)) is not None:
+        text = line.strip()
+        if text == "/quit":
+            break
+        if text == "/reset":
+            messages = []
+            say("(new conversation)\n")
+        elif text in ("/sharer off", "/sharer on"):
+            fuse = text == "/sharer on"
+            say(_mode(pair, fuse))
+        elif text.startswith("/"):
+            say(f"unknown command {text!r}; commands: {COMMANDS}\n")
+        elif text:
+            turn = messages + [{"role": "user", "content": text}]
+            sampling = Sampling.of(temperature if do_sample else 0.0, top_p, fuse)
+            answer = _reply(pair, turn, sampling, max_new_tokens, say, "c2c> " if fuse else "receiver> ")
+            if answer is not None:
+                messages = turn + [{"role": "assistant", "content": answer}]
+    say("bye\n")
+
+
+def _mode(pair: C2CModel, fuse: bool) -> str:
+    if fuse:
+        return f"sharer on: {pair.receiver.name} answers from its cache fused with the sharer's\n"
+    return f"sharer off: {pair.receiver.name} answers alone, without fusion\n"
+
+
+def _read_line(read: TextIO, say: Callable[[str], None]) -> str | None:
+    """The next line typed, or None at end of input or Ctrl-C."""
+    say("you> ")
+    try:
+        line = read.readline()
+    except KeyboardInterrupt:
+        line = ""
+    if not line:
+        say("\n")
+        return None
+    return line
+
+
+def _reply(pair: C2CModel, messages: list[Message], sampling: Sampling, max_new_tokens: int,
+           say: Callable[[str], None], label: str) -> str | None:
+    """Stream one answer; None when it failed (the error is shown) or Ctrl-C stopped it."""
+    parts: list[str] = []
+    errors: list[object] = []
+
+    def post(kind: str, value: object) -> None:
+        if kind == "delta":
+            parts.append(value)
+            say(value)
+        elif kind == "error":
+            errors.append(value)
+
+    say(label)
+    try:
+        generate_jobs(pair, [Job(messages, max_new_tokens, sampling, post)])
+    except KeyboardInterrupt:
+        say(" [stopped]\n")
+        return None
+    say("\n")
+    if errors:
+        say(f"error: {errors[0]} (/reset starts a new conversation)\n")
+        return None
+    return "".join(parts)
+
+
+# ============================================================================================ the engine
+class Engine:
+    """The bounded job queue and the one thread that runs the model (see the module docstring)."""
+
+    def __init__(self, pair: C2CModel, max_batch: int, window_s: float, max_queue: int):
+        self.pair, self.max_batch, self.window_s, self.max_queue = pair, max_batch, window_s, max_queue
+        self.queue: queue.Queue[Job | None] = queue.Queue()
+        self.held: deque[Job | None] = deque()  # taken from the queue but not batched yet
+        self.stats = {"batches": 0, "largest_batch": 0, "answered": 0, "cancelled": 0}
+        self.thread = threading.Thread(target=self._loop, name="c2c-engine", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.queue.put(None)
+        self.thread.join()
+
+    @property
+    def waiting(self) -> int:
+        return self.queue.qsize() + len(self.held)
+
+    def submit(self, jobs: list[Job]) -> None:
+        if self.waiting + len(jobs) > self.max_queue:
+            raise APIError(429, f"the server is busy: {self.waiting} prompts are waiting and {len(jobs)} more would "
+                                f"exceed its queue of {self.max_queue}; retry later",
+                           "rate_limit_error", code="queue_full")
+        for job in jobs:
+            self.queue.put_nowait(job)
+
+    def _loop(self) -> None:
+        while batch := self._gather():
+            self._run(batch)
+
+    def _gather(self) -> list[Job]:
+        """The oldest waiting job and the waiting jobs with its sampling; empty when told to stop."""
+        waiting, self.held = self.held, deque()
+        first = waiting.popleft() if waiting else self.queue.get()
+        if first is None:
+            return []
+        batch = [first]
+        deadline = time.monotonic() + self.window_s
+        while len(batch) < self.max_batch:
+            if waiting:
+                job = waiting.popleft()
+            else:
+                try:
+                    job = self.queue.get(timeout=max(deadline - time.monotonic(), 0))
+                except queue.Empty:
+                    break
+            if job is not None and job.sampling == first.sampling:
+                batch.append(job)
+            else:
+                self.held.append(job)
+        self.held.extend(waiting)
+        return batch
+
+    def _run(self, batch: list[Job]) -> None:
+        live, gone = [], []
+        for job in batch:
+            (gone if job.cancel.is_set() else live).append(job)
+        for job in gone:  # its client left while it waited; it still gets its one done event
+            job.post("done", Finish("cancelled", 0))
+        reasons = generate_jobs(self.pair, live) if live else []
+        self.stats["batches"] += bool(live)
+        self.stats["largest_batch"] = max(self.stats["largest_batch"], len(live))
+        self.stats["answered"] += sum(reason in ("stop", "length") for reason in reasons)
+        self.stats["cancelled"] += len(gone) + reasons.count("cancelled")
+
+
+# ============================================================================================ HTTP server
+class APIError(Exception):
+    """An error answered in OpenAI's shape: {"error": {"message", "type", "param", "code"}}."""
+
+    def __init__(self, status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None):
+        super().__init__(message)
+        self.status, self.body = status, _error_body(message, type, param, code)
+
+    def response(self) -> Response:
+        headers = {"Retry-After": "1"} if self.status == 429 else None
+        return JSONResponse(self.body, status_code=self.status, headers=headers)
+
+
+def _error_body(message: str, type: str, param: str | None = None, code: str | None = None) -> dict:
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_prompt_tokens: int
+    max_tokens: int
+    default_max_tokens: int
+    max_body_bytes: int
+
+
+@dataclass(frozen=True)
+class Options:
+    """What a request asks for, beyond its prompts."""
+
+    max_tokens: int
+    sampling: Sampling
+    stop: tuple[str, ...]
+    stream: bool
+    include_usage: bool
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """How one endpoint reads its prompts and writes its choices; everything else is shared."""
+
+    object: str
+    chunk_object: str
+    id_prefix: str
+    param: str  # the request field holding the prompts
+    prompts: Callable[[dict], list[Prompt]]
+    choice: Callable[[int, str, str | None], dict]  # (index, text, finish_reason) -> a whole answer's choice
+    delta: Callable[[int, str, str | None], dict]  # the same for one streamed chunk
+
+
+@dataclass
+class Server:
+    pair: C2CModel
+    engine: Engine
+    model_name: str
+    api_key: str | None
+    limits: Limits
+
+
+def create_app(pair: C2CModel, *, model_name: str = "c2c", api_key: str | None = None,
+               max_prompt_tokens: int = 4096, max_tokens_limit: int = 1024, default_max_tokens: int = 256,
+               max_body_bytes: int = 1 << 20, max_queue: int = 64, max_batch: int = 8,
+               batch_window_ms: float = 10.0) -> FastAPI:
+    """An OpenAI-compatible app: /v1/chat/completions, /v1/completions, /v1/models, /health.
+
+    Requests may add ``"c2c": false`` to be answered by the receiver alone. ``max_queue`` bounds the prompts
+    waiting for the model (more get 429); ``max_batch`` prompts arriving within ``batch_window_ms`` of each
+    other with the same sampling run as one batch. With ``api_key``, /v1 requires ``Authorization: Bearer KEY``."""
+    if FastAPI is None:
+        raise ImportError("the server needs fastapi and uvicorn; install them with: pip install 'c2c[serve]'")
+    sizes = dict(max_prompt_tokens=max_prompt_tokens, max_tokens_limit=max_tokens_limit, max_body_bytes=max_body_bytes,
+                 max_queue=max_queue, max_batch=max_batch)
+    for name, value in sizes.items():
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
+    server = Server(pair, Engine(pair, max_batch, batch_window_ms / 1000, max_queue), model_name, api_key,
+                    Limits(max_prompt_tokens, max_tokens_limit, min(default_max_tokens, max_tokens_limit),
+                           max_body_bytes))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        server.engine.start()
+        yield
+        server.engine.stop()
+
+    app = FastAPI(title="c2c", lifespan=lifespan)
+    app.state.server = server
+    app.add_exception_handler(APIError, _api_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    created = int(time.time())
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok", "model": model_name, "waiting": server.engine.waiting, **server.engine.stats}
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> dict:
+        _authorize(request, api_key)
+        return {"object": "list", "data": [{
+            "id": model_name, "object": "model", "created": created, "owned_by": "c2c",
+            "receiver": pair.receiver.name, "sharers": [s.name for s in pair.sharers]}]}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        return await _complete(request, server, CHAT)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        return await _complete(request, server, COMPLETION)
+
+    return app
+
+
+def serve(pair: C2CModel, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",
+          **app_options) -> None:
+    """Run the server until interrupted; ``app_options`` go to `create_app`."""
+    if host not in ("127.0.0.1", "localhost", "::1") and not app_options.get("api_key"):
+        log.warning("serving on %s without an API key: anyone who can reach this port can use the model", host)
+    uvicorn.run(create_app(pair, **app_options), host=host, port=port, log_level=log_level)
+
+
+@contextlib.contextmanager
+def running(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """Serve ``app`` from a background thread inside the block; yields its base URL (port 0: a free port)."""
+    sock = socket.create_server((host, port))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the server did not start on {host}:{sock.getsockname()[1]}")
+            time.sleep(0.01)
+        yield f"http://{host}:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join()
+        sock.close()
+
+
+# -------------------------------------------------------------------------------------------- one request
+async def _complete(request: Request, server: Server, endpoint: Endpoint) -> Response:
+    """Validate, submit and answer one request of either endpoint, streamed or whole."""
+    _authorize(request, server.api_key)
+    body = await _read_json(request, server.limits.max_body_bytes)
+    model = _field(body, "model", (str,), f"the model name {server.model_name!r}")
+    if model != server.model_name:
+        raise APIError(404, f"model {model!r} does not exist; this server serves {server.model_name!r} "
+                            "(see GET /v1/models)", param="model", code="model_not_found")
+    prompts = endpoint.prompts(body)
+    options = _options(body, server.limits)
+    prompt_tokens = sum(_prompt_tokens(server, prompt, options.max_tokens, endpoint.param) for prompt in prompts)
+    inbox = Inbox()
+    jobs = [Job(prompt, options.max_tokens, options.sampling, inbox.poster(index), options.stop)
+            for index, prompt in enumerate(prompts)]
+    server.engine.submit(jobs)
+    head = {"id": f"{endpoint.id_prefix}-{uuid.uuid4().hex}", "created": int(time.time()),
+            "model": server.model_name}
+    events = _events(request, inbox, jobs)
+    if options.stream:
+        return StreamingResponse(_stream(events, head, endpoint, prompt_tokens, options.include_usage),
+                                 media_type="text/event-stream")
+    return JSONResponse(await _whole(events, head, endpoint, prompt_tokens))
+
+
+class Inbox:
+    """The events of one request's jobs: posted from the model's thread, read on the event loop."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.events: asyncio.Queue[tuple[int, str, object]] = asyncio.Queue()
+
+    def poster(self, index: int) -> Post:
+        return lambda kind, value: self.loop.call_soon_threadsafe(self.events.put_nowait, (index, kind, value))
+
+
+async def _events(request: Request, inbox: Inbox, jobs: list[Job]) -> AsyncIterator[tuple[int, str, object]]:
+    """(job index, kind, value) until every job is done; leaving early, or the client leaving, cancels the jobs."""
+    watcher = asyncio.create_task(_watch_disconnect(request, jobs))
+    try:
+        remaining = len(jobs)
+        while remaining:
+            index, kind, value = await inbox.events.get()
+            remaining -= kind != "delta"
+            yield index, kind, value
+    finally:
+        watcher.cancel()
+        for job in jobs:
+            job.cancel.set()
+
+
+async def _watch_disconnect(request: Request, jobs: list[Job], every_s: float = 0.1) -> None:
+    while not await request.is_disconnected():
+        await asyncio.sleep(every_s)
+    for job in jobs:
+        job.cancel.set()
+
+
+async def _stream(events: AsyncIterator, head: dict, endpoint: Endpoint, prompt_tokens: int,
+                  include_usage: bool) -> AsyncIterator[str]:
+    """Server-sent events in OpenAI's chunk format, ending with ``data: [DONE]``."""
+    def chunk(choices: list[dict], **extra) -> str:
+        return _sse({**head, "object": endpoint.chunk_object, "choices": choices, **extra})
+
+    completion_tokens = 0
+    async with contextlib.aclosing(events):
+        async for index, kind, value in events:
+            if kind == "delta":
+                yield chunk([endpoint.delta(index, value, None)])
+            elif kind == "done":
+                completion_tokens += value.tokens
+                yield chunk([endpoint.delta(index, "", _finish_reason(value))])
+            else:
+                log.error("generation failed", exc_info=value)
+                yield _sse(_error_body(f"generation failed: {value}", "server_error"))
+                return
+    if include_usage:
+        yield chunk([], usage=_usage(prompt_tokens, completion_tokens))
+    yield "data: [DONE]\n\n"
+
+
+async def _whole(events: AsyncIterator, head: dict, endpoint: Endpoint, prompt_tokens: int) -> dict:
+    texts: dict[int, str] = defaultdict(str)
+    finishes: dict[int, Finish] = {}
+    async with contextlib.aclosing(events):
+        async for index, kind, value in events:
+            if kind == "delta":
+                texts[index] += value
+            elif kind == "done":
+                finishes[index] = value
+            else:
+                log.error("generation failed", exc_info=value)
+                raise APIError(500, f"generation failed: {value}", "server_error")
+    choices = [endpoint.choice(index, texts[index], _finish_reason(finishes[index])) for index in sorted(finishes)]
+    usage = _usage(prompt_tokens, sum(finish.tokens for finish in finishes.values()))
+    return {**head, "object": endpoint.object, "choices": choices, "usage": usage}
+
+
+def _sse(data: dict) -> str:
+    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+def _finish_reason(finish: Finish) -> str:
+    return "length" if finish.reason == "length" else "stop"
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+# -------------------------------------------------------------------------------------------- validation
+def _authorize(request: Request, api_key: str | None) -> None:
+    if api_key is None:
+        return
+    given = request.headers.get("authorization", "")
+    if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
+        raise APIError(401, "missing or wrong API key: send the header 'Authorization: Bearer <key>' with the key "
+                            "this server was started with", code="invalid_api_key")
+
+
+async def _read_json(request: Request, limit: int) -> dict:
+    """The body as a JSON object, read no further than ``limit`` bytes."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(f"{declared} bytes", limit)
+    body = bytearray()
+    async for part in request.stream():
+        body += part
+        if len(body) > limit:
+            raise _too_large(f"more than {limit} bytes", limit)
+    try:
+        data = json.loads(body)
+    except ValueError as error:
+        raise APIError(400, f"the body is not valid JSON ({error}); send a JSON object") from error
+    if not isinstance(data, dict):
+        raise APIError(400, f"the body must be a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _too_large(size: str, limit: int) -> APIError:
+    return APIError(413, f"the request body is {size}; this server accepts at most {limit} bytes: send a shorter "
+                         "prompt (or start the server with a larger max_body_bytes)", code="body_too_large")
+
+
+_REQUIRED = object()
+
+
+def _field(body: dict, name: str, types: tuple[type, ...], expected: str, default: object = _REQUIRED,
+           valid: Callable[[object], bool] = lambda value: True) -> object:
+    """``body[name]``, or ``default`` when absent or null; a 400 saying what was expected otherwise."""
+    value = body.get(name)
+    if value is None:
+        if default is _REQUIRED:
+            raise APIError(400, f"'{name}' is missing: expected {expected}", param=name)
+        return default
+    is_bool_for_number = isinstance(value, bool) and bool not in types
+    if is_bool_for_number or not isinstance(value, types) or not valid(value):
+        raise APIError(400, f"'{name}' must be {expected}, got {json.dumps(value)[:80]}", param=name)
+    return value
+
+
+def _options(body: dict, limits: Limits) -> Options:
+    name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    max_tokens = _field(body, name, (int,), f"an integer from 1 to {limits.max_tokens} (this server's limit)",
+                        limits.default_max_tokens, lambda v: 1 <= v <= limits.max_tokens)
+    temperature = _field(body, "temperature", (int, float), "a number from 0 (greedy) to 2", 1.0,
+                         lambda v: 0 <= v <= 2)
+    top_p = _field(body, "top_p", (int, float), "a number above 0 and at most 1", 1.0, lambda v: 0 < v <= 1)
+    stop = _field(body, "stop", (str, list), "a non-empty string or a list of up to 4 of them", [],
+                  lambda v: bool(v) if isinstance(v, str) else len(v) <= 4 and all(isinstance(s, str) and s for s in v))
+    stream = _field(body, "stream", (bool,), "true or false", False)
+    stream_options = _field(body, "stream_options", (dict,), 'an object such as {"include_usage": true}', {})
+    _field(body, "n", (int,), "1 (this server gives one answer per prompt)", 1, lambda v: v == 1)
+    fuse = _field(body, "c2c", (bool,), "true (fused answer) or false (the receiver alone)", True)
+    return Options(max_tokens, Sampling.of(temperature, top_p, fuse), (stop,) if isinstance(stop, str) else tuple(stop),
+                   stream, bool(stream_options.get("include_usage")))
+
+
+def _prompt_tokens(server: Server, prompt: Prompt, max_tokens: int, param: str) -> int:
+    """The prompt's receiver tokens; a 400 when it is empty or too long for this server or the models."""
+    try:
+        tokens = len(server.pair.render_prompt(prompt).ids)
+        if tokens > server.limits.max_prompt_tokens:
+            raise APIError(400, f"the prompt is {tokens} tokens, over this server's limit of "
+                                f"{server.limits.max_prompt_tokens}; shorten it", param=param,
+                           code="context_length_exceeded")
+        server.pair.prepare([prompt], max_new_tokens=max_tokens)  # the models' own position limits
+    except ValueError as error:
+        raise APIError(400, str(error), param=param) from error
+    return tokens
+
+
+ROLES = ("system", "user", "assistant")
+
+
+def _messages(body: dict) -> list[Prompt]:
+    messages = _field(body, "messages", (list,), "a non-empty list of messages {role, content}", valid=bool)
+    return [[_message(message, f"messages[{index}]") for index, message in enumerate(messages)]]
+
+
+def _message(message: object, param: str) -> Message:
+    if not isinstance(message, dict) or message.get("role") not in ROLES:
+        raise APIError(400, f"{param} must be an object with a role in {ROLES} and a content, got "
+                            f"{json.dumps(message)[:80]}", param=param)
+    content = message.get("content")
+    if isinstance(content, list) and all(isinstance(p, dict) and isinstance(p.get("text"), str) for p in content):
+        content = "".join(part["text"] for part in content)  # text parts; other parts (images) are refused
+    if not isinstance(content, str):
+        raise APIError(400, f"{param}.content must be a string or a list of text parts, got "
+                            f"{json.dumps(content)[:80]}", param=f"{param}.content")
+    return {"role": message["role"], "content": content}
+
+
+def _prompts(body: dict) -> list[Prompt]:
+    prompt = _field(body, "prompt", (str, list), "a string or a non-empty list of strings (not token ids)",
+                    valid=lambda v: isinstance(v, str) or bool(v) and all(isinstance(p, str) for p in v))
+    return [prompt] if isinstance(prompt, str) else list(prompt)
+
+
+async def _api_error(request: Request, error: APIError) -> Response:
+    return error.response()
+
+
+async def _http_error(request: Request, error: HTTPException) -> Response:
+    """Unknown paths and methods, in OpenAI's error shape."""
+    message = (f"{error.detail}: {request.method} {request.url.path}; this server serves POST /v1/chat/completions, "
+               "POST /v1/completions, GET /v1/models and GET /health")
+    return JSONResponse(_error_body(message, "invalid_request_error"), status_code=error.status_code)
+
+
+CHAT = Endpoint(
+    "chat.completion", "chat.completion.chunk", "chatcmpl", "messages", _messages,
+    choice=lambda index, text, finish: {"index": index, "message": {"role": "assistant", "content": text},
+                                        "finish_reason": finish, "logprobs": None},
+    delta=lambda index, text, finish: {"index": index, "delta": {"role": "assistant", "content": text} if text else {},
+                                       "finish_reason": finish, "logprobs": None})
+COMPLETION = Endpoint(
+    "text_completion", "text_completion", "cmpl", "prompt", _prompts,
+    choice=lambda index, text, finish: {"index": index, "text": text, "finish_reason": finish, "logprobs": None},
+    delta=lambda index, text, finish: {"index": index, "text": text, "finish_reason": finish, "logprobs": None})

@@ -1,0 +1,474 @@
+"""Training recipe: a fuser (``method: c2c``) or the fair baseline, a LoRA adapter on the receiver alone
+(``method: lora``), on the same data, steps and batches. Read top to bottom: config, data, models, loop.
+
+Only the fuser (or the adapter) trains; both LLMs are frozen. Loss: the receiver's next-token cross-entropy on
+response tokens, averaged over every response token of the global batch (so N processes and one process with
+the same global batch compute the same gradient). Checkpoints are written atomically every ``save_every``
+steps with optimizer, scheduler, RNG states and the step, from which the data position follows.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import yaml
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from .data import Conversation, DataError, load_training_data
+from .fuser import FuserConfig
+from .kvstore import SharerKVStore
+from .models import DEFAULT_RECEIVER, DEFAULT_SHARER, LoadedModel, load_model
+from .pair import C2CModel, _atomic_write
+
+METHODS = ("c2c", "lora")
+
+
+class RecipeError(ValueError):
+    """A training recipe that cannot run; raised before any model loads."""
+
+
+class TrainingError(RuntimeError):
+    """A run that had to stop (e.g. a non-finite loss); the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainConfig:
+    output: str = "runs/c2c"
+    method: str = "c2c"
+    receiver: str = DEFAULT_RECEIVER
+    sharers: list[str] = field(default_factory=lambda: [DEFAULT_SHARER])
+    fuser: dict = field(default_factory=dict)  # FuserConfig fields
+    layer_map: str | list = "last_aligned"
+    token_alignment: str = "offsets"
+    chat_template: bool = True
+    data: list = field(default_factory=list)  # data.load_training_data specs
+    data_dir: str | None = None
+    max_examples: int | None = None  # a seeded random subset of the training data
+    eval_examples: int = 64  # held out from the data, never trained on
+    max_length: int = 512  # prompt + response receiver tokens; longer examples are dropped (and counted)
+    steps: int | None = None  # optimizer steps; or give epochs
+    epochs: float | None = None
+    batch_size: int = 4  # per process, per micro-step
+    grad_accum: int = 1
+    lr: float = 1e-4
+    gate_lr: float = 1e-2  # gate logits need their own rate: at lr 1e-4 they never leave 0 (issue #3)
+    weight_decay: float = 0.01
+    warmup: float = 0.1  # fraction of steps
+    schedule: str = "linear"  # or "cosine"; decays to 0 after warm-up
+    clip: float = 1.0
+    seed: int = 42
+    log_every: int = 10
+    eval_every: int = 100
+    save_every: int = 100
+    sharer_cache: bool = True  # reuse each example's sharer K/V from disk across epochs
+    sharer_cache_gb: float = 8.0
+    lora: dict = field(default_factory=lambda: {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05})
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise RecipeError(f"method {self.method!r} is unknown; expected one of {METHODS}")
+        if (self.steps is None) == (self.epochs is None):
+            raise RecipeError(f"give exactly one of steps or epochs (got steps={self.steps}, epochs={self.epochs})")
+        if not self.data:
+            raise RecipeError("no training data: set `data` to a list of files or benchmark specs")
+        if self.schedule not in ("linear", "cosine"):
+            raise RecipeError(f"schedule {self.schedule!r} is unknown; expected linear or cosine")
+        for name in ("batch_size", "grad_accum", "max_length", "log_every", "eval_every", "save_every"):
+            if getattr(self, name) < 1:
+                raise RecipeError(f"{name} must be >= 1, got {getattr(self, name)}")
+        try:
+            FuserConfig.from_dict(self.fuser)
+        except (TypeError, ValueError) as error:
+            raise RecipeError(f"fuser: {error}") from error
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise RecipeError(f"unknown recipe keys {unknown}; known keys are {sorted(known)}")
+        return cls(**data)
+
+    @classmethod
+    def from_file(cls, path: str | Path, overrides: dict | None = None) -> "TrainConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise RecipeError(f"recipe {path} does not exist")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise RecipeError(f"recipe {path} must be a YAML mapping of keys to values")
+        return cls.from_dict({**data, **(overrides or {})})
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------------------------- data
+def load_examples(config: TrainConfig) -> tuple[list[Conversation], list[Conversation]]:
+    """Training and held-out conversations, deterministic in the seed. Errors here come before models load."""
+    conversations = []
+    for spec in config.data:
+        try:
+            conversations += load_training_data(spec, config.data_dir)
+        except DataError as error:
+            raise RecipeError(f"data {spec!r}: {error}") from error
+    random.Random(config.seed).shuffle(conversations)
+    held_out = conversations[:config.eval_examples] if len(conversations) > config.eval_examples else []
+    train = conversations[len(held_out):]
+    if config.max_examples is not None:
+        train = train[:config.max_examples]
+    return train, held_out
+
+
+def split(conversation: Conversation) -> tuple[list[dict], str]:
+    """Prompt messages and the target text (the last, assistant message)."""
+    return conversation.messages[:-1], conversation.messages[-1]["content"]
+
+
+def drop_over_long(pair: C2CModel, conversations: list[Conversation], max_length: int) -> tuple[list, int]:
+    kept = []
+    for conversation in conversations:
+        prompt, response = split(conversation)
+        length = len(pair.render_prompt(prompt).ids) + len(pair.response_ids(prompt, response))
+        if length <= max_length:
+            kept.append(conversation)
+    return kept, len(conversations) - len(kept)
+
+
+class Order:
+    """Which examples each micro-batch holds: a fresh seeded permutation per epoch, so position = step count."""
+
+    def __init__(self, size: int, batch: int, seed: int):
+        self.size, self.batch, self.seed = size, batch, seed
+        self.per_epoch = max(size // batch, 1)
+        self._epoch, self._permutation = -1, []
+
+    def indices(self, micro_step: int) -> list[int]:
+        epoch, offset = divmod(micro_step, self.per_epoch)
+        if epoch != self._epoch:
+            self._epoch, self._permutation = epoch, list(range(self.size))
+            random.Random(self.seed * 1_000_003 + epoch).shuffle(self._permutation)
+        return self._permutation[offset * self.batch:(offset + 1) * self.batch]
+
+
+# --------------------------------------------------------------------------------------------- models
+def build_model(config: TrainConfig, receiver: LoadedModel | None = None,
+                sharers: list[LoadedModel] | None = None) -> tuple[C2CModel, torch.nn.Module]:
+    """The pair and the module that trains (the fusers, or the LoRA-wrapped receiver).
+
+    Models are loaded from the recipe's specs unless given (tests pass tiny models)."""
+    receiver = receiver or load_model(config.receiver)
+    sharers = sharers or [load_model(s) for s in config.sharers]
+    torch.manual_seed(config.seed)
+    if config.method == "lora":  # adapt a private copy: the caller's receiver stays frozen and untouched
+        from peft import LoraConfig, get_peft_model
+        lora = LoraConfig(target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                          "down_proj"], **config.lora)
+        receiver = LoadedModel(receiver.name, get_peft_model(copy.deepcopy(receiver.model), lora), receiver.tokenizer)
+    pair = C2CModel.create(receiver, sharers, FuserConfig.from_dict(config.fuser), config.layer_map,
+                           config.token_alignment, config.chat_template)
+    if config.method == "c2c":
+        return pair, pair.fusers
+    pair.fusers.requires_grad_(False)
+    return pair, receiver.model
+
+
+def parameter_groups(module: torch.nn.Module, config: TrainConfig) -> list[dict]:
+    gates = [p for n, p in module.named_parameters() if p.requires_grad and n.endswith("gate_logits")]
+    others = [p for n, p in module.named_parameters() if p.requires_grad and not n.endswith("gate_logits")]
+    groups = [{"params": others, "lr": config.lr, "weight_decay": config.weight_decay}]
+    if gates:
+        groups.append({"params": gates, "lr": config.gate_lr, "weight_decay": 0.0})
+    return groups
+
+
+def lr_factor(step: int, total: int, config: TrainConfig) -> float:
+    warmup = int(config.warmup * total)
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(total - warmup, 1)
+    return 1.0 - progress if config.schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+# --------------------------------------------------------------------------------------------- the run
+@dataclass
+class Runtime:
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed() -> Runtime:
+    """torchrun sets WORLD_SIZE/RANK: gloo on CPU, nccl on GPU. One process otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if torch.cuda.is_available() \
+        else torch.device("cpu")
+    if world == 1:
+        return Runtime(device=device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Runtime(dist.get_rank(), world, device)
+
+
+def train(config: TrainConfig, resume: bool = False, stop_after: int | None = None,
+          receiver: LoadedModel | None = None, sharers: list[LoadedModel] | None = None) -> Path:
+    """Run (or resume) a recipe; returns the output folder, which ``C2CModel.from_pretrained`` loads.
+
+    ``stop_after`` ends the run early after that many optimizer steps (tests of resumption use it).
+    """
+    runtime = init_distributed()
+    output = Path(config.output)
+    train_set, held_out = load_examples(config)
+    pair, trainable = build_model(config, receiver, sharers)
+    pair.receiver.model.to(runtime.device)
+    for sharer in pair.sharers:
+        sharer.model.to(runtime.device)
+    pair.fusers.to(runtime.device)
+    train_set, dropped = drop_over_long(pair, train_set, config.max_length)
+    if not train_set:
+        raise RecipeError(f"every training example is longer than max_length={config.max_length} tokens")
+    global_batch = config.batch_size * runtime.world
+    order = Order(len(train_set), global_batch, config.seed)
+    total = config.steps or max(math.ceil(config.epochs * order.per_epoch / config.grad_accum), 1)
+    trainable.train()
+    optimizer = torch.optim.AdamW(parameter_groups(trainable, config), betas=(0.9, 0.999), eps=1e-8)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total, config))
+    store = SharerKVStore.for_pair(pair, config.sharer_cache_gb) if config.sharer_cache and config.method == "c2c" \
+        else None
+    step = 0
+    if resume:
+        step = load_checkpoint(output / "checkpoint", trainable, optimizer, scheduler, runtime)
+    elif runtime.main:
+        output.mkdir(parents=True, exist_ok=True)
+        (output / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    log = MetricsLog(output / "metrics.jsonl", runtime.main)
+    if runtime.main and not resume:
+        log.write({"event": "start", "examples": len(train_set), "dropped_over_long": dropped,
+                   "held_out": len(held_out), "steps": total, "global_batch": global_batch * config.grad_accum,
+                   "trainable_parameters": sum(p.numel() for p in trainable.parameters() if p.requires_grad)})
+    bar = tqdm(total=total, initial=step, desc=f"train {config.method}", disable=not runtime.main, dynamic_ncols=True)
+    last_saved = step
+    while step < total and (stop_after is None or step < stop_after):
+        started = time.perf_counter()
+        pair.set_gate_temperature(step, total)
+        micro_batches = []
+        for micro in range(config.grad_accum):
+            indices = order.indices(step * config.grad_accum + micro)
+            rows = indices[runtime.rank * config.batch_size:(runtime.rank + 1) * config.batch_size]
+            micro_batches.append(prepare(pair, [train_set[i] for i in rows], store, runtime.device))
+        tokens = global_count(sum(int((b.labels != -100).sum()) for b in micro_batches), runtime)
+        processed = global_count(sum(int(b.attention_mask.sum()) for b in micro_batches), runtime)
+        loss_sum = 0.0
+        for batch in micro_batches:
+            loss = token_loss_sum(pair, batch, config.method) / tokens
+            loss.backward()
+            loss_sum += loss.item()
+        loss_sum = global_sum(loss_sum, runtime)
+        if not math.isfinite(loss_sum):
+            raise TrainingError(f"the loss became {loss_sum} at step {step + 1}; stopped without saving. The last "
+                                f"good checkpoint is {output / 'checkpoint'} (step {last_saved}). Lower lr or "
+                                f"gate_lr in the recipe and run `c2c train --resume {output}`.")
+        all_reduce_gradients(trainable, runtime)
+        grad_norm = torch.nn.utils.clip_grad_norm_([p for p in trainable.parameters() if p.requires_grad], config.clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        elapsed = time.perf_counter() - started
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_sum:.4f}", tok_s=f"{processed / elapsed:.0f}")
+        if step % config.log_every == 0 or step == total:
+            log.write({"step": step, "loss": loss_sum, "grad_norm": float(grad_norm), "target_tokens": tokens,
+                       "tokens_per_s": processed / elapsed, "step_s": elapsed, "lr": scheduler.get_last_lr()[0],
+                       **gate_summary(pair, config.method)})
+        if held_out and (step % config.eval_every == 0 or step == total):
+            log.write({"step": step, "eval_loss": evaluate_loss(pair, trainable, held_out, config, runtime)})
+        if step % config.save_every == 0 or step == total:
+            save_checkpoint(output, pair, trainable, optimizer, scheduler, step, config, runtime)
+            last_saved = step
+    bar.close()
+    if store is not None and runtime.main:
+        log.write({"event": "sharer_cache", **store.report()})
+    if runtime.world > 1:
+        dist.destroy_process_group()
+    return output
+
+
+def prepare(pair: C2CModel, conversations: list[Conversation], store, device: torch.device):
+    prompts, responses = zip(*(split(c) for c in conversations))
+    batch = pair.prepare(list(prompts), list(responses))
+    if store is not None:
+        batch.sharer_kv = store.batch_kv(pair, batch)
+    return batch.to(device)
+
+
+def token_loss_sum(pair: C2CModel, batch, method: str) -> torch.Tensor:
+    """Sum of the response tokens' cross-entropy (the caller divides by the global token count)."""
+    logits, _ = pair(batch, fuse=method == "c2c")
+    labels = batch.labels[:, batch.prompt_length:]
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                             ignore_index=-100, reduction="sum")
+
+
+def all_reduce_gradients(module: torch.nn.Module, runtime: Runtime) -> None:
+    """Data parallelism: sum the trainable gradients of every process (each loss is already divided by the
+    global token count), in one flat message. Only the fuser's (or adapter's) gradients cross processes."""
+    if runtime.world == 1:
+        return
+    params = [p for p in module.parameters() if p.requires_grad]
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    grads = [p.grad for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    for grad, chunk in zip(grads, flat.split([g.numel() for g in grads])):
+        grad.copy_(chunk.view_as(grad))
+
+
+def global_count(value: int, runtime: Runtime) -> int:
+    return int(global_sum(float(value), runtime))
+
+
+def global_sum(value: float, runtime: Runtime) -> float:
+    if runtime.world == 1:
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=runtime.device)
+    dist.all_reduce(tensor)
+    return float(tensor.item())
+
+
+def gate_summary(pair: C2CModel, method: str) -> dict:
+    if method != "c2c":
+        return {}
+    logits = pair.gate_logits()  # (sharers, layers, 2)
+    return {"temperature": float(next(pair.layer_fusers()).temperature), "gates_open": float((logits > 0).float().mean()),
+            "gate_logits": [[round(v, 4) for v in layer] for layer in logits[0].tolist()]}
+
+
+@torch.no_grad()
+def evaluate_loss(pair: C2CModel, trainable: torch.nn.Module, held_out: list[Conversation], config: TrainConfig,
+                  runtime: Runtime) -> float:
+    """Token-averaged loss on the held-out slice, in eval mode (hard gates, no dropout)."""
+    trainable.eval()
+    total = count = 0.0
+    for start in range(0, len(held_out), config.batch_size):
+        batch = prepare(pair, held_out[start:start + config.batch_size], None, runtime.device)
+        logits, _ = pair(batch, fuse=config.method == "c2c")
+        labels = batch.labels[:, batch.prompt_length:]
+        total += float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                                         ignore_index=-100, reduction="sum"))
+        count += int((labels != -100).sum())
+    trainable.train()
+    return total / max(count, 1)
+
+
+class MetricsLog:
+    def __init__(self, path: Path, enabled: bool):
+        self.path, self.enabled = path, enabled
+
+    def write(self, record: dict) -> None:
+        if self.enabled:
+            with self.path.open("a") as handle:
+                handle.write(json.dumps({"time": time.time(), **record}) + "\n")
+
+
+# --------------------------------------------------------------------------------------------- checkpoints
+def trainable_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().cpu().contiguous() for n, p in module.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(output: Path, pair: C2CModel, trainable: torch.nn.Module, optimizer, scheduler, step: int,
+                    config: TrainConfig, runtime: Runtime) -> None:
+    """Write the resumable state to ``output/checkpoint`` and the usable model to ``output``, atomically."""
+    if not runtime.main:
+        return
+    staging = output / "checkpoint.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    save_file(trainable_state(trainable), str(staging / "trainable.safetensors"))
+    optimizer_tensors, optimizer_meta = flatten_optimizer(optimizer)
+    save_file(optimizer_tensors, str(staging / "optimizer.safetensors"))
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state()
+    save_file(rng, str(staging / "rng.safetensors"))
+    state = {"step": step, "optimizer": optimizer_meta, "scheduler": scheduler.state_dict()}
+    (staging / "trainer_state.json").write_text(json.dumps(state))
+    previous = output / "checkpoint.previous"
+    shutil.rmtree(previous, ignore_errors=True)
+    if (output / "checkpoint").exists():
+        (output / "checkpoint").rename(previous)
+    staging.rename(output / "checkpoint")
+    shutil.rmtree(previous, ignore_errors=True)
+    if config.method == "c2c":
+        pair.save_pretrained(output)
+    else:
+        trainable.save_pretrained(output / "lora")
+        _atomic_write(output / "lora_receiver.json", lambda p: Path(p).write_text(json.dumps(
+            {"receiver": config.receiver, "adapter": "lora", "step": step}) + "\n"))
+
+
+def load_lora_receiver(run: str | Path) -> LoadedModel:
+    """The receiver with the LoRA adapter of a ``method: lora`` run merged in (the fine-tuned baseline)."""
+    run = Path(run)
+    if not (run / "lora_receiver.json").is_file():
+        raise RecipeError(f"{run} is not a LoRA run folder (no lora_receiver.json); train one with "
+                          "`c2c train RECIPE --method lora`")
+    from peft import PeftModel
+    info = json.loads((run / "lora_receiver.json").read_text())
+    receiver = load_model(info["receiver"])
+    merged = PeftModel.from_pretrained(receiver.model, run / "lora").merge_and_unload().eval()
+    return LoadedModel(f"{info['receiver']}+lora", merged, receiver.tokenizer)
+
+
+def load_checkpoint(folder: Path, trainable: torch.nn.Module, optimizer, scheduler, runtime: Runtime) -> int:
+    if not (folder / "trainer_state.json").is_file():
+        raise RecipeError(f"cannot resume: {folder} holds no checkpoint (it is written every save_every steps)")
+    weights = load_file(str(folder / "trainable.safetensors"))
+    named = {n: p for n, p in trainable.named_parameters() if p.requires_grad}
+    if set(weights) != set(named):
+        raise RecipeError(f"checkpoint {folder} does not match this recipe's trainable parameters")
+    with torch.no_grad():
+        for name, tensor in weights.items():
+            named[name].copy_(tensor)
+    state = json.loads((folder / "trainer_state.json").read_text())
+    optimizer.load_state_dict(unflatten_optimizer(load_file(str(folder / "optimizer.safetensors")),
+                                                  state["optimizer"], runtime.device))
+    scheduler.load_state_dict(state["scheduler"])
+    rng = load_file(str(folder / "rng.safetensors"))
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state(rng["cuda"])
+    return state["step"]
+
+
+def flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """Optimizer state as safetensors-ready tensors plus JSON metadata (no pickle)."""
+    state = optimizer.state_dict()
+    tensors = {f"{index}.{key}": value.detach().cpu().contiguous()
+               for index, entry in state["state"].items() for key, value in entry.items()}
+    return tensors, {"param_groups": state["param_groups"]}
+
+
+def unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict, device: torch.device) -> dict:
+    state: dict[int, dict] = {}
+    for name, tensor in tensors.items():
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = tensor if key == "step" else tensor.to(device)
+    return {"state": state, "param_groups": meta["param_groups"]}

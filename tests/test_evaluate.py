@@ -1,0 +1,147 @@
+"""Evaluation methods and protocols end to end on tiny models, with benchmark fixture files."""
+
+import json
+
+import pytest
+import torch
+from conftest import make_pair
+from tiny import tiny
+
+from c2c.data import load_benchmark
+from c2c.evaluate import (EvalConfig, EvalSetup, ModelScorer, PairScorer, continuation_logprobs, derived_records,
+                          run_eval, shuffled_partners, wilson)
+
+QUESTIONS = [
+    ("What is the capital of France?", ["Paris", "London", "Berlin", "Rome"], 0),
+    ("Water boils at what temperature?", ["0 degrees", "100 degrees Celsius", "50 degrees", "20 degrees"], 1),
+    ("Which planet is closest to the sun?", ["Venus", "Earth", "Mercury", "Mars"], 2),
+    ("Which of these is an animal?", ["rock", "chair", "cloud", "dog"], 3),
+    ("The quick brown fox jumps over the lazy what?", ["dog", "cat", "bird", "fish"], 0),
+]
+
+
+@pytest.fixture
+def bench(tmp_path):
+    path = tmp_path / "tiny_mc.jsonl"
+    path.write_text("".join(json.dumps({"id": f"q{i}", "question": q, "choices": c, "answer": a,
+                                        "subject": "science" if i % 2 else "general"}) + "\n"
+                            for i, (q, c, a) in enumerate(QUESTIONS)))
+    return str(path)
+
+
+def _setup(pair=None):
+    pair = pair or make_pair()
+    return EvalSetup(pair, pair.receiver, pair.sharers[0], lora_receiver=tiny("llama"), chat=False, t2t_tokens=4,
+                     max_new_tokens=6)
+
+
+@pytest.mark.parametrize("scoring", ["cloze", "cloze-options", "letter"])
+def test_every_method_end_to_end(tmp_path, bench, scoring):
+    methods = ["receiver", "sharer", "t2t", "c2c", "c2c-shuffled", "lora-receiver", "ensemble", "routing",
+               "routing-oracle"]
+    summary = run_eval(EvalConfig([bench], methods, scoring=scoring, out=str(tmp_path / "out")), _setup())
+    result = summary["benchmarks"]["tiny_mc"]
+    assert result["n"] == 5 and set(result["methods"]) == set(methods)
+    for method, values in result["methods"].items():
+        assert values["n"] == 5 and 0 <= values["accuracy"] <= 1 and values["latency_ms_mean"] > 0, method
+        lo, hi = values["ci95"]
+        assert lo <= values["accuracy"] <= hi
+    oracle, r, s = (result["methods"][m]["accuracy"] for m in ("routing-oracle", "receiver", "sharer"))
+    assert oracle >= max(r, s)
+    records = [json.loads(line) for line in (tmp_path / "out/tiny_mc/c2c.jsonl").read_text().splitlines()]
+    assert {"id", "prediction", "gold", "correct", "scores", "latency_ms", "generated_tokens"} <= set(records[0])
+    t2t = [json.loads(line) for line in (tmp_path / "out/tiny_mc/t2t.jsonl").read_text().splitlines()]
+    assert all(0 < r["sharer_tokens"] <= 4 for r in t2t)
+    assert (tmp_path / "out/table.md").read_text().count("|") > 20
+    assert (tmp_path / "out/accuracy_vs_latency.png").stat().st_size > 1000
+
+
+def test_generate_scoring_extracts_letters(tmp_path, bench):
+    summary = run_eval(EvalConfig([bench], ["receiver", "c2c"], scoring="generate", out=str(tmp_path)), _setup())
+    records = [json.loads(line) for line in (tmp_path / "tiny_mc/c2c.jsonl").read_text().splitlines()]
+    assert all(0 < r["generated_tokens"] <= 6 and "text" in r for r in records)
+    assert summary["benchmarks"]["tiny_mc"]["methods"]["c2c"]["n"] == 5
+    with pytest.raises(ValueError, match="per-choice scores"):
+        EvalConfig([bench], ["routing"], scoring="generate")
+
+
+def test_interrupted_run_resumes_and_finished_run_is_not_recomputed(tmp_path, bench):
+    config = EvalConfig([bench], ["receiver"], scoring="cloze", out=str(tmp_path))
+    run_eval(config, _setup())
+    path = tmp_path / "tiny_mc/receiver.jsonl"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:2]) + "\n" + lines[2][:10])  # killed mid-write of the third record
+    run_eval(config, _setup())
+    resumed = path.read_text().splitlines()
+    assert resumed[:2] == lines[:2] and len([line for line in resumed if line.startswith("{\"id\"")]) == 5
+    before = path.read_text()
+    run_eval(config, _setup())
+    assert path.read_text() == before  # finished: nothing recomputed
+    run_eval(EvalConfig([bench], ["receiver"], scoring="cloze", out=str(tmp_path), recompute=True), _setup())
+    assert len(path.read_text().splitlines()) == 5
+
+
+def test_shuffled_control_really_reads_another_question(bench):
+    items = load_benchmark(bench).items
+    partners = shuffled_partners(items, seed=0)
+    assert all(partners[item.id].id != item.id for item in items)
+    assert sorted(p.id for p in partners.values()) == sorted(i.id for i in items)  # a permutation
+    pair = make_pair()
+    scorer = PairScorer("c2c", pair)
+    prompt, other = "Question: What is the capital of France?\nAnswer:", "Question: Which planet is closest?\nAnswer:"
+    own = continuation_logprobs(scorer.prefill(prompt), [" Paris"])[0][0]
+    shuffled = continuation_logprobs(scorer.prefill(prompt, other), [" Paris"])[0][0]
+    again = continuation_logprobs(scorer.prefill(prompt, other), [" Paris"])[0][0]
+    assert own != shuffled and shuffled == again
+    with pair.disable_fusion():
+        alone = continuation_logprobs(scorer.prefill(prompt), [" Paris"])[0][0]
+        assert alone == continuation_logprobs(scorer.prefill(prompt, other), [" Paris"])[0][0]
+
+
+def test_continuation_logprobs_equal_the_stock_model():
+    model = tiny("gemma")
+    scorer = ModelScorer("sharer", model, chat=False)
+    prompt, continuations = "Question: capital of France?\nAnswer:", [" Paris", " the capital city"]
+    scored = continuation_logprobs(scorer.prefill(prompt), continuations)
+    for (total, count), continuation in zip(scored, continuations):
+        ids = model.tokenizer(prompt)["input_ids"]
+        cont = model.tokenizer(continuation, add_special_tokens=False)["input_ids"]
+        logprobs = torch.log_softmax(model.model(input_ids=torch.tensor([ids + cont])).logits[0, :-1], -1)
+        expected = sum(logprobs[len(ids) - 1 + i, t].item() for i, t in enumerate(cont))
+        assert count == len(cont) and total == pytest.approx(expected, abs=1e-4)
+
+
+def test_derived_methods():
+    receiver = {"a": {"scores": [0.0, -5.0], "prediction": 0, "correct": True, "gold": 0, "subject": None,
+                      "latency_ms": 1.0},
+                "b": {"scores": [-0.7, -0.69], "prediction": 1, "correct": False, "gold": 0, "subject": None,
+                      "latency_ms": 1.0}}
+    sharer = {"a": {"scores": [-3.0, -0.1], "prediction": 1, "correct": False, "gold": 0, "subject": None,
+                    "latency_ms": 2.0},
+              "b": {"scores": [0.0, -9.0], "prediction": 0, "correct": True, "gold": 0, "subject": None,
+                    "latency_ms": 2.0}}
+    routing = {r["id"]: r for r in derived_records("routing", receiver, sharer)}
+    assert routing["a"]["route"] == "receiver" and routing["b"]["route"] == "sharer"
+    assert all(r["correct"] for r in derived_records("routing-oracle", receiver, sharer))
+    ensemble = {r["id"]: r for r in derived_records("ensemble", receiver, sharer)}
+    assert ensemble["b"]["prediction"] == 0 and ensemble["a"]["latency_ms"] == 3.0
+
+
+def test_wilson_interval():
+    assert wilson(0, 0) == [0.0, 0.0]
+    lo, hi = wilson(50, 100)
+    assert lo == pytest.approx(0.4038, abs=1e-3) and hi == pytest.approx(0.5962, abs=1e-3)
+
+
+def test_bad_input(tmp_path, bench):
+    with pytest.raises(ValueError, match="unknown methods"):
+        EvalConfig([bench], ["c2c", "magic"])
+    with pytest.raises(ValueError, match="scoring"):
+        EvalConfig([bench], ["c2c"], scoring="vibes")
+    from c2c.data import DataError
+    with pytest.raises(DataError):
+        run_eval(EvalConfig(["no-such-bench"], ["receiver"], out=str(tmp_path)), _setup())
+    setup = _setup()
+    setup.pair = None
+    with pytest.raises(ValueError, match="--fuser"):
+        run_eval(EvalConfig([bench], ["c2c"], out=str(tmp_path)), setup)

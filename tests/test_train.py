@@ -1,0 +1,183 @@
+"""Training on tiny models: learning, resumption (in process and after kill -9), torchrun, bad recipes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from tiny import tiny
+
+from c2c import train as training
+from c2c.pair import C2CModel
+from c2c.train import RecipeError, TrainConfig, TrainingError, train
+
+TESTS = Path(__file__).parent
+ROOT = TESTS.parent
+QA = [("What is the capital of France?", "Paris."), ("Water boils at what temperature?", "100 degrees Celsius."),
+      ("Which planet is closest to the sun?", "Mercury."), ("Name an animal.", "The dog."),
+      ("What melts at zero degrees?", "Ice."), ("Which animal jumps over the lazy dog?", "The quick brown fox.")]
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("C2C_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def data(tmp_path):
+    path = tmp_path / "qa.jsonl"
+    path.write_text("".join(json.dumps({"messages": [{"role": "user", "content": q},
+                                                     {"role": "assistant", "content": a}]}) + "\n" for q, a in QA))
+    return str(path)
+
+
+def config(tmp_path, data, **overrides) -> TrainConfig:
+    values = dict(output=str(tmp_path / "run"), data=[data], steps=8, batch_size=2, eval_examples=0, lr=1e-2,
+                  gate_lr=5e-2, log_every=1, save_every=3, seed=3,
+                  fuser={"hidden_size": 16, "intermediate_size": 16, "dropout": 0.1})
+    return TrainConfig(**{**values, **overrides})
+
+
+def run(cfg: TrainConfig, **kwargs):
+    return train(cfg, receiver=tiny("llama"), sharers=[tiny("gemma")], **kwargs)
+
+
+def metrics(folder) -> list[dict]:
+    return [json.loads(line) for line in (Path(folder) / "metrics.jsonl").read_text().splitlines()]
+
+
+def weights(folder) -> dict:
+    return load_file(str(Path(folder) / "checkpoint" / "trainable.safetensors"))
+
+
+def test_overfitting_a_few_examples_lowers_the_loss_and_moves_the_gates(tmp_path, data):
+    cfg = config(tmp_path, data, steps=60, save_every=60, eval_examples=2)
+    output = run(cfg)
+    losses = [m["loss"] for m in metrics(output) if "loss" in m]
+    assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
+    gates = torch.tensor([m["gate_logits"] for m in metrics(output) if "gate_logits" in m][-1])
+    assert gates.abs().max() > 0.1  # the gates really learn (at lr 1e-4 they stayed within 0.02 of 0)
+    assert any("eval_loss" in m for m in metrics(output))
+    pair = C2CModel.from_pretrained(output, receiver=tiny("llama"), sharers=[tiny("gemma")])
+    torch.testing.assert_close(pair.gate_logits()[0], gates, rtol=0, atol=1e-4)  # the saved fuser is the trained one
+
+
+def test_lora_baseline_trains_on_the_same_data(tmp_path, data):
+    output = run(config(tmp_path, data, method="lora", steps=30, save_every=30, lr=3e-3))
+    losses = [m["loss"] for m in metrics(output) if "loss" in m]
+    assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
+    assert (output / "lora" / "adapter_model.safetensors").is_file()
+    assert all(p.grad is None or not p.requires_grad for p in tiny("gemma").model.parameters())
+
+
+def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tmp_path, data):
+    full = run(config(tmp_path / "a", data))
+    interrupted = config(tmp_path / "b", data)
+    run(interrupted, stop_after=4)  # checkpoint at step 3; steps 4 is lost, as after a crash
+    run(interrupted, resume=True)
+    a, b = weights(full), weights(interrupted.output)
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6)
+
+
+def test_resume_after_kill_9(tmp_path, data):
+    cfg = config(tmp_path, data, steps=30, save_every=2)
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps(cfg.to_dict()))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, str(TESTS / "train_tiny.py"), str(recipe)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = Path(cfg.output) / "checkpoint" / "trainer_state.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (checkpoint.exists() and json.loads(checkpoint.read_text())["step"] >= 4):
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    killed_at = json.loads(checkpoint.read_text())["step"]
+    assert 4 <= killed_at < 30
+    run(cfg, resume=True)
+    reference = run(config(tmp_path / "ref", data, steps=30, save_every=2))
+    for name, tensor in weights(reference).items():
+        torch.testing.assert_close(weights(cfg.output)[name], tensor, rtol=1e-5, atol=1e-6)
+
+
+def test_two_processes_match_one_with_the_same_global_batch(tmp_path, data):
+    common = dict(steps=4, save_every=4, log_every=1, seed=5,
+                  fuser={"hidden_size": 16, "intermediate_size": 16, "dropout": 0.0, "gate_noise": "none"})
+    single = config(tmp_path / "one", data, batch_size=4, **common)
+    run(single)
+    double = config(tmp_path / "two", data, batch_size=2, **common)
+    recipe = tmp_path / "two.json"
+    recipe.write_text(json.dumps(double.to_dict()))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                    "29533", str(TESTS / "train_tiny.py"), str(recipe)], env=env, check=True, cwd=ROOT,
+                   capture_output=True)
+    one, two = weights(single.output), weights(double.output)
+    for name in one:
+        torch.testing.assert_close(one[name], two[name], rtol=1e-4, atol=1e-5)
+    losses = lambda run_config: [m["loss"] for m in metrics(run_config.output) if "loss" in m]  # noqa: E731
+    assert losses(single) == pytest.approx(losses(double), rel=1e-4)
+
+
+def test_sharer_cache_is_reused_and_changes_nothing(tmp_path, data):
+    first = run(config(tmp_path / "a", data, steps=6))
+    second = run(config(tmp_path / "b", data, steps=6))
+    reports = [m for m in metrics(second) if m.get("event") == "sharer_cache"]
+    assert reports[0]["misses"] == 0 and reports[0]["hits"] > 0 and reports[0]["bytes"] > 0
+    assert [m for m in metrics(first) if m.get("event") == "sharer_cache"][0]["misses"] == len(QA) - 0
+    for name, tensor in weights(first).items():
+        assert torch.equal(tensor, weights(second)[name])
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_path, data, monkeypatch):
+    cfg = config(tmp_path, data, steps=10, save_every=2)
+    calls = {"n": 0}
+    real = training.token_loss_sum
+
+    def poisoned(*args):
+        calls["n"] += 1
+        loss = real(*args)
+        return loss * float("nan") if calls["n"] > 5 else loss
+    monkeypatch.setattr(training, "token_loss_sum", poisoned)
+    with pytest.raises(TrainingError, match=r"nan at step 6.*step 4.*--resume"):
+        run(cfg)
+    assert json.loads((Path(cfg.output) / "checkpoint/trainer_state.json").read_text())["step"] == 4
+    assert all(torch.isfinite(t).all() for t in weights(cfg.output).values())
+
+
+def test_bad_recipes_fail_before_any_model_loads(tmp_path, data, monkeypatch):
+    def no_models(*args, **kwargs):
+        raise AssertionError("a model was loaded before the recipe was checked")
+    monkeypatch.setattr(training, "load_model", no_models)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"data: [{data}]\nsteps: 2\nlearning_rate: 0.1\n")
+    with pytest.raises(RecipeError, match="unknown recipe keys \\['learning_rate'\\]"):
+        TrainConfig.from_file(recipe)
+    with pytest.raises(RecipeError, match="missing.jsonl not found"):
+        train(TrainConfig(data=[str(tmp_path / "missing.jsonl")], steps=2, output=str(tmp_path / "o")))
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(RecipeError, match="no examples"):
+        train(TrainConfig(data=[str(empty)], steps=2, output=str(tmp_path / "o")))
+    with pytest.raises(RecipeError, match="exactly one of steps or epochs"):
+        TrainConfig(data=[data])
+    with pytest.raises(RecipeError, match="fuser"):
+        TrainConfig(data=[data], steps=1, fuser={"hidden": 4})
+    with pytest.raises(RecipeError, match="no checkpoint"):
+        train(TrainConfig(data=[data], steps=2, output=str(tmp_path / "fresh")), resume=True,
+              receiver=tiny("llama"), sharers=[tiny("gemma")])
+
+
+def test_shipped_recipe_is_valid():
+    config = TrainConfig.from_file(ROOT / "recipes" / "default_pair_mc.yaml")
+    assert config.method == "c2c" and config.receiver == "smollm2-135m-instruct"
+    examples, held_out = training.load_examples(config)
+    assert len(examples) == config.max_examples and len(held_out) == config.eval_examples
