@@ -70,6 +70,7 @@ def run_mode(pair: C2CModel, max_batch: int, args: argparse.Namespace) -> tuple[
         seconds = time.perf_counter() - start
         largest_batch = client.get("/health").json()["largest_batch"]
     latencies = [ms for ms, answer in results if answer is not None]
+    print(f"max_batch {max_batch}: latencies (s) in request order: {[round(ms / 1000, 1) for ms in latencies]}")
     metrics = {"throughput_rps": round(len(latencies) / seconds, 3),
                "p50_ms": round(float(np.percentile(latencies, 50)), 1) if latencies else None,
                "p99_ms": round(float(np.percentile(latencies, 99)), 1) if latencies else None,

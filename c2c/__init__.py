@@ -1,0 +1,28 @@
+"""c2c: Cache-to-Cache communication between LLMs.
+
+    from c2c import C2CModel
+    pair = C2CModel.from_pretrained("fusers/default_pair_mc")   # or C2CModel.create(receiver, [sharer])
+    pair.generate("Why is the sky blue?")
+
+Names are imported lazily, so ``import c2c.data`` stays light (no torch).
+"""
+
+import importlib
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "C2CModel": "pair", "C2CConfig": "pair", "CheckpointError": "pair",
+    "FuserConfig": "fuser",
+    "load_model": "models", "LoadedModel": "models", "ModelLoadError": "models",
+    "TrainConfig": "train",
+    "EvalConfig": "evaluate", "EvalSetup": "evaluate", "run_eval": "evaluate",
+    "inspect_pair": "inspection",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'c2c' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)

@@ -86,7 +86,9 @@ def cmd_eval(args) -> None:
     from .models import load_model
     config = EvalConfig(benchmarks=args.bench.split(","), methods=args.methods.split(","), scoring=args.scoring,
                         split=args.split, limit=args.limit, seed=args.seed, out=args.out, data_dir=args.data_dir,
-                        skip_bad=args.skip_bad, recompute=args.recompute)
+                        skip_bad=args.skip_bad, recompute=args.recompute,
+                        method_limits={m: int(n) for m, n in (v.split("=") for v in args.method_limit or [])},
+                        throughput_batch=args.throughput_batch)
     pair = None
     if args.fuser:
         from .pair import C2CModel
@@ -99,7 +101,7 @@ def cmd_eval(args) -> None:
         from .train import load_lora_receiver
         lora = load_lora_receiver(args.lora)
     chat = pair.config.chat_template if pair else not args.no_chat_template
-    setup = EvalSetup(pair, receiver, sharer, lora, chat=chat, t2t_tokens=args.t2t_tokens,
+    setup = EvalSetup(pair, receiver, sharer, lora, fuser_path=args.fuser, chat=chat, t2t_tokens=args.t2t_tokens,
                       max_new_tokens=args.max_new_tokens)
     run_eval(config, setup)
     print((Path(config.out) / "table.md").read_text())
@@ -162,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("eval", help="evaluate methods and baselines on benchmarks")
     _pair_arguments(evaluate)
-    evaluate.add_argument("--bench", required=True, help="comma-separated names or generic MC .jsonl paths")
+    evaluate.add_argument("--bench", required=True, help="comma-separated names or generic MC .jsonl paths; "
+                                                         "NAME:SPLIT overrides --split for one (e.g. ceval:val)")
     evaluate.add_argument("--methods", default="receiver,sharer,c2c")
     evaluate.add_argument("--scoring", default="cloze-options")
     evaluate.add_argument("--split", default="test")
@@ -171,9 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", default="results/eval")
     evaluate.add_argument("--data-dir")
     evaluate.add_argument("--lora", metavar="DIR", help="LoRA run folder for the lora-receiver method")
+    evaluate.add_argument("--method-limit", action="append", metavar="METHOD=N",
+                          help="evaluate METHOD on the first N items of the sample only (e.g. t2t=50)")
     evaluate.add_argument("--t2t-tokens", type=int, default=64, help="sharer's budget in the t2t baseline")
     evaluate.add_argument("--max-new-tokens", type=int, default=64, help="answer budget of the generate scoring")
     evaluate.add_argument("--no-chat-template", action="store_true", help="without --fuser: raw prompts")
+    evaluate.add_argument("--throughput-batch", type=int, metavar="N",
+                          help="also time batched generation (N prompts at a time) for the receiver and C2C")
     evaluate.add_argument("--skip-bad", action="store_true", help="skip malformed rows (reported)")
     evaluate.add_argument("--recompute", action="store_true", help="ignore finished per-item records")
     evaluate.set_defaults(run=cmd_eval)

@@ -108,7 +108,8 @@ def continuation_logprobs(state: Prefilled, continuations: list[str]) -> list[tu
 def next_token_logits(state: Prefilled) -> torch.Tensor:
     cache = kvcache.repeat_rows(state.cache, 1)
     prefix = kvcache.seq_length(cache)
-    return state.model(input_ids=state.input_ids[:, -1:], position_ids=torch.tensor([[prefix]]), cache=cache,
+    position = torch.tensor([[prefix]], device=state.input_ids.device)
+    return state.model(input_ids=state.input_ids[:, -1:], position_ids=position, cache=cache,
                        use_cache=True).logits[0, -1].float()
 
 
@@ -156,6 +157,7 @@ class EvalSetup:
     receiver: LoadedModel
     sharer: LoadedModel
     lora_receiver: LoadedModel | None = None
+    fuser_path: str | None = None
     chat: bool = False
     t2t_tokens: int = 64
     max_new_tokens: int = 64
@@ -243,6 +245,8 @@ class EvalConfig:
     skip_bad: bool = False
     recompute: bool = False
     warmup: int = 1
+    method_limits: dict[str, int] | None = None  # e.g. {"t2t": 50}: that method sees only the first 50 items
+    throughput_batch: int | None = None  # also measure batched generation throughput (receiver vs C2C)
 
     def __post_init__(self):
         if self.scoring not in SCORINGS:
@@ -258,25 +262,60 @@ def run_eval(config: EvalConfig, setup: EvalSetup) -> dict:
     """Evaluate, resuming from per-item files in ``config.out``; returns (and writes) the summary."""
     out = Path(config.out)
     runs = list(dict.fromkeys([d for m in config.methods for d in DERIVED_METHODS.get(m, (m,))]))
-    summary = {"scoring": config.scoring, "split": config.split, "seed": config.seed, "limit": config.limit,
+    summary = {"receiver": setup.receiver.name, "sharer": setup.sharer.name, "fuser": fuser_report(setup),
+               "lora_receiver": setup.lora_receiver.name if setup.lora_receiver else None,
+               "scoring": config.scoring, "split": config.split, "seed": config.seed, "limit": config.limit,
                "t2t_tokens": setup.t2t_tokens, "max_new_tokens": setup.max_new_tokens, "benchmarks": {}}
-    for name in config.benchmarks:
-        benchmark = load_benchmark(name, config.split, config.data_dir, config.skip_bad, config.limit, config.seed)
+    for spec in config.benchmarks:
+        name, _, split = spec.partition(":")  # "ceval:val" overrides the split for one benchmark
+        benchmark = load_benchmark(name, split or config.split, config.data_dir, config.skip_bad, config.limit,
+                                   config.seed)
         folder = out / benchmark.name
         folder.mkdir(parents=True, exist_ok=True)
-        records = {m: run_method(m, setup, benchmark.items, config, folder) for m in runs}
+        limits = config.method_limits or {}
+        records = {m: run_method(m, setup, benchmark.items[:limits.get(m)], config, folder) for m in runs}
         for method in config.methods:
             if method in DERIVED_METHODS:
                 by_id = {m: {r["id"]: r for r in records[m]} for m in DERIVED_METHODS[method]}
                 records[method] = derived_records(method, by_id["receiver"], by_id["sharer"])
                 write_jsonl(folder / f"{method}.jsonl", records[method])
         summary["benchmarks"][benchmark.name] = {
-            "n": len(benchmark.items), "scoring": config.scoring, "report": benchmark.report,
+            "n": len(benchmark.items), "split": benchmark.split, "scoring": config.scoring, "report": benchmark.report,
             "methods": {m: summarize(records[m]) for m in config.methods}}
+        if config.throughput_batch:
+            summary["benchmarks"][benchmark.name]["throughput"] = measure_throughput(
+                setup, benchmark.items, config.throughput_batch)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "table.md").write_text(markdown_table(summary))
     plot(summary, out / "accuracy_vs_latency.png")
     return summary
+
+
+def measure_throughput(setup: EvalSetup, items: list[MCItem], batch_size: int) -> dict:
+    """Items per second of the generate protocol with prompts batched: the receiver alone and C2C."""
+    if setup.pair is None:
+        raise ValueError("the throughput mode compares the receiver with C2C: pass --fuser DIR")
+    prompts = [item_prompt(item, "generate") for item in items]
+    result = {"batch_size": batch_size, "n": len(prompts), "max_new_tokens": setup.max_new_tokens}
+    for method, fuse in (("receiver", False), ("c2c", True)):
+        started = time.perf_counter()
+        for start in range(0, len(prompts), batch_size):
+            setup.pair.generate(prompts[start:start + batch_size], max_new_tokens=setup.max_new_tokens, fuse=fuse)
+        result[f"{method}_items_per_s"] = round(len(prompts) / (time.perf_counter() - started), 3)
+    return result
+
+
+def fuser_report(setup: EvalSetup) -> dict | None:
+    """Where the fuser came from, its size and (when its training log is beside it) its training time."""
+    if setup.pair is None:
+        return None
+    report = {"path": setup.fuser_path, "params": sum(p.numel() for p in setup.pair.fusers.parameters()),
+              "train_minutes": None}
+    log = Path(setup.fuser_path or "") / "metrics.jsonl"
+    if setup.fuser_path and log.is_file():
+        times = [record["time"] for record in read_jsonl(log)]
+        report["train_minutes"] = round((max(times) - min(times)) / 60, 1)
+    return report
 
 
 def run_method(method: str, setup: EvalSetup, items: list[MCItem], config: EvalConfig, folder: Path) -> list[dict]:

