@@ -162,7 +162,7 @@ class C2CModel(nn.Module):
                                                layer_map(strategy, receiver.shape.num_layers, sharer.shape.num_layers),
                                                alignment))
         config = C2CConfig(receiver.name, _shape_dict(receiver), sharer_configs, fuser or FuserConfig(), chat_template)
-        return cls(receiver, sharers, config)
+        return cls(receiver, sharers, config).eval()
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write the config and the fuser weights (only what trains), atomically."""
@@ -183,7 +183,7 @@ class C2CModel(nn.Module):
         sharers = sharers or [load_model(s.model) for s in config.sharers]
         model = cls(receiver, sharers, config)
         model.load_fuser_weights(Path(directory) / WEIGHTS_NAME)
-        return model
+        return model.eval()  # as transformers' from_pretrained: hard gates, no dropout; call .train() to train
 
     def load_fuser_weights(self, path: Path) -> None:
         if not path.is_file():

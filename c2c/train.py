@@ -318,8 +318,11 @@ def prepare(pair: C2CModel, conversations: list[Conversation], store, device: to
 
 
 def token_loss_sum(pair: C2CModel, batch, method: str) -> torch.Tensor:
-    """Sum of the response tokens' cross-entropy (the caller divides by the global token count)."""
-    logits, _ = pair(batch, fuse=method == "c2c")
+    """Sum of the response tokens' cross-entropy (the caller divides by the global token count).
+
+    On a GPU the forward runs under bf16 autocast; the trained weights and the optimizer stay float32."""
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=batch.input_ids.is_cuda):
+        logits, _ = pair(batch, fuse=method == "c2c")
     labels = batch.labels[:, batch.prompt_length:]
     return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
                                              ignore_index=-100, reduction="sum")

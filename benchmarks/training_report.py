@@ -1,0 +1,67 @@
+"""Training curves and learned gates of a C2C run (and its LoRA baseline), from their metrics.jsonl logs.
+
+    python benchmarks/training_report.py --c2c runs/default_pair_mc --lora runs/default_pair_mc_lora \
+        --out results/default_pair/training
+writes training.json (curves, final gate logits per receiver layer, open layers, minutes) and training.png.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from c2c.evaluate import read_jsonl
+
+
+def curves(run: Path) -> dict:
+    records = read_jsonl(run / "metrics.jsonl")
+    steps = [r for r in records if "loss" in r]
+    times = [r["time"] for r in records]
+    return {"run": str(run), "minutes": round((max(times) - min(times)) / 60, 1),
+            "steps": [r["step"] for r in steps], "loss": [r["loss"] for r in steps],
+            "eval_steps": [r["step"] for r in records if "eval_loss" in r],
+            "eval_loss": [r["eval_loss"] for r in records if "eval_loss" in r],
+            "gate_logits": steps[-1].get("gate_logits"), "gates_open_history": [r.get("gates_open") for r in steps],
+            "sharer_cache": next((r for r in records if r.get("event") == "sharer_cache"), None)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--c2c", required=True)
+    parser.add_argument("--lora")
+    parser.add_argument("--out", required=True, help="output path without extension")
+    args = parser.parse_args()
+    report = {"command": "python " + " ".join(sys.argv), "c2c": curves(Path(args.c2c))}
+    if args.lora:
+        report["lora"] = curves(Path(args.lora))
+    gates = report["c2c"]["gate_logits"]
+    report["open_layers"] = {"key": [layer for layer, (k, _) in enumerate(gates) if k > 0],
+                             "value": [layer for layer, (_, v) in enumerate(gates) if v > 0]}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    figure, (losses, gate_plot) = plt.subplots(1, 2, figsize=(12, 4))
+    for name in ("c2c", "lora"):
+        if name in report:
+            run = report[name]
+            losses.plot(run["steps"], run["loss"], alpha=0.5, label=f"{name} train")
+            losses.plot(run["eval_steps"], run["eval_loss"], marker="o", label=f"{name} held-out")
+    losses.set(xlabel="optimizer step", ylabel="cross-entropy (response tokens)", title="training curves")
+    losses.legend()
+    layers = range(len(gates))
+    gate_plot.bar([l - 0.2 for l in layers], [k for k, _ in gates], width=0.4, label="key gate")
+    gate_plot.bar([l + 0.2 for l in layers], [v for _, v in gates], width=0.4, label="value gate")
+    gate_plot.axhline(0, color="black", linewidth=0.8)
+    gate_plot.set(xlabel="receiver layer", ylabel="gate logit (open if > 0)", title="learned gates after training")
+    gate_plot.legend()
+    figure.tight_layout()
+    figure.savefig(out.with_suffix(".png"), dpi=120)
+    print(json.dumps({k: v for k, v in report.items() if k in ("open_layers", "command")}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
