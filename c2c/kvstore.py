@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -18,6 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from .cache import KV
 from .models import cache_dir
+from .pair import atomic_write
 
 
 class SharerKVStore:
@@ -45,10 +44,7 @@ class SharerKVStore:
         if self.bytes + size > self.max_bytes:
             self.over_budget += 1
             return
-        handle, temporary = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
-        os.close(handle)
-        save_file(tensors, temporary)
-        os.replace(temporary, path)
+        atomic_write(path, lambda temporary: save_file(tensors, temporary))
         self.bytes += size
 
     def batch_kv(self, pair, batch) -> list[list[KV]]:

@@ -169,8 +169,8 @@ class C2CModel(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         weights = {name: tensor.detach().contiguous().cpu() for name, tensor in self.fusers.state_dict().items()}
-        _atomic_write(directory / WEIGHTS_NAME, lambda path: save_file(weights, path, metadata={"format": "c2c"}))
-        _atomic_write(directory / CONFIG_NAME,
+        atomic_write(directory / WEIGHTS_NAME, lambda path: save_file(weights, path, metadata={"format": "c2c"}))
+        atomic_write(directory / CONFIG_NAME,
                       lambda path: Path(path).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n"))
         return directory
 
@@ -428,7 +428,7 @@ def load_config(directory: str | Path) -> C2CConfig:
     return C2CConfig.from_dict(data)
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
     """Write to a temporary file in the same folder, then rename: a crash never leaves a half-written file."""
     handle, temporary = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     os.close(handle)

@@ -30,7 +30,7 @@ from .data import Conversation, DataError, load_training_data
 from .fuser import FuserConfig
 from .kvstore import SharerKVStore
 from .models import DEFAULT_RECEIVER, DEFAULT_SHARER, LoadedModel, load_model
-from .pair import C2CModel, _atomic_write
+from .pair import C2CModel, atomic_write
 
 METHODS = ("c2c", "lora")
 
@@ -423,7 +423,7 @@ def save_checkpoint(output: Path, pair: C2CModel, trainable: torch.nn.Module, op
         pair.save_pretrained(output)
     else:
         trainable.save_pretrained(output / "lora")
-        _atomic_write(output / "lora_receiver.json", lambda p: Path(p).write_text(json.dumps(
+        atomic_write(output / "lora_receiver.json", lambda p: Path(p).write_text(json.dumps(
             {"receiver": config.receiver, "adapter": "lora", "step": step}) + "\n"))
 
 
