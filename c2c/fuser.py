@@ -13,6 +13,7 @@ the real number of optimizer steps; ``zero_init`` makes the untrained fuser an e
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import asdict, dataclass, fields
 
@@ -154,6 +155,33 @@ class LayerFuser(nn.Module):
             gate = self._gate(index, weight.shape, receiver)  # (B, H_R, N, 1) in training, scalar at inference
             residuals.append(gate * weight * projection)
         return residuals[0], residuals[1]
+
+
+class BranchStack:
+    """Runs many same-shaped fuser branches as one vectorised call, for inference.
+
+    ``torch.func.vmap`` over their stacked weights turns the 2 x layers small branches of a forward into a few
+    batched kernels; the stacked weights are cached until a branch's weights change (tensor versions).
+    """
+
+    def __init__(self):
+        self._key = None
+        self._state = None
+        self._base = None
+
+    def __call__(self, branches: list[FuserBranch], sharer: torch.Tensor, receiver: torch.Tensor) -> torch.Tensor:
+        """sharer (L, B, H_S, N, d_S), receiver (L, B, H_R, N, d_R) -> ungated residuals (L, B, H_R, N, d_R)."""
+        key = tuple((id(b), tuple(p._version for p in b.parameters())) for b in branches)
+        if key != self._key:
+            self._state = torch.func.stack_module_state(branches)
+            self._base = copy.deepcopy(branches[0]).to("meta")
+            self._key = key
+        params, buffers = self._state
+
+        def run(p, b, s, r):
+            return torch.func.functional_call(self._base, (p, b), (s, r))
+        projection, weight = torch.vmap(run)(params, buffers, sharer, receiver)
+        return weight * projection
 
 
 class _HardGate(torch.autograd.Function):

@@ -25,7 +25,7 @@ from transformers import DynamicCache
 
 from . import cache as kvcache
 from .align import Message, Rendered, TokenAligner, as_messages, layer_map, render, same_tokenizer
-from .fuser import FuserConfig, LayerFuser, temperature_at
+from .fuser import BranchStack, FuserConfig, LayerFuser, temperature_at
 from .models import LoadedModel, ModelShape, load_model
 
 FORMAT_VERSION = 1
@@ -141,6 +141,10 @@ class C2CModel(nn.Module):
         self.aligners = [TokenAligner(receiver.tokenizer, s.tokenizer, c.token_alignment)
                          for s, c in zip(sharers, config.sharers)]
         self.fusion_enabled = True
+        # Inference on up to this many (rows x positions) runs all open branches of a sharer as one vmapped call:
+        # small inputs are launch-bound (60 tiny branches), large ones are faster branch by branch. 0 disables.
+        self.vectorize_max_tokens = 1024
+        self.branch_stacks = [BranchStack() for _ in sharers]
 
     # ----------------------------------------------------------------------------------------- building
     @classmethod
@@ -317,19 +321,38 @@ class C2CModel(nn.Module):
         length = kvcache.seq_length(cache)
         sharer_kv = self.sharer_caches(batch)
         residuals: list[list[torch.Tensor | None]] = [[None, None] for _ in range(len(cache.layers))]
-        for fusers, sharer_config, kv, positions in zip(self.fusers, self.config.sharers, sharer_kv, batch.positions):
+        for index, (fusers, sharer_config, kv, positions) in enumerate(
+                zip(self.fusers, self.config.sharers, sharer_kv, batch.positions)):
             positions = positions[:, :length]  # (B, N)
             fused = (positions >= 0)[:, None, :, None]  # (B, 1, N, 1)
-            for layer, fuser in enumerate(fusers):
-                receiver_key, receiver_value = kvcache.layer_kv(cache, layer)  # (B, H_R, N, d_R)
-                sharer_key, sharer_value = kv[sharer_config.layer_map[layer]]  # (B, H_S, S, d_S)
-                key, value = fuser(kvcache.gather_positions(sharer_key, positions),
-                                   kvcache.gather_positions(sharer_value, positions), receiver_key, receiver_value)
-                for slot, residual in enumerate((key, value)):
-                    if residual is not None:
-                        residual = residual * fused
-                        total = residuals[layer][slot]
-                        residuals[layer][slot] = residual if total is None else total + residual
+            gathered: dict[tuple[int, int], torch.Tensor] = {}
+
+            def sharer_input(layer: int, slot: int) -> torch.Tensor:  # (B, H_S, N, d_S), gathered once per layer
+                source = (sharer_config.layer_map[layer], slot)
+                if source not in gathered:
+                    gathered[source] = kvcache.gather_positions(kv[source[0]][slot], positions)
+                return gathered[source]
+
+            if fusers.training or positions.numel() > self.vectorize_max_tokens:
+                outputs = []
+                for layer, fuser in enumerate(fusers):
+                    key, value = fuser(sharer_input(layer, 0), sharer_input(layer, 1), *kvcache.layer_kv(cache, layer))
+                    outputs += [((layer, 0), key), ((layer, 1), value)]
+            else:  # inference: every open branch of this sharer in one vectorised call; shut gates cost nothing
+                jobs = [(layer, slot) for layer, fuser in enumerate(fusers) for slot in (0, 1)
+                        if fuser.gate_logits[slot] > 0]
+                if not jobs:
+                    continue
+                receiver_inputs = torch.stack([kvcache.layer_kv(cache, layer)[slot] for layer, slot in jobs])
+                sharer_inputs = torch.stack([sharer_input(layer, slot) for layer, slot in jobs])
+                branches = [(fusers[layer].key, fusers[layer].value)[slot] for layer, slot in jobs]
+                outputs = zip(jobs, self.branch_stacks[index](branches, sharer_inputs.to(receiver_inputs.dtype),
+                                                              receiver_inputs))
+            for (layer, slot), residual in outputs:
+                if residual is not None:
+                    residual = residual * fused
+                    total = residuals[layer][slot]
+                    residuals[layer][slot] = residual if total is None else total + residual
         for layer, (key, value) in enumerate(residuals):
             if key is None and value is None:
                 continue  # every gate shut: this layer stays bit-identical to the receiver's

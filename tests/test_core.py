@@ -376,3 +376,21 @@ def test_weights_with_missing_keys_are_refused(tmp_path):
 
 def test_small_fuser_fixture_is_not_zero_init():
     assert SMALL_FUSER.zero_init is False
+
+
+@pytest.mark.parametrize("receiver,sharers", [("llama", ("gemma",)), ("gemma", ("llama", "qwen"))])
+def test_vectorised_inference_equals_the_per_layer_loop(receiver, sharers):
+    pair = make_pair(receiver, sharers)
+    with torch.no_grad():
+        for fuser in list(pair.layer_fusers())[::3]:
+            fuser.gate_logits[0] = -1.0  # a mix of open and shut gates
+    vectorised = _last_logits(pair, PROMPTS)
+    pair.vectorize_max_tokens = 0
+    torch.testing.assert_close(vectorised, _last_logits(pair, PROMPTS), rtol=1e-4, atol=1e-5)
+    pair.vectorize_max_tokens = 1024
+    with torch.no_grad():
+        next(pair.layer_fusers()).value.input.weight.add_(1.0)  # changed weights are picked up, not a stale stack
+    changed = _last_logits(pair, PROMPTS)
+    assert not torch.allclose(changed, vectorised)
+    pair.vectorize_max_tokens = 0
+    torch.testing.assert_close(changed, _last_logits(pair, PROMPTS), rtol=1e-4, atol=1e-5)
