@@ -375,8 +375,8 @@ class C2CModel(nn.Module):
         return torch.stack([torch.stack([f.gate_logits.detach() for f in fusers]) for fusers in self.fusers])
 
     # ----------------------------------------------------------------------------------------- running
-    def forward(self, batch: Batch, fuse: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits over the response section and the mean cross-entropy on its labelled tokens.
+    def forward(self, batch: Batch, fuse: bool = True, reduction: str = "mean") -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits over the response section and the cross-entropy on its labelled tokens (mean, or sum).
 
         The prompt prefix is fused (gradients reach the fusers through the receiver's attention); the last
         prompt token and the response run on the receiver, unfused, over the fused cache.
@@ -390,7 +390,8 @@ class C2CModel(nn.Module):
                                      use_cache=True)
         logits = output.logits[:, :-1].float()  # position t predicts token t + 1
         labels = batch.labels[:, batch.prompt_length:]
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100,
+                               reduction=reduction)
         return logits, loss
 
     @torch.no_grad()

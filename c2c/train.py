@@ -322,10 +322,8 @@ def token_loss_sum(pair: C2CModel, batch, method: str) -> torch.Tensor:
 
     On a GPU the forward runs under bf16 autocast; the trained weights and the optimizer stay float32."""
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=batch.input_ids.is_cuda):
-        logits, _ = pair(batch, fuse=method == "c2c")
-    labels = batch.labels[:, batch.prompt_length:]
-    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                                             ignore_index=-100, reduction="sum")
+        _, loss = pair(batch, fuse=method == "c2c", reduction="sum")
+    return loss
 
 
 def all_reduce_gradients(module: torch.nn.Module, runtime: Runtime) -> None:
@@ -372,11 +370,8 @@ def evaluate_loss(pair: C2CModel, trainable: torch.nn.Module, held_out: list[Con
     total = count = 0.0
     for start in range(0, len(held_out), config.batch_size):
         batch = prepare(pair, held_out[start:start + config.batch_size], None, runtime.device)
-        logits, _ = pair(batch, fuse=config.method == "c2c")
-        labels = batch.labels[:, batch.prompt_length:]
-        total += float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                                                         ignore_index=-100, reduction="sum"))
-        count += int((labels != -100).sum())
+        total += float(token_loss_sum(pair, batch, config.method))
+        count += int((batch.labels != -100).sum())
     trainable.train()
     return total / max(count, 1)
 
