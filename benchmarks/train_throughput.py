@@ -20,7 +20,7 @@ import torch
 from c2c.data import load_training_data
 from c2c.kvstore import SharerKVStore
 from c2c.pair import C2CModel
-from c2c.train import split, token_loss_sum
+from c2c.train import MicroBatch, objective_sum, split
 
 
 def floor_step(pair: C2CModel, batch) -> None:
@@ -33,7 +33,7 @@ def floor_step(pair: C2CModel, batch) -> None:
 
 
 def c2c_step(pair: C2CModel, batch, optimizer) -> None:
-    token_loss_sum(pair, batch, "c2c").backward()
+    objective_sum(pair, MicroBatch(batch), "c2c").backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
 

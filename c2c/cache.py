@@ -46,14 +46,22 @@ def set_layer_kv(cache: DynamicCache, layer: int, keys: torch.Tensor, values: to
     entry.keys, entry.values = keys, values
 
 
-def gather_positions(kv: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """Pick per-row positions: kv (B, H, N_src, d), positions (B, N) with -1 allowed -> (B, H, N, d)."""
-    index = positions.clamp(min=0)[:, None, :, None].expand(-1, kv.shape[1], -1, kv.shape[3])
-    return kv.gather(2, index)
+def select_tokens(kv: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """The T (row, position) pairs of kv (B, H, N, d) as one sequence: (1, H, T, d)."""
+    return kv[rows, :, positions, :].transpose(0, 1).unsqueeze(0)
 
 
-def repeat_rows(cache: DynamicCache, repeats: int) -> DynamicCache:
-    """A new cache holding each row ``repeats`` times (the original is left untouched for reuse)."""
+def scatter_tokens(values: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Inverse of ``select_tokens``: values (1, H, T, d) placed at their (row, position) pairs of a (B, H, N, d)
+    tensor shaped like ``like``, zeros elsewhere (differentiable)."""
+    batch, heads, tokens, dim = like.shape
+    placed = like.new_zeros(batch, tokens, heads, dim).index_put((rows, positions), values[0].transpose(0, 1))
+    return placed.transpose(1, 2)
+
+
+def repeat_rows(cache: DynamicCache, repeats: int | torch.Tensor) -> DynamicCache:
+    """A new cache holding each row ``repeats`` times (an int, or a count per row); the original is left
+    untouched for reuse, and autograd flows through the copies."""
     return cache_from_kv([(k.repeat_interleave(repeats, dim=0), v.repeat_interleave(repeats, dim=0))
                           for k, v in all_kv(cache)])
 

@@ -573,6 +573,8 @@ def extract_choice_letter(text: str, n_choices: int) -> int | None:
 class Conversation:
     messages: list[dict]  # [{"role": "user"|"assistant"|"system", "content": str}, ...]; last = target
     source: str  # "file:line" or "file#index", for error messages
+    choices: list[str] | None = None  # multiple choice (target "choices"): the scored continuations
+    answer: int | None = None  # index of the right one in ``choices``
 
 
 _ROLES = {"system", "user", "assistant"}
@@ -660,10 +662,11 @@ def load_chat_jsonl(path: str | Path, skip_bad: bool = False) -> list[Conversati
 
 
 def mc_conversations(items: list[MCItem], prompt_style: str, target: str) -> list[Conversation]:
-    """Training pairs from MC items; target "letter", "text" or "both" (two per item)."""
-    targets = {"letter": ("letter",), "text": ("text",), "both": ("letter", "text")}
+    """Training pairs from MC items; target "letter", "text", "both" (two per item), or "choices" (the answer
+    text, plus every choice's cloze continuation for the choice objective of ``c2c train``)."""
+    targets = {"letter": ("letter",), "text": ("text",), "both": ("letter", "text"), "choices": ("choices",)}
     if target not in targets:
-        raise ValueError(f"unknown target {target!r}; expected letter, text or both")
+        raise ValueError(f"unknown target {target!r}; expected letter, text, both or choices")
     out = []
     for item in items:
         prompt = mc_prompt(item, prompt_style)
@@ -671,7 +674,8 @@ def mc_conversations(items: list[MCItem], prompt_style: str, target: str) -> lis
             letter = item.letters[item.answer]
             answer = f"The correct answer is {letter}." if kind == "letter" else item.choices[item.answer]
             messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
-            out.append(Conversation(messages, f"{item.id}#{kind}"))
+            choices = cloze_continuations(item) if kind == "choices" else None
+            out.append(Conversation(messages, f"{item.id}#{kind}", choices, item.answer if choices else None))
     return out
 
 

@@ -25,7 +25,8 @@ from . import cache as kvcache
 from .align import as_messages, render
 from .data import MCItem, cloze_continuations, extract_choice_letter, load_benchmark, mc_prompt
 from .models import LoadedModel
-from .pair import C2CModel, position_ids
+from .pair import C2CModel
+from .pair import continuation_logprobs as pair_continuation_logprobs
 
 SCORINGS = ("generate", "letter", "cloze", "cloze-options")
 RUN_METHODS = ("receiver", "sharer", "t2t", "c2c", "c2c-shuffled", "lora-receiver")
@@ -88,20 +89,9 @@ class PairScorer:
 @torch.no_grad()
 def continuation_logprobs(state: Prefilled, continuations: list[str]) -> list[tuple[float, int]]:
     """(sum of log-probabilities, token count) of each continuation after the prompt, in one batch."""
-    rows = [state.tokenizer(c, add_special_tokens=False)["input_ids"] for c in continuations]
-    width = max(len(r) for r in rows)
-    last = state.input_ids[0, -1].item()
-    pad = state.tokenizer.pad_token_id or 0
-    tail = torch.tensor([[last] + r + [pad] * (width - len(r)) for r in rows], device=state.input_ids.device)
-    tail_mask = torch.tensor([[1] * (1 + len(r)) + [0] * (width - len(r)) for r in rows], device=tail.device)
-    prefix = kvcache.seq_length(state.cache)
-    cache = kvcache.repeat_rows(state.cache, len(rows))
-    mask = torch.cat([torch.ones(len(rows), prefix, dtype=torch.long, device=tail.device), tail_mask], dim=1)
-    logits = state.model(input_ids=tail, attention_mask=mask, position_ids=position_ids(mask)[:, prefix:],
-                         cache=cache, use_cache=True).logits.float()
-    logprobs = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, tail[:, 1:, None]).squeeze(-1)
-    valid = tail_mask[:, 1:].bool()
-    return [(float(logprobs[i][valid[i]].sum()), int(valid[i].sum())) for i in range(len(rows))]
+    sums, counts = pair_continuation_logprobs(state.model, state.tokenizer, state.input_ids,
+                                              torch.ones_like(state.input_ids), state.cache, [continuations])
+    return [(float(total), int(count)) for total, count in zip(sums, counts)]
 
 
 @torch.no_grad()

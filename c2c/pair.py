@@ -106,6 +106,33 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def continuation_logprobs(model: nn.Module, tokenizer, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                          cache: DynamicCache, continuations: Sequence[Sequence[str]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-likelihood of each prompt's continuations, all in one batch: (sum of log-probabilities, token count),
+    each (R,) over the R continuations in order. Differentiable when grad is enabled (the choice objective).
+
+    ``prompt_ids``/``prompt_mask`` (B, P) are the left-padded prompts and ``cache`` holds their first P - 1
+    positions (as ``C2CModel.prefill`` leaves them); each continuation runs after its prompt's last token.
+    """
+    rows = [tokenizer(text, add_special_tokens=False)["input_ids"] for texts in continuations for text in texts]
+    if any(not row for row in rows):
+        raise ValueError("a continuation is empty; every choice needs text to score")
+    counts = torch.tensor([len(texts) for texts in continuations], device=prompt_ids.device)
+    width = max(len(r) for r in rows)
+    last = prompt_ids[:, -1].repeat_interleave(counts)  # (R,)
+    pad = tokenizer.pad_token_id or 0
+    tail = torch.cat([last[:, None], _pad([r + [pad] * (width - len(r)) for r in rows], pad, left=False)
+                      .to(last.device)], dim=1)  # (R, 1 + W)
+    tail_mask = _pad([[1] * (1 + len(r)) + [0] * (width - len(r)) for r in rows], 0, left=False).to(tail.device)
+    mask = torch.cat([prompt_mask[:, :-1].repeat_interleave(counts, dim=0), tail_mask], dim=1)
+    prefix = prompt_ids.shape[1] - 1
+    logits = model(input_ids=tail, attention_mask=mask, position_ids=position_ids(mask)[:, prefix:],
+                   cache=kvcache.repeat_rows(cache, counts), use_cache=True).logits.float()  # (R, 1 + W, V)
+    logprobs = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, tail[:, 1:, None]).squeeze(-1)  # (R, W)
+    valid = tail_mask[:, 1:].to(logprobs.dtype)
+    return (logprobs * valid).sum(-1), valid.sum(-1)
+
+
 def _pad(rows: Sequence[Sequence[int]], value: int, left: bool) -> torch.Tensor:
     width = max(len(r) for r in rows)
     padded = [([value] * (width - len(r)) + list(r)) if left else (list(r) + [value] * (width - len(r))) for r in rows]
@@ -141,7 +168,7 @@ class C2CModel(nn.Module):
         self.aligners = [TokenAligner(receiver.tokenizer, s.tokenizer, c.token_alignment)
                          for s, c in zip(sharers, config.sharers)]
         self.fusion_enabled = True
-        # Inference on up to this many (rows x positions) runs all open branches of a sharer as one vmapped call:
+        # Inference on up to this many fused tokens runs all open branches of a sharer as one vmapped call:
         # small inputs are launch-bound (60 tiny branches), large ones are faster branch by branch. 0 disables.
         self.vectorize_max_tokens = 1024
         self.branch_stacks = [BranchStack() for _ in sharers]
@@ -323,34 +350,41 @@ class C2CModel(nn.Module):
         residuals: list[list[torch.Tensor | None]] = [[None, None] for _ in range(len(cache.layers))]
         for index, (fusers, sharer_config, kv, positions) in enumerate(
                 zip(self.fusers, self.config.sharers, sharer_kv, batch.positions)):
-            positions = positions[:, :length]  # (B, N)
-            fused = (positions >= 0)[:, None, :, None]  # (B, 1, N, 1)
+            # The fuser runs on the T fused tokens only (not on padding or template tokens), as one sequence.
+            rows, columns = (positions[:, :length] >= 0).nonzero(as_tuple=True)  # (T,) each
+            if rows.numel() == 0:
+                continue
+            sources = positions[rows, columns]  # (T,) the sharer position of each fused token
             gathered: dict[tuple[int, int], torch.Tensor] = {}
 
-            def sharer_input(layer: int, slot: int) -> torch.Tensor:  # (B, H_S, N, d_S), gathered once per layer
+            def sharer_input(layer: int, slot: int) -> torch.Tensor:  # (1, H_S, T, d_S), gathered once per layer
                 source = (sharer_config.layer_map[layer], slot)
                 if source not in gathered:
-                    gathered[source] = kvcache.gather_positions(kv[source[0]][slot], positions)
+                    gathered[source] = kvcache.select_tokens(kv[source[0]][slot], rows, sources)
                 return gathered[source]
 
-            if fusers.training or positions.numel() > self.vectorize_max_tokens:
+            def receiver_input(layer: int, slot: int) -> torch.Tensor:  # (1, H_R, T, d_R)
+                return kvcache.select_tokens(kvcache.layer_kv(cache, layer)[slot], rows, columns)
+
+            if fusers.training or rows.numel() > self.vectorize_max_tokens:
                 outputs = []
                 for layer, fuser in enumerate(fusers):
-                    key, value = fuser(sharer_input(layer, 0), sharer_input(layer, 1), *kvcache.layer_kv(cache, layer))
+                    key, value = fuser(sharer_input(layer, 0), sharer_input(layer, 1), receiver_input(layer, 0),
+                                       receiver_input(layer, 1))
                     outputs += [((layer, 0), key), ((layer, 1), value)]
             else:  # inference: every open branch of this sharer in one vectorised call; shut gates cost nothing
                 jobs = [(layer, slot) for layer, fuser in enumerate(fusers) for slot in (0, 1)
                         if fuser.gate_logits[slot] > 0]
                 if not jobs:
                     continue
-                receiver_inputs = torch.stack([kvcache.layer_kv(cache, layer)[slot] for layer, slot in jobs])
+                receiver_inputs = torch.stack([receiver_input(layer, slot) for layer, slot in jobs])
                 sharer_inputs = torch.stack([sharer_input(layer, slot) for layer, slot in jobs])
                 branches = [(fusers[layer].key, fusers[layer].value)[slot] for layer, slot in jobs]
                 outputs = zip(jobs, self.branch_stacks[index](branches, sharer_inputs.to(receiver_inputs.dtype),
                                                               receiver_inputs))
             for (layer, slot), residual in outputs:
                 if residual is not None:
-                    residual = residual * fused
+                    residual = kvcache.scatter_tokens(residual, rows, columns, kvcache.layer_kv(cache, layer)[slot])
                     total = residuals[layer][slot]
                     residuals[layer][slot] = residual if total is None else total + residual
         for layer, (key, value) in enumerate(residuals):
@@ -393,6 +427,16 @@ class C2CModel(nn.Module):
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100,
                                reduction=reduction)
         return logits, loss
+
+    def choice_scores(self, batch: Batch, choices: Sequence[Sequence[str]], fuse: bool = True) -> list[torch.Tensor]:
+        """Per prompt, the log-likelihood per character of each of its choice continuations (the cloze score
+        ``c2c eval`` ranks by): one (k_i,) tensor per prompt, differentiable when grad is enabled."""
+        cache = self.prefill(batch, fuse=fuse)
+        prompt = slice(0, batch.prompt_length)
+        sums, _ = continuation_logprobs(self.receiver.model, self.receiver.tokenizer, batch.input_ids[:, prompt],
+                                        batch.attention_mask[:, prompt], cache, choices)
+        characters = torch.tensor([len(text) for texts in choices for text in texts], device=sums.device)
+        return list((sums / characters).split([len(texts) for texts in choices]))
 
     @torch.no_grad()
     def generate(self, prompts: Prompt | Sequence[Prompt], max_new_tokens: int = 128, do_sample: bool = False,

@@ -1,9 +1,11 @@
 """Training recipe: a fuser (``method: c2c``) or the fair baseline, a LoRA adapter on the receiver alone
 (``method: lora``), on the same data, steps and batches. Read top to bottom: config, data, models, loop.
 
-Only the fuser (or the adapter) trains; both LLMs are frozen. Loss: the receiver's next-token cross-entropy on
-response tokens, averaged over every response token of the global batch (so N processes and one process with
-the same global batch compute the same gradient). Checkpoints are written atomically every ``save_every``
+Only the fuser (or the adapter) trains; both LLMs are frozen. Loss (``objective``): ``tokens``, the receiver's
+next-token cross-entropy on response tokens, averaged over every response token of the global batch; or
+``choices`` (multiple-choice data with target "choices"), the cross-entropy of picking the right choice when the
+choices are ranked by their cloze score, exactly as ``c2c eval`` ranks them, averaged over the global batch's
+items. Either way N processes and one process with the same global batch compute the same gradient. Checkpoints are written atomically every ``save_every``
 steps with optimizer, scheduler, RNG states and the step, from which the data position follows.
 """
 
@@ -22,6 +24,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch.nn import functional as F
 import yaml
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
@@ -30,9 +33,10 @@ from .data import Conversation, DataError, load_training_data
 from .fuser import FuserConfig
 from .kvstore import SharerKVStore
 from .models import DEFAULT_RECEIVER, DEFAULT_SHARER, LoadedModel, load_model
-from .pair import C2CModel, atomic_write
+from .pair import Batch, C2CModel, atomic_write
 
 METHODS = ("c2c", "lora")
+OBJECTIVES = ("tokens", "choices")
 
 
 class RecipeError(ValueError):
@@ -47,6 +51,7 @@ class TrainingError(RuntimeError):
 class TrainConfig:
     output: str = "runs/c2c"
     method: str = "c2c"
+    objective: str = "tokens"  # or "choices": rank the choices of multiple-choice data (target "choices")
     receiver: str = DEFAULT_RECEIVER
     sharers: list[str] = field(default_factory=lambda: [DEFAULT_SHARER])
     fuser: dict = field(default_factory=dict)  # FuserConfig fields
@@ -79,6 +84,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.method not in METHODS:
             raise RecipeError(f"method {self.method!r} is unknown; expected one of {METHODS}")
+        if self.objective not in OBJECTIVES:
+            raise RecipeError(f"objective {self.objective!r} is unknown; expected one of {OBJECTIVES}")
         if (self.steps is None) == (self.epochs is None):
             raise RecipeError(f"give exactly one of steps or epochs (got steps={self.steps}, epochs={self.epochs})")
         if not self.data:
@@ -124,6 +131,12 @@ def load_examples(config: TrainConfig) -> tuple[list[Conversation], list[Convers
             conversations += load_training_data(spec, config.data_dir)
         except DataError as error:
             raise RecipeError(f"data {spec!r}: {error}") from error
+    if config.objective == "choices":
+        lacking = [c.source for c in conversations if not c.choices]
+        if lacking:
+            raise RecipeError(f"objective choices needs multiple-choice data with target: choices; {len(lacking)} "
+                              f"examples have no choices (first: {lacking[0]}). Set `target: choices` on each "
+                              "benchmark in `data`, or use objective: tokens")
     random.Random(config.seed).shuffle(conversations)
     held_out = conversations[:config.eval_examples] if len(conversations) > config.eval_examples else []
     train = conversations[len(held_out):]
@@ -141,7 +154,8 @@ def drop_over_long(pair: C2CModel, conversations: list[Conversation], max_length
     kept = []
     for conversation in conversations:
         prompt, response = split(conversation)
-        length = len(pair.render_prompt(prompt).ids) + len(pair.response_ids(prompt, response))
+        responses = conversation.choices or [response]
+        length = len(pair.render_prompt(prompt).ids) + max(len(pair.response_ids(prompt, r)) for r in responses)
         if length <= max_length:
             kept.append(conversation)
     return kept, len(conversations) - len(kept)
@@ -270,12 +284,13 @@ def train(config: TrainConfig, resume: bool = False, stop_after: int | None = No
         for micro in range(config.grad_accum):
             indices = order.indices(step * config.grad_accum + micro)
             rows = indices[runtime.rank * config.batch_size:(runtime.rank + 1) * config.batch_size]
-            micro_batches.append(prepare(pair, [train_set[i] for i in rows], store, runtime.device))
-        tokens = global_count(sum(int((b.labels != -100).sum()) for b in micro_batches), runtime)
-        processed = global_count(sum(int(b.attention_mask.sum()) for b in micro_batches), runtime)
+            micro_batches.append(prepare(pair, [train_set[i] for i in rows], store, runtime.device,
+                                          config.objective))
+        units = global_count(sum(b.units for b in micro_batches), runtime)  # response tokens, or items
+        processed = global_count(sum(int(b.batch.attention_mask.sum()) for b in micro_batches), runtime)
         loss_sum = 0.0
         for batch in micro_batches:
-            loss = token_loss_sum(pair, batch, config.method) / tokens
+            loss = objective_sum(pair, batch, config.method) / units
             loss.backward()
             loss_sum += loss.item()
         loss_sum = global_sum(loss_sum, runtime)
@@ -293,11 +308,11 @@ def train(config: TrainConfig, resume: bool = False, stop_after: int | None = No
         bar.update(1)
         bar.set_postfix(loss=f"{loss_sum:.4f}", tok_s=f"{processed / elapsed:.0f}")
         if step % config.log_every == 0 or step == total:
-            log.write({"step": step, "loss": loss_sum, "grad_norm": float(grad_norm), "target_tokens": tokens,
+            log.write({"step": step, "loss": loss_sum, "grad_norm": float(grad_norm), "loss_units": units,
                        "tokens_per_s": processed / elapsed, "step_s": elapsed, "lr": scheduler.get_last_lr()[0],
                        **gate_summary(pair, config.method)})
         if held_out and (step % config.eval_every == 0 or step == total):
-            log.write({"step": step, "eval_loss": evaluate_loss(pair, trainable, held_out, config, runtime)})
+            log.write({"step": step, **evaluate_held_out(pair, trainable, held_out, config, runtime)})
         if step % config.save_every == 0 or step == total:
             save_checkpoint(output, pair, trainable, optimizer, scheduler, step, config, runtime)
             last_saved = step
@@ -309,21 +324,47 @@ def train(config: TrainConfig, resume: bool = False, stop_after: int | None = No
     return output
 
 
-def prepare(pair: C2CModel, conversations: list[Conversation], store, device: torch.device):
+@dataclass
+class MicroBatch:
+    batch: Batch
+    choices: list[list[str]] | None = None  # objective "choices": each prompt's continuations
+    answers: list[int] | None = None
+
+    @property
+    def units(self) -> int:
+        """What the loss is averaged over: items (choices) or response tokens."""
+        return len(self.choices) if self.choices is not None else int((self.batch.labels != -100).sum())
+
+
+def prepare(pair: C2CModel, conversations: list[Conversation], store, device: torch.device,
+            objective: str) -> MicroBatch:
     prompts, responses = zip(*(split(c) for c in conversations))
-    batch = pair.prepare(list(prompts), list(responses))
+    batch = pair.prepare(list(prompts), None if objective == "choices" else list(responses))
     if store is not None:
         batch.sharer_kv = store.batch_kv(pair, batch)
-    return batch.to(device)
+    if objective == "choices":
+        return MicroBatch(batch.to(device), [c.choices for c in conversations], [c.answer for c in conversations])
+    return MicroBatch(batch.to(device))
 
 
-def token_loss_sum(pair: C2CModel, batch, method: str) -> torch.Tensor:
-    """Sum of the response tokens' cross-entropy (the caller divides by the global token count).
+def choice_scores(pair: C2CModel, micro: MicroBatch, method: str) -> list[torch.Tensor]:
+    return pair.choice_scores(micro.batch, micro.choices, fuse=method == "c2c")
+
+
+def objective_sum(pair: C2CModel, micro: MicroBatch, method: str) -> torch.Tensor:
+    """Sum of the loss over the micro-batch's units (the caller divides by the global count).
 
     On a GPU the forward runs under bf16 autocast; the trained weights and the optimizer stay float32."""
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=batch.input_ids.is_cuda):
-        _, loss = pair(batch, fuse=method == "c2c", reduction="sum")
-    return loss
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=micro.batch.input_ids.is_cuda):
+        if micro.choices is None:
+            return pair(micro.batch, fuse=method == "c2c", reduction="sum")[1]
+        return choice_loss_sum(choice_scores(pair, micro, method), micro.answers)
+
+
+def choice_loss_sum(scores: list[torch.Tensor], answers: list[int]) -> torch.Tensor:
+    """Cross-entropy of the right choice under a softmax over each item's cloze scores, summed over items."""
+    return sum(F.cross_entropy(s[None], torch.tensor([a], device=s.device), reduction="sum")
+               for s, a in zip(scores, answers))
 
 
 def all_reduce_gradients(module: torch.nn.Module, runtime: Runtime) -> None:
@@ -363,17 +404,26 @@ def gate_summary(pair: C2CModel, method: str) -> dict:
 
 
 @torch.no_grad()
-def evaluate_loss(pair: C2CModel, trainable: torch.nn.Module, held_out: list[Conversation], config: TrainConfig,
-                  runtime: Runtime) -> float:
-    """Token-averaged loss on the held-out slice, in eval mode (hard gates, no dropout)."""
+def evaluate_held_out(pair: C2CModel, trainable: torch.nn.Module, held_out: list[Conversation], config: TrainConfig,
+                      runtime: Runtime) -> dict:
+    """The objective averaged over the held-out slice in eval mode (hard gates, no dropout); with the choice
+    objective also the accuracy of the choice ranking."""
     trainable.eval()
-    total = count = 0.0
+    total = units = correct = 0.0
     for start in range(0, len(held_out), config.batch_size):
-        batch = prepare(pair, held_out[start:start + config.batch_size], None, runtime.device)
-        total += float(token_loss_sum(pair, batch, config.method))
-        count += int((batch.labels != -100).sum())
+        micro = prepare(pair, held_out[start:start + config.batch_size], None, runtime.device, config.objective)
+        units += micro.units
+        if micro.choices is None:
+            total += float(objective_sum(pair, micro, config.method))
+            continue
+        scores = choice_scores(pair, micro, config.method)
+        total += float(choice_loss_sum(scores, micro.answers))
+        correct += sum(int(s.argmax()) == a for s, a in zip(scores, micro.answers))
     trainable.train()
-    return total / max(count, 1)
+    record = {"eval_loss": total / max(units, 1)}
+    if config.objective == "choices":
+        record["eval_accuracy"] = correct / max(units, 1)
+    return record
 
 
 class MetricsLog:

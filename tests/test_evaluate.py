@@ -7,9 +7,9 @@ import torch
 from conftest import make_pair
 from tiny import tiny
 
-from c2c.data import load_benchmark
+from c2c.data import cloze_continuations, load_benchmark
 from c2c.evaluate import (EvalConfig, EvalSetup, ModelScorer, PairScorer, continuation_logprobs, derived_records,
-                          run_eval, shuffled_partners, wilson)
+                          item_prompt, run_eval, score_item, shuffled_partners, wilson)
 
 QUESTIONS = [
     ("What is the capital of France?", ["Paris", "London", "Berlin", "Rome"], 0),
@@ -109,6 +109,25 @@ def test_continuation_logprobs_equal_the_stock_model():
         logprobs = torch.log_softmax(model.model(input_ids=torch.tensor([ids + cont])).logits[0, :-1], -1)
         expected = sum(logprobs[len(ids) - 1 + i, t].item() for i, t in enumerate(cont))
         assert count == len(cont) and total == pytest.approx(expected, abs=1e-4)
+
+
+@pytest.mark.parametrize("receiver,sharer", [("llama", "gemma"), ("qwen", "llama")])
+def test_batched_choice_scores_equal_the_evaluators_and_train_the_fuser(bench, receiver, sharer):
+    """Training's choice objective ranks choices exactly as `c2c eval` does (cloze), for a left-padded batch of
+    items with different prompt lengths and choice counts; gradients reach the fuser."""
+    items = load_benchmark(bench).items[:3]
+    items[1].choices = items[1].choices[:2] + ["a much longer choice than the others"]  # 3 choices, long one
+    pair = make_pair(receiver, (sharer,))
+    prompts = [item_prompt(item, "cloze") for item in items]
+    batched = pair.choice_scores(pair.prepare(prompts), [cloze_continuations(item) for item in items])
+    for item, prompt, scores in zip(items, prompts, batched):
+        single = score_item(PairScorer("c2c", pair).prefill(prompt), item, "cloze", 1)["scores"]
+        torch.testing.assert_close(scores.detach(), torch.tensor(single), rtol=1e-4, atol=1e-5)
+    pair.train()  # inference runs stacked copies of the fuser weights; training runs the parameters
+    choices = [cloze_continuations(item) for item in items]
+    sum(s.sum() for s in pair.choice_scores(pair.prepare(prompts), choices)).backward()
+    grads = [p.grad for p in pair.fusers.parameters() if p.grad is not None]
+    assert grads and any(g.abs().sum() > 0 for g in grads)
 
 
 def test_derived_methods():

@@ -76,6 +76,33 @@ def test_lora_baseline_trains_on_the_same_data(tmp_path, data):
     assert all(p.grad is None or not p.requires_grad for p in tiny("gemma").model.parameters())
 
 
+@pytest.fixture
+def mc_data(tmp_path):
+    path = tmp_path / "mc.jsonl"
+    rows = [("What is the capital of France?", ["Paris", "London", "Berlin"], 0),
+            ("Water boils at what temperature?", ["zero degrees", "one hundred degrees", "ten degrees"], 1),
+            ("Which planet is closest to the sun?", ["Venus", "Earth", "Mercury", "Mars"], 2),
+            ("Which of these is an animal?", ["a rock", "a chair", "a dog"], 2)]
+    path.write_text("".join(json.dumps({"question": q, "choices": c, "answer": a}) + "\n" for q, c, a in rows))
+    return {"benchmark": str(path), "split": "test", "prompt_style": "cloze", "target": "choices"}
+
+
+@pytest.mark.parametrize("method", ["c2c", "lora"])
+def test_choice_objective_learns_to_rank_the_right_choice(tmp_path, mc_data, method):
+    cfg = config(tmp_path, mc_data, method=method, objective="choices", steps=50, save_every=50, batch_size=4,
+                 eval_examples=0, lr=1e-2 if method == "c2c" else 3e-3)
+    losses = [m["loss"] for m in metrics(run(cfg)) if "loss" in m]
+    assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
+
+
+def test_choice_objective_reports_held_out_accuracy_and_needs_choices(tmp_path, mc_data, data):
+    cfg = config(tmp_path, mc_data, objective="choices", steps=2, save_every=2, eval_every=2, eval_examples=2)
+    held_out = [m for m in metrics(run(cfg)) if "eval_accuracy" in m]
+    assert held_out and held_out[-1]["eval_accuracy"] in (0.0, 0.5, 1.0) and held_out[-1]["eval_loss"] > 0
+    with pytest.raises(RecipeError, match="target: choices"):
+        run(config(tmp_path / "b", data, objective="choices"))
+
+
 def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tmp_path, data):
     full = run(config(tmp_path / "a", data))
     interrupted = config(tmp_path / "b", data)
@@ -140,13 +167,13 @@ def test_sharer_cache_is_reused_and_changes_nothing(tmp_path, data):
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_path, data, monkeypatch):
     cfg = config(tmp_path, data, steps=10, save_every=2)
     calls = {"n": 0}
-    real = training.token_loss_sum
+    real = training.objective_sum
 
     def poisoned(*args):
         calls["n"] += 1
         loss = real(*args)
         return loss * float("nan") if calls["n"] > 5 else loss
-    monkeypatch.setattr(training, "token_loss_sum", poisoned)
+    monkeypatch.setattr(training, "objective_sum", poisoned)
     with pytest.raises(TrainingError, match=r"nan at step 6.*step 4.*--resume"):
         run(cfg)
     assert json.loads((Path(cfg.output) / "checkpoint/trainer_state.json").read_text())["step"] == 4
