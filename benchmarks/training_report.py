@@ -21,6 +21,7 @@ def curves(run: Path) -> dict:
             "steps": [r["step"] for r in steps], "loss": [r["loss"] for r in steps],
             "eval_steps": [r["step"] for r in records if "eval_loss" in r],
             "eval_loss": [r["eval_loss"] for r in records if "eval_loss" in r],
+            "eval_accuracy": [r["eval_accuracy"] for r in records if "eval_accuracy" in r],
             "gate_logits": steps[-1].get("gate_logits"), "gates_open_history": [r.get("gates_open") for r in steps],
             "sharer_cache": next((r for r in records if r.get("event") == "sharer_cache"), None)}
 
@@ -50,7 +51,9 @@ def main() -> None:
             run = report[name]
             losses.plot(run["steps"], run["loss"], alpha=0.5, label=f"{name} train")
             losses.plot(run["eval_steps"], run["eval_loss"], marker="o", label=f"{name} held-out")
-    losses.set(xlabel="optimizer step", ylabel="cross-entropy (response tokens)", title="training curves")
+    objective = json.loads((Path(args.c2c) / "train_config.json").read_text()).get("objective", "tokens")
+    ylabel = "choice cross-entropy (per item)" if objective == "choices" else "cross-entropy (response tokens)"
+    losses.set(xlabel="optimizer step", ylabel=ylabel, title="training curves")
     losses.legend()
     layers = range(len(gates))
     gate_plot.bar([l - 0.2 for l in layers], [k for k, _ in gates], width=0.4, label="key gate")

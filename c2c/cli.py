@@ -172,7 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--limit", type=int)
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--out", default="results/eval")
-    evaluate.add_argument("--data-dir")
+    evaluate.add_argument("--data-dir", help="a local folder in the shared data layout (default ../shared/data); "
+                                             "hf for each benchmark's default Hugging Face dataset; or "
+                                             "hf:OWNER/NAME[:CONFIG] or OWNER/NAME for a hub dataset "
+                                             "(needs pip install 'c2c[hub]')")
     evaluate.add_argument("--lora", metavar="DIR", help="LoRA run folder for the lora-receiver method")
     evaluate.add_argument("--method-limit", action="append", metavar="METHOD=N",
                           help="evaluate METHOD on the first N items of the sample only (e.g. t2t=50)")

@@ -1,7 +1,8 @@
 """Benchmarks, prompt formats and training data.
 
 Loads the multiple-choice benchmarks (ARC, OpenBookQA, MMLU, MMLU-Redux, C-Eval,
-CommonsenseQA, or any generic JSONL) into one `MCItem` form, renders the prompts used by
+CommonsenseQA, or any generic JSONL; from local files, or from the Hugging Face hub through
+c2c.hub) into one `MCItem` form, renders the prompts used by
 both training and evaluation, and loads instruction/chat data as `Conversation`s.
 Pure Python (no torch) so that it stays cheap to import.
 """
@@ -19,7 +20,7 @@ import random
 import re
 import string
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,21 +126,31 @@ def _read_tsv(path: Path) -> Iterator[tuple[int, dict]]:
 
 
 @dataclass
+class _Source:
+    """One file, or one config and split of a hub dataset (c2c.hub): the rows _collect parses."""
+
+    name: str  # listed in report["files"]
+    rows: Iterable[tuple[str, Any]]  # (where, raw) per row; where ("file:line") starts its error messages
+    subject: str | None = None
+    stem: str = ""  # default ids are "{subject or stem}/{index}"
+
+
+def _file_source(path: Path, read: Callable[[Path], Iterator[tuple[int, Any]]], subject: str | None = None) -> _Source:
+    return _Source(str(path), ((f"{path}:{line}", raw) for line, raw in read(path)), subject, path.stem)
+
+
+@dataclass
 class _Row:
     """Where a row came from, for ids and error messages."""
 
-    path: Path
-    line: int
-    index: int  # 0-based data row within its file
+    where: str
+    index: int  # 0-based data row within its source
     subject: str | None
+    stem: str
     notes: Counter
 
-    @property
-    def where(self) -> str:
-        return f"{self.path}:{self.line}"
-
     def default_id(self) -> str:
-        return f"{self.subject or self.path.stem}/{self.index}"
+        return f"{self.subject or self.stem}/{self.index}"
 
 
 def _json_obj(text: str) -> dict:
@@ -389,11 +400,20 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
 }
 
 
-def _benchmark_files(name: str, split: str, data_dir: Path) -> tuple[str, list[Path], BenchmarkSpec]:
-    spec = BENCHMARKS[name]
+def _canonical_split(name: str, split: str) -> str:
+    """A built-in benchmark's own name for the split; refuses splits without answers."""
+    spec = BENCHMARKS.get(name)
+    if spec is None:
+        return split
     split = spec.aliases.get(split, split)
     if split in spec.unavailable:
         raise DataError(f"{name} split {split!r} is not usable: {spec.unavailable[split]}")
+    return split
+
+
+def _benchmark_files(name: str, split: str, data_dir: Path) -> tuple[str, list[Path], BenchmarkSpec]:
+    spec = BENCHMARKS[name]
+    split = _canonical_split(name, split)
     folder = data_dir / spec.folder
     if not folder.is_dir():
         raise DataError(
@@ -419,11 +439,7 @@ def _benchmark_files(name: str, split: str, data_dir: Path) -> tuple[str, list[P
 
 
 def _collect(
-    files: list[Path],
-    read: Callable[[Path], Iterator[tuple[int, Any]]],
-    parse: Callable[[Any, _Row], MCItem | str],
-    subject: Callable[[Path], str | None],
-    skip_bad: bool,
+    sources: list[_Source], parse: Callable[[Any, _Row], MCItem | str], skip_bad: bool
 ) -> tuple[list[MCItem], dict]:
     notes: Counter = Counter()
     dropped: Counter = Counter()
@@ -431,10 +447,10 @@ def _collect(
     items: list[MCItem] = []
     seen: set[str] = set()
     rows_read = 0
-    for path in files:
-        for index, (line, raw) in enumerate(read(path)):
+    for source in sources:
+        for index, (where, raw) in enumerate(source.rows):
             rows_read += 1
-            row = _Row(path, line, index, subject(path), notes)
+            row = _Row(where, index, source.subject, source.stem, notes)
             try:
                 result = parse(raw, row)
                 if isinstance(result, MCItem) and result.id in seen:
@@ -451,7 +467,7 @@ def _collect(
                 seen.add(result.id)
                 items.append(result)
     report = {
-        "files": [str(f) for f in files],
+        "files": [source.name for source in sources],
         "rows_read": rows_read,
         "kept": len(items),
         "dropped": dict(dropped),
@@ -459,6 +475,25 @@ def _collect(
         "notes": dict(sorted(notes.items())),
     }
     return items, report
+
+
+_HUB_ID = re.compile(r"\w[\w.-]*/\w[\w.-]*")  # OWNER/NAME, as on the Hugging Face hub
+
+
+def _hub_id(data_dir: str | Path | None) -> tuple[str | None, str | None] | None:
+    """(dataset id, config) when data_dir names a hub dataset, the id None for each benchmark's default;
+    None for a local folder. An existing local folder always wins."""
+    if data_dir is None or Path(data_dir).is_dir():
+        return None
+    text = str(data_dir)
+    if text in ("hf", "hf:"):
+        return None, None
+    if text.startswith("hf:"):
+        dataset, _, config = text[3:].partition(":")
+        return dataset or None, config or None
+    if _HUB_ID.fullmatch(text) and not Path(text).exists():
+        return text, None
+    return None
 
 
 def load_benchmark(
@@ -471,23 +506,35 @@ def load_benchmark(
 ) -> Benchmark:
     """Load a built-in benchmark (see BENCHMARKS) or a generic multiple-choice .jsonl file.
 
+    data_dir is a local folder in the shared data layout (default DEFAULT_DATA_DIR), or a Hugging Face
+    dataset (see c2c.hub): "hf" for the benchmark's default one, "hf:OWNER/NAME[:CONFIG]", or "OWNER/NAME"
+    when no such local path exists. A hub dataset that is no benchmark's default is read with the generic
+    schema (question, choices, answer), and `name` only labels it.
     report["kept"] counts the usable items before `limit`; `limit` then picks a
     deterministic random subset (same limit and seed, same items), kept in file order.
     """
-    if name in BENCHMARKS:
+    is_file = name.endswith(".jsonl") or os.sep in name
+    hub = None if is_file else _hub_id(data_dir)
+    if hub is not None:
+        from .hub import hub_sources  # imports `datasets`, an optional dependency, only here
+
+        split, sources, parse = hub_sources(name, split, *hub)
+    elif name in BENCHMARKS:
         root = Path(data_dir) if data_dir is not None else DEFAULT_DATA_DIR
         split, files, spec = _benchmark_files(name, split, root)
-        items, report = _collect(files, spec.read, spec.parse, lambda p: spec.subject(p, split), skip_bad)
-    elif name.endswith(".jsonl") or os.sep in name:
+        sources, parse = [_file_source(f, spec.read, spec.subject(f, split)) for f in files], spec.parse
+    elif is_file:
         path = Path(name)
         if not path.is_file():
             raise DataError(f"benchmark file {path} not found; pass an existing .jsonl file")
-        items, report = _collect([path], _read_jsonl, _parse_generic, lambda p: None, skip_bad)
+        sources, parse = [_file_source(path, _read_jsonl)], _parse_generic
     else:
         raise DataError(
             f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}, "
-            "or a path to a .jsonl file with question/choices/answer per line"
+            "or a path to a .jsonl file with question/choices/answer per line "
+            "(or any name with a hub dataset in data_dir='hf:OWNER/NAME')"
         )
+    items, report = _collect(sources, parse, skip_bad)
     if limit is not None:
         if limit < 1:
             raise DataError(f"limit={limit}; expected a positive number of items (or None for all)")
@@ -495,7 +542,7 @@ def load_benchmark(
             keep = sorted(random.Random(seed).sample(range(len(items)), limit))
             items = [items[i] for i in keep]
     report["selected"] = len(items)
-    label = Path(name).stem if name not in BENCHMARKS else name  # a generic file is named by its stem
+    label = Path(name).stem if is_file else name  # a generic file is named by its stem
     return Benchmark(label, split, items, report)
 
 
