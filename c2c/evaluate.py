@@ -30,6 +30,9 @@ from .pair import continuation_logprobs as pair_continuation_logprobs
 
 SCORINGS = ("generate", "letter", "cloze", "cloze-options")
 RUN_METHODS = ("receiver", "sharer", "t2t", "c2c", "c2c-shuffled", "lora-receiver")
+# Paired differences reported per benchmark: the communication gain first, then C2C over each baseline.
+PAIRED_COMPARISONS = (("c2c", "c2c-shuffled"), ("c2c", "receiver"), ("c2c", "sharer"), ("c2c", "lora-receiver"),
+                      ("c2c", "t2t"))
 DERIVED_METHODS = {"ensemble": ("receiver", "sharer"), "routing": ("receiver", "sharer"),
                    "routing-oracle": ("receiver", "sharer")}
 METHODS = RUN_METHODS + tuple(DERIVED_METHODS)
@@ -271,7 +274,9 @@ def run_eval(config: EvalConfig, setup: EvalSetup) -> dict:
                 write_jsonl(folder / f"{method}.jsonl", records[method])
         summary["benchmarks"][benchmark.name] = {
             "n": len(benchmark.items), "split": benchmark.split, "scoring": config.scoring, "report": benchmark.report,
-            "methods": {m: summarize(records[m]) for m in config.methods}}
+            "methods": {m: summarize(records[m]) for m in config.methods},
+            "paired": {f"{a} - {b}": paired_difference(records[a], records[b]) for a, b in PAIRED_COMPARISONS
+                       if a in records and b in records}}
         if config.throughput_batch:
             summary["benchmarks"][benchmark.name]["throughput"] = measure_throughput(
                 setup, benchmark.items, config.throughput_batch)
@@ -376,6 +381,19 @@ def summarize(records: list[dict]) -> dict:
             else None}
 
 
+def paired_difference(records: list[dict], baseline: list[dict]) -> dict:
+    """Accuracy difference of two methods on the same items, with a 95% interval from the per-item
+    differences (normal approximation): the communication gain when the baseline is c2c-shuffled."""
+    by_id = {r["id"]: r["correct"] for r in baseline}
+    differences = [int(r["correct"]) - int(by_id[r["id"]]) for r in records if r["id"] in by_id]
+    n = len(differences)
+    if n < 2:
+        return {"n": n, "difference": None, "ci95": None}
+    mean = statistics.fmean(differences)
+    half = 1.96 * statistics.stdev(differences) / math.sqrt(n)
+    return {"n": n, "difference": round(mean, 4), "ci95": [round(mean - half, 4), round(mean + half, 4)]}
+
+
 def _quantile(values: list[float], q: float) -> float:
     return values[min(int(q * len(values)), len(values) - 1)] if values else 0.0
 
@@ -400,6 +418,23 @@ def markdown_table(summary: dict) -> str:
                          f"{result['latency_ms_mean']:.0f} ms")
         mean = f"{100 * statistics.fmean(accuracies):.1f}" if accuracies else "-"
         lines.append(f"| {method} | " + " | ".join(cells) + f" | {mean} |")
+    comparisons = list(dict.fromkeys(c for b in summary["benchmarks"].values() for c in b.get("paired", {})))
+    if comparisons:
+        lines += ["", "Paired differences on the same items, accuracy points [95% CI] (n); `c2c - c2c-shuffled` is the "
+                  "communication gain.", "",
+                  "| difference | " + " | ".join(names) + " | mean |", "|---|" + "---|" * (len(names) + 1)]
+        for comparison in comparisons:
+            cells, differences = [], []
+            for name in names:
+                result = summary["benchmarks"][name].get("paired", {}).get(comparison)
+                if result is None or result["difference"] is None:
+                    cells.append("-")
+                    continue
+                differences.append(result["difference"])
+                lo, hi = result["ci95"]
+                cells.append(f"{100 * result['difference']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] ({result['n']})")
+            mean = f"{100 * statistics.fmean(differences):+.1f}" if differences else "-"
+            lines.append(f"| {comparison} | " + " | ".join(cells) + f" | {mean} |")
     return "\n".join(lines) + "\n"
 
 

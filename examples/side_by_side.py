@@ -1,10 +1,11 @@
 """The main job on the default pair: receiver, sharer and C2C side by side on a few real questions.
 
-Loads the shipped fuser (fusers/default_pair_mc: SmolLM2-135M-Instruct <- Gemma-3-270m, trained with
-recipes/default_pair_mc.yaml), scores seeded ARC-Challenge test questions with the cloze-options protocol for
-each method (the same code as `c2c eval`), then lets the fused pair generate free text for one of them.
+Loads the shipped fuser (fusers/default_pair: SmolLM2-135M-Instruct <- Gemma-3-270m, trained with
+recipes/default_pair_choices.yaml), scores seeded ARC-Challenge test questions with the protocol it was trained
+for (cloze: the question alone, each choice ranked by its likelihood) for each method (the same code as
+`c2c eval`), then lets the fused pair generate free text for one of them.
 
-    python examples/side_by_side.py [--fuser DIR] [--questions N] [--seed S]
+    python examples/side_by_side.py [--fuser DIR] [--questions N] [--seed S] [--scoring cloze]
 """
 
 import argparse
@@ -15,7 +16,7 @@ from c2c.data import load_benchmark, mc_prompt
 from c2c.evaluate import EvalSetup, method_runner
 from c2c.pair import C2CModel
 
-SHIPPED = Path(__file__).resolve().parents[1] / "fusers" / "default_pair_mc"
+SHIPPED = Path(__file__).resolve().parents[1] / "fusers" / "default_pair"
 
 
 def main() -> None:
@@ -23,6 +24,7 @@ def main() -> None:
     parser.add_argument("--fuser", default=str(SHIPPED))
     parser.add_argument("--questions", type=int, default=5)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--scoring", default="cloze", choices=["cloze", "cloze-options"])
     args = parser.parse_args()
     print(f"loading the pair and the fuser from {args.fuser} (the first run converts the GGUF weights once)")
     pair = C2CModel.from_pretrained(args.fuser)
@@ -31,7 +33,7 @@ def main() -> None:
     items = load_benchmark("arc-challenge", "test", limit=args.questions, seed=args.seed).items
     setup = EvalSetup(pair, pair.receiver, pair.sharers[0], chat=pair.config.chat_template)
     methods = ["receiver", "sharer", "c2c", "c2c-shuffled"]
-    runners = {m: method_runner(m, setup, items, "cloze-options", args.seed) for m in methods}
+    runners = {m: method_runner(m, setup, items, args.scoring, args.seed) for m in methods}
     correct = dict.fromkeys(methods, 0)
     for item in items:
         print("\n" + mc_prompt(item, "cloze-options") + f" (gold: {item.letters[item.answer]})")

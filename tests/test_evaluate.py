@@ -1,6 +1,8 @@
 """Evaluation methods and protocols end to end on tiny models, with benchmark fixture files."""
 
 import json
+import math
+import statistics
 
 import pytest
 import torch
@@ -9,7 +11,7 @@ from tiny import tiny
 
 from c2c.data import cloze_continuations, load_benchmark
 from c2c.evaluate import (EvalConfig, EvalSetup, ModelScorer, PairScorer, continuation_logprobs, derived_records,
-                          item_prompt, run_eval, score_item, shuffled_partners, wilson)
+                          item_prompt, paired_difference, run_eval, score_item, shuffled_partners, wilson)
 
 QUESTIONS = [
     ("What is the capital of France?", ["Paris", "London", "Berlin", "Rome"], 0),
@@ -52,7 +54,13 @@ def test_every_method_end_to_end(tmp_path, bench, scoring):
     assert {"id", "prediction", "gold", "correct", "scores", "latency_ms", "generated_tokens"} <= set(records[0])
     t2t = [json.loads(line) for line in (tmp_path / "out/tiny_mc/t2t.jsonl").read_text().splitlines()]
     assert all(0 < r["sharer_tokens"] <= 4 for r in t2t)
-    assert (tmp_path / "out/table.md").read_text().count("|") > 20
+    gain = result["paired"]["c2c - c2c-shuffled"]
+    c2c_accuracy, shuffled_accuracy = (result["methods"][m]["accuracy"] for m in ("c2c", "c2c-shuffled"))
+    assert gain["n"] == 5 and gain["difference"] == pytest.approx(c2c_accuracy - shuffled_accuracy, abs=1e-4)
+    assert set(result["paired"]) == {"c2c - c2c-shuffled", "c2c - receiver", "c2c - sharer", "c2c - lora-receiver",
+                                     "c2c - t2t"}
+    table = (tmp_path / "out/table.md").read_text()
+    assert table.count("|") > 20 and "| c2c - c2c-shuffled |" in table
     assert (tmp_path / "out/accuracy_vs_latency.png").stat().st_size > 1000
 
 
@@ -144,6 +152,17 @@ def test_derived_methods():
     assert all(r["correct"] for r in derived_records("routing-oracle", receiver, sharer))
     ensemble = {r["id"]: r for r in derived_records("ensemble", receiver, sharer)}
     assert ensemble["b"]["prediction"] == 0 and ensemble["a"]["latency_ms"] == 3.0
+
+
+def test_paired_difference_matches_items_by_id():
+    c2c = [{"id": str(i), "correct": i < 6} for i in range(10)]  # 6 right
+    shuffled = [{"id": str(i), "correct": i % 2 == 0} for i in reversed(range(10))]  # 5 right, other order
+    result = paired_difference(c2c, shuffled)
+    differences = [int(i < 6) - int(i % 2 == 0) for i in range(10)]  # +1 three times, -1 twice
+    assert result["n"] == 10 and result["difference"] == 0.1
+    half = 1.96 * statistics.stdev(differences) / math.sqrt(10)
+    assert result["ci95"] == [round(0.1 - half, 4), round(0.1 + half, 4)]
+    assert paired_difference(c2c[:1], shuffled)["difference"] is None
 
 
 def test_wilson_interval():

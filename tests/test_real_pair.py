@@ -11,7 +11,7 @@ from c2c.models import load_model
 from c2c.pair import C2CModel
 
 pytestmark = pytest.mark.real_pair
-SHIPPED = Path(__file__).parents[1] / "fusers" / "default_pair_mc"
+SHIPPED = Path(__file__).parents[1] / "fusers" / "default_pair"
 
 
 @pytest.fixture(scope="module")
@@ -57,12 +57,10 @@ def test_long_prompt_keeps_sharer_positions_beyond_the_sliding_window(models):
     assert all(k[0, :, earliest].abs().sum() > 0 for k, _ in kv)  # a 511-position sliding cache would lack these
 
 
-@pytest.mark.skipif(not SHIPPED.exists(), reason="no shipped fuser")
 def test_shipped_fuser_loads_and_changes_the_answer_scores(models):
     pair = C2CModel.from_pretrained(SHIPPED, receiver=models[0], sharers=[models[1]])
     assert pair.gate_logits().gt(0).any()
-    batch = pair.prepare(["Question: Which gas do plants absorb from the air?\nA. oxygen\nB. carbon dioxide\n"
-                          "C. helium\nD. neon\nAnswer:"])
+    batch = pair.prepare(["Question: Which gas do plants absorb from the air?\nAnswer:"])
     fused, alone = pair.prefill(batch, fuse=True), pair.prefill(batch, fuse=False)
     assert any(not torch.equal(a, b) for layer in range(30)
                for a, b in zip(kvcache.layer_kv(fused, layer), kvcache.layer_kv(alone, layer)))

@@ -203,8 +203,9 @@ def test_bad_recipes_fail_before_any_model_loads(tmp_path, data, monkeypatch):
               receiver=tiny("llama"), sharers=[tiny("gemma")])
 
 
-def test_shipped_recipe_is_valid():
-    config = TrainConfig.from_file(ROOT / "recipes" / "default_pair_mc.yaml")
+@pytest.mark.parametrize("recipe", sorted((ROOT / "recipes").glob("*.yaml")), ids=lambda path: path.stem)
+def test_shipped_recipes_are_valid(recipe):
+    config = TrainConfig.from_file(recipe)
     assert config.method == "c2c" and config.receiver == "smollm2-135m-instruct"
     examples, held_out = training.load_examples(config)
     assert len(examples) == config.max_examples and len(held_out) == config.eval_examples
