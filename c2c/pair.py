@@ -118,12 +118,10 @@ def continuation_logprobs(model: nn.Module, tokenizer, prompt_ids: torch.Tensor,
     if any(not row for row in rows):
         raise ValueError("a continuation is empty; every choice needs text to score")
     counts = torch.tensor([len(texts) for texts in continuations], device=prompt_ids.device)
-    width = max(len(r) for r in rows)
     last = prompt_ids[:, -1].repeat_interleave(counts)  # (R,)
     pad = tokenizer.pad_token_id or 0
-    tail = torch.cat([last[:, None], _pad([r + [pad] * (width - len(r)) for r in rows], pad, left=False)
-                      .to(last.device)], dim=1)  # (R, 1 + W)
-    tail_mask = _pad([[1] * (1 + len(r)) + [0] * (width - len(r)) for r in rows], 0, left=False).to(tail.device)
+    tail = torch.cat([last[:, None], _pad(rows, pad, left=False).to(last.device)], dim=1)  # (R, 1 + W)
+    tail_mask = _pad([[1] * (1 + len(r)) for r in rows], 0, left=False).to(tail.device)
     mask = torch.cat([prompt_mask[:, :-1].repeat_interleave(counts, dim=0), tail_mask], dim=1)
     prefix = prompt_ids.shape[1] - 1
     logits = model(input_ids=tail, attention_mask=mask, position_ids=position_ids(mask)[:, prefix:],
