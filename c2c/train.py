@@ -347,18 +347,22 @@ def prepare(pair: C2CModel, conversations: list[Conversation], store, device: to
     return MicroBatch(batch.to(device))
 
 
+def mixed_precision(micro: MicroBatch):
+    """bf16 autocast on a GPU (the trained weights and the optimizer stay float32); nothing on a CPU."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=micro.batch.input_ids.is_cuda)
+
+
 def choice_scores(pair: C2CModel, micro: MicroBatch, method: str) -> list[torch.Tensor]:
-    return pair.choice_scores(micro.batch, micro.choices, fuse=method == "c2c")
+    with mixed_precision(micro):
+        return pair.choice_scores(micro.batch, micro.choices, fuse=method == "c2c")
 
 
 def objective_sum(pair: C2CModel, micro: MicroBatch, method: str) -> torch.Tensor:
-    """Sum of the loss over the micro-batch's units (the caller divides by the global count).
-
-    On a GPU the forward runs under bf16 autocast; the trained weights and the optimizer stay float32."""
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=micro.batch.input_ids.is_cuda):
-        if micro.choices is None:
-            return pair(micro.batch, fuse=method == "c2c", reduction="sum")[1]
+    """Sum of the loss over the micro-batch's units (the caller divides by the global count)."""
+    if micro.choices is not None:
         return choice_loss_sum(choice_scores(pair, micro, method), micro.answers)
+    with mixed_precision(micro):
+        return pair(micro.batch, fuse=method == "c2c", reduction="sum")[1]
 
 
 def choice_loss_sum(scores: list[torch.Tensor], answers: list[int]) -> torch.Tensor:
