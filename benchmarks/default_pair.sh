@@ -29,3 +29,26 @@ python benchmarks/training_report.py --c2c runs/default_pair_choices --lora runs
 python benchmarks/gate_ablation.py --fuser runs/default_pair_choices --bench arc-easy --split dev --limit 150
 mkdir -p fusers/default_pair
 cp runs/default_pair_choices/{c2c_config.json,fuser.safetensors,metrics.jsonl,train_config.json} fusers/default_pair/
+
+# 4. round 3 (results/default_pair/README.md "Round 3"): the instruction fuser behind `c2c generate` / `c2c chat`,
+#    the sharer-only ablation (receiver_input: false), and the reverse pair, two at a time
+c2c train recipes/default_pair_instruct.yaml &
+{ c2c train recipes/reverse_pair_choices.yaml; c2c train recipes/default_pair_choices_sharer_only.yaml; } &
+wait
+mkdir -p fusers/default_pair_chat
+cp runs/default_pair_instruct/{c2c_config.json,fuser.safetensors,metrics.jsonl,train_config.json} fusers/default_pair_chat/
+python benchmarks/training_report.py --c2c runs/default_pair_instruct --baseline --out "$OUT/round3/training_instruct"
+python benchmarks/training_report.py --c2c runs/default_pair_choices_sharer_only --out "$OUT/round3/training_sharer_only"
+python benchmarks/training_report.py --c2c runs/reverse_pair_choices --baseline --out results/reverse_pair/training
+# the reverse pair on the test splits (Gemma receiver <- SmolLM2 sharer), a seeded 100 items per benchmark
+c2c eval --fuser runs/reverse_pair_choices --bench "$BENCH" --split test --limit "${REVERSE_SAMPLE:-100}" --seed 0 \
+    --methods receiver,sharer,c2c,c2c-shuffled,ensemble,routing,routing-oracle --scoring cloze --out results/reverse_pair/cloze
+# the ablation on dev splits: does the fuser that reads only the sharer gain over its shuffled control?
+for run in default_pair_choices default_pair_choices_sharer_only; do
+    c2c eval --fuser "runs/$run" --bench arc-easy,arc-challenge --split dev --limit 150 --seed 0 \
+        --methods receiver,c2c,c2c-shuffled --scoring cloze --out "$OUT/round3/dev_$run" &
+done
+wait
+# the generate protocol (the paper's prompt, the answer letter read from free text) with the instruction fuser
+c2c eval --fuser runs/default_pair_instruct --bench "$BENCH" --split test --limit "${GENERATE_SAMPLE:-60}" --seed 0 \
+    --methods receiver,sharer,c2c,c2c-shuffled --scoring generate --max-new-tokens 16 --out "$OUT/generate"

@@ -3,6 +3,9 @@
     python benchmarks/training_report.py --c2c runs/default_pair_mc --lora runs/default_pair_mc_lora \
         --out results/default_pair/training
 writes training.json (curves, final gate logits per receiver layer, open layers, minutes) and training.png.
+The held-out baseline (the receiver alone) is the run's step-0 evaluation; runs logged before c2c evaluated
+step 0 get it computed here with --baseline (loads the pair; a minute or two on the default pair).
+--shuffled-control adds the held-out objective with each sharer reading another held-out prompt.
 """
 
 import argparse
@@ -11,6 +14,7 @@ import sys
 from pathlib import Path
 
 from c2c.evaluate import read_jsonl
+from c2c.train import Runtime, TrainConfig, evaluate_held_out, load_examples
 
 
 def curves(run: Path) -> dict:
@@ -26,13 +30,47 @@ def curves(run: Path) -> dict:
             "sharer_cache": next((r for r in records if r.get("event") == "sharer_cache"), None)}
 
 
+def held_out_baseline(run: Path, compute: bool) -> dict | None:
+    """Held-out loss (and accuracy) of the receiver alone on the run's own held-out slice."""
+    logged = next((r for r in read_jsonl(run / "metrics.jsonl") if r.get("step") == 0 and "eval_loss" in r), None)
+    if logged or not compute:
+        return logged
+    from c2c.train import build_model
+    config, held_out = _held_out(run)
+    pair, trainable = build_model(config)
+    with pair.disable_fusion():
+        return {"step": 0, **evaluate_held_out(pair, trainable, held_out, config, Runtime())}
+
+
+def shuffled_control(run: Path) -> dict:
+    """The trained fuser on its held-out slice as trained and with each sharer reading another example."""
+    from c2c.pair import C2CModel
+    config, held_out = _held_out(run)
+    pair = C2CModel.from_pretrained(run)
+    return {name: evaluate_held_out(pair, pair.fusers, held_out, config, Runtime(), shuffled=shuffled)
+            for name, shuffled in (("c2c", False), ("c2c-shuffled", True))}
+
+
+def _held_out(run: Path):
+    config = TrainConfig.from_dict(json.loads((run / "train_config.json").read_text()))
+    return config, load_examples(config)[1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--c2c", required=True)
     parser.add_argument("--lora")
     parser.add_argument("--out", required=True, help="output path without extension")
+    parser.add_argument("--baseline", action="store_true", help="compute the receiver-alone held-out baseline "
+                                                                 "when the run did not log it at step 0")
+    parser.add_argument("--shuffled-control", action="store_true",
+                        help="also evaluate the trained fuser on the held-out slice with each sharer reading "
+                             "another example's prompt: the communication control of the training objective")
     args = parser.parse_args()
-    report = {"command": "python " + " ".join(sys.argv), "c2c": curves(Path(args.c2c))}
+    report = {"command": "python " + " ".join(sys.argv), "c2c": curves(Path(args.c2c)),
+              "receiver_alone_held_out": held_out_baseline(Path(args.c2c), args.baseline)}
+    if args.shuffled_control:
+        report["held_out_control"] = shuffled_control(Path(args.c2c))
     if args.lora:
         report["lora"] = curves(Path(args.lora))
     gates = report["c2c"]["gate_logits"]
@@ -51,6 +89,9 @@ def main() -> None:
             run = report[name]
             losses.plot(run["steps"], run["loss"], alpha=0.5, label=f"{name} train")
             losses.plot(run["eval_steps"], run["eval_loss"], marker="o", label=f"{name} held-out")
+    if report["receiver_alone_held_out"]:
+        losses.axhline(report["receiver_alone_held_out"]["eval_loss"], color="gray", linestyle="--",
+                       label="receiver alone, held-out")
     objective = json.loads((Path(args.c2c) / "train_config.json").read_text()).get("objective", "tokens")
     ylabel = "choice cross-entropy (per item)" if objective == "choices" else "cross-entropy (response tokens)"
     losses.set(xlabel="optimizer step", ylabel=ylabel, title="training curves")

@@ -3,7 +3,8 @@
 Per layer, a K branch and a V branch with separate weights (method doc section 2.2):
 concat(sharer, receiver) -> linear -> residual FFN trunk -> projection (FFN blocks + linear) and per-head
 weight (FFN block + linear + sigmoid); a scalar gate per branch selects the layer. The fuser returns the
-residual ``gate * weight * projection``; the caller adds it to the receiver cache.
+residual ``gate * weight * projection``; the caller adds it to the receiver cache. ``receiver_input=False``
+drops the receiver's K/V from the input (an ablation: the residual is then computed from the sharer alone).
 
 Fixes over the reference: the training gate uses logistic noise (binary Concrete), so its open probability
 at low temperature is ``sigmoid(logit)`` and matches the inference rule ``logit > 0``; an optional
@@ -28,6 +29,10 @@ class FuserConfig:
     intermediate_size: int = 128
     num_layers: int = 3  # the projection branch has num_layers - 2 FFN blocks, as in the reference
     dropout: float = 0.1
+    # The paper feeds the fuser (sharer K/V, receiver K/V). False feeds the sharer's K/V alone: the fuser can
+    # then no longer compute a function of the receiver's own cache (act as a plain adapter), so whatever
+    # it adds is computed from what the sharer read.
+    receiver_input: bool = True
     zero_init: bool = True  # zero the projection's output layer: the untrained fuser changes nothing
     gate_noise: str = "logistic"  # "logistic" (binary Concrete), "gumbel" (the reference's) or "none"
     straight_through: bool = True  # forward with the hard gate, backward through the relaxed one
@@ -82,7 +87,8 @@ class FuserBranch(nn.Module):
         hidden, intermediate = config.hidden_size, config.intermediate_size
         self.receiver_heads, self.receiver_head_dim = receiver_heads, receiver_head_dim
         receiver_dim = receiver_heads * receiver_head_dim
-        self.input = nn.Linear(sharer_dim + receiver_dim, hidden)
+        self.receiver_input = config.receiver_input
+        self.input = nn.Linear(sharer_dim + (receiver_dim if config.receiver_input else 0), hidden)
         self.trunk = FFNBlock(hidden, intermediate, config.dropout)
         self.projection = nn.Sequential(
             *[FFNBlock(hidden, intermediate, config.dropout) for _ in range(config.num_layers - 2)],
@@ -96,7 +102,9 @@ class FuserBranch(nn.Module):
     def forward(self, sharer: torch.Tensor, receiver: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """sharer (B, H_S, N, d_S), receiver (B, H_R, N, d_R) -> projection (B, H_R, N, d_R), weight (B, H_R, N, 1)."""
         batch, _, tokens, _ = receiver.shape
-        flat = torch.cat([_flatten_heads(sharer), _flatten_heads(receiver)], dim=-1)  # (B, N, H_S*d_S + H_R*d_R)
+        flat = _flatten_heads(sharer)  # (B, N, H_S*d_S)
+        if self.receiver_input:
+            flat = torch.cat([flat, _flatten_heads(receiver)], dim=-1)  # (B, N, H_S*d_S + H_R*d_R)
         hidden = self.trunk(self.input(flat))  # (B, N, h)
         projection = self.projection(hidden).view(batch, tokens, self.receiver_heads, self.receiver_head_dim)
         weight = torch.sigmoid(self.weight(hidden))  # (B, N, H_R)

@@ -275,6 +275,8 @@ def train(config: TrainConfig, resume: bool = False, stop_after: int | None = No
         log.write({"event": "start", "examples": len(train_set), "dropped_over_long": dropped,
                    "held_out": len(held_out), "steps": total, "global_batch": global_batch * config.grad_accum,
                    "trainable_parameters": sum(p.numel() for p in trainable.parameters() if p.requires_grad)})
+    if held_out and step == 0:  # the starting point: the receiver alone (zero-init fuser, LoRA B = 0)
+        log.write({"step": 0, **evaluate_held_out(pair, trainable, held_out, config, runtime)})
     bar = tqdm(total=total, initial=step, desc=f"train {config.method}", disable=not runtime.main, dynamic_ncols=True)
     last_saved = step
     while step < total and (stop_after is None or step < stop_after):
@@ -337,9 +339,9 @@ class MicroBatch:
 
 
 def prepare(pair: C2CModel, conversations: list[Conversation], store, device: torch.device,
-            objective: str) -> MicroBatch:
+            objective: str, sharer_prompts: list | None = None) -> MicroBatch:
     prompts, responses = zip(*(split(c) for c in conversations))
-    batch = pair.prepare(list(prompts), None if objective == "choices" else list(responses))
+    batch = pair.prepare(list(prompts), None if objective == "choices" else list(responses), sharer_prompts)
     if store is not None:
         batch.sharer_kv = store.batch_kv(pair, batch)
     if objective == "choices":
@@ -409,13 +411,16 @@ def gate_summary(pair: C2CModel, method: str) -> dict:
 
 @torch.no_grad()
 def evaluate_held_out(pair: C2CModel, trainable: torch.nn.Module, held_out: list[Conversation], config: TrainConfig,
-                      runtime: Runtime) -> dict:
+                      runtime: Runtime, shuffled: bool = False) -> dict:
     """The objective averaged over the held-out slice in eval mode (hard gates, no dropout); with the choice
-    objective also the accuracy of the choice ranking."""
+    objective also the accuracy of the choice ranking. ``shuffled``: the control where each example's sharer
+    reads the next held-out example's prompt."""
     trainable.eval()
     total = units = correct = 0.0
+    partners = [split(c)[0] for c in held_out[1:] + held_out[:1]] if shuffled else None
     for start in range(0, len(held_out), config.batch_size):
-        micro = prepare(pair, held_out[start:start + config.batch_size], None, runtime.device, config.objective)
+        micro = prepare(pair, held_out[start:start + config.batch_size], None, runtime.device, config.objective,
+                        partners[start:start + config.batch_size] if shuffled else None)
         units += micro.units
         if micro.choices is None:
             total += float(objective_sum(pair, micro, config.method))

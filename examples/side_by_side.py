@@ -3,9 +3,10 @@
 Loads the shipped fuser (fusers/default_pair: SmolLM2-135M-Instruct <- Gemma-3-270m, trained with
 recipes/default_pair_choices.yaml), scores seeded ARC-Challenge test questions with the protocol it was trained
 for (cloze: the question alone, each choice ranked by its likelihood) for each method (the same code as
-`c2c eval`), then lets the fused pair generate free text for one of them.
+`c2c eval`), then answers one of them in free text with the instruction-data fuser (fusers/default_pair_chat,
+recipes/default_pair_instruct.yaml), the one behind `c2c generate` and `c2c chat`.
 
-    python examples/side_by_side.py [--fuser DIR] [--questions N] [--seed S] [--scoring cloze]
+    python examples/side_by_side.py [--fuser DIR] [--chat-fuser DIR] [--questions N] [--seed S] [--scoring cloze]
 """
 
 import argparse
@@ -16,12 +17,13 @@ from c2c.data import load_benchmark, mc_prompt
 from c2c.evaluate import EvalSetup, method_runner
 from c2c.pair import C2CModel
 
-SHIPPED = Path(__file__).resolve().parents[1] / "fusers" / "default_pair"
+FUSERS = Path(__file__).resolve().parents[1] / "fusers"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--fuser", default=str(SHIPPED))
+    parser.add_argument("--fuser", default=str(FUSERS / "default_pair"))
+    parser.add_argument("--chat-fuser", default=str(FUSERS / "default_pair_chat"))
     parser.add_argument("--questions", type=int, default=5)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--scoring", default="cloze", choices=["cloze", "cloze-options"])
@@ -45,10 +47,11 @@ def main() -> None:
             print(f"  {method:>13}: {item.letters[prediction]} ({mark}, {1000 * (time.perf_counter() - started):.0f} ms)")
     print("\ncorrect: " + ", ".join(f"{m} {correct[m]}/{len(items)}" for m in methods))
     print("(c2c-shuffled: the sharer reads a different question; what C2C gains over it is communication)")
-    question = f"Question: {items[0].question}\nAnswer:"
+    chat = C2CModel.from_pretrained(args.chat_fuser, receiver=pair.receiver, sharers=pair.sharers)
+    print(f"\nFree text from {args.chat_fuser} (the receiver's chat template), first question:")
     for fuse in (False, True):
-        text = pair.generate(question, max_new_tokens=24, fuse=fuse)[0]
-        print(f"\n{'C2C' if fuse else 'receiver alone'} generates: {text.strip()!r}")
+        text = chat.generate(items[0].question, max_new_tokens=48, fuse=fuse)[0]
+        print(f"\n{'C2C' if fuse else 'receiver alone'}: {text.strip()!r}")
     print("\nFull tables: results/default_pair/ (see its README for the commands).")
 
 

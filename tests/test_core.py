@@ -1,5 +1,6 @@
 """Core: token and layer alignment, the fuser, the fused runtime and checkpoints, on tiny models."""
 
+import dataclasses
 import json
 
 import pytest
@@ -158,6 +159,20 @@ def test_fuser_shapes_and_zero_init():
     assert torch.count_nonzero(key) == 0 and torch.count_nonzero(value) == 0  # zero_init: exact no-op
 
 
+def test_sharer_only_fuser_ignores_the_receiver_cache():
+    config = FuserConfig(hidden_size=16, intermediate_size=16, zero_init=False, dropout=0.0, receiver_input=False)
+    fuser = LayerFuser(1, 16, 2, 8, config).eval()
+    assert fuser.key.input.in_features == 16  # the sharer's 1 x 16 alone, no receiver 2 x 8
+    with torch.no_grad():
+        fuser.gate_logits.fill_(1.0)
+    sk, sv, rk, rv = torch.randn(3, 1, 5, 16), torch.randn(3, 1, 5, 16), torch.randn(3, 2, 5, 8), torch.randn(3, 2, 5, 8)
+    key, value = fuser(sk, sv, rk, rv)
+    other_key, other_value = fuser(sk, sv, torch.randn_like(rk), torch.randn_like(rv))
+    torch.testing.assert_close(key, other_key, rtol=0, atol=0)
+    torch.testing.assert_close(value, other_value, rtol=0, atol=0)
+    assert not torch.equal(key, fuser(torch.randn_like(sk), sv, rk, rv)[0])  # it does read the sharer
+
+
 def test_closed_gates_skip_work_and_gate_training_noise_matches_inference():
     config = FuserConfig(hidden_size=8, intermediate_size=8, zero_init=False, straight_through=False)
     fuser = LayerFuser(1, 4, 1, 4, config)
@@ -190,7 +205,7 @@ def test_temperature_anneals_over_the_real_number_of_steps():
 
 
 def test_fuser_config_validation_and_round_trip():
-    config = FuserConfig(hidden_size=32)
+    config = FuserConfig(hidden_size=32, receiver_input=False)
     assert FuserConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
     with pytest.raises(ValueError, match="unknown fuser config keys"):
         FuserConfig.from_dict({"hidden": 3})
@@ -378,9 +393,10 @@ def test_small_fuser_fixture_is_not_zero_init():
     assert SMALL_FUSER.zero_init is False
 
 
-@pytest.mark.parametrize("receiver,sharers", [("llama", ("gemma",)), ("gemma", ("llama", "qwen"))])
-def test_vectorised_inference_equals_the_per_layer_loop(receiver, sharers):
-    pair = make_pair(receiver, sharers)
+@pytest.mark.parametrize("receiver,sharers,receiver_input",
+                         [("llama", ("gemma",), True), ("gemma", ("llama", "qwen"), True), ("qwen", ("gemma",), False)])
+def test_vectorised_inference_equals_the_per_layer_loop(receiver, sharers, receiver_input):
+    pair = make_pair(receiver, sharers, fuser=dataclasses.replace(SMALL_FUSER, receiver_input=receiver_input))
     with torch.no_grad():
         for fuser in list(pair.layer_fusers())[::3]:
             fuser.gate_logits[0] = -1.0  # a mix of open and shut gates

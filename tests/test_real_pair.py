@@ -12,6 +12,7 @@ from c2c.pair import C2CModel
 
 pytestmark = pytest.mark.real_pair
 SHIPPED = Path(__file__).parents[1] / "fusers" / "default_pair"
+SHIPPED_CHAT = Path(__file__).parents[1] / "fusers" / "default_pair_chat"
 
 
 @pytest.fixture(scope="module")
@@ -64,3 +65,13 @@ def test_shipped_fuser_loads_and_changes_the_answer_scores(models):
     fused, alone = pair.prefill(batch, fuse=True), pair.prefill(batch, fuse=False)
     assert any(not torch.equal(a, b) for layer in range(30)
                for a, b in zip(kvcache.layer_kv(fused, layer), kvcache.layer_kv(alone, layer)))
+
+
+def test_shipped_chat_fuser_answers_in_free_text(models):
+    """The instruction-data fuser behind `c2c generate` and `c2c chat` keeps the receiver's free text intact."""
+    pair = C2CModel.from_pretrained(SHIPPED_CHAT, receiver=models[0], sharers=[models[1]])
+    assert pair.config.chat_template and pair.gate_logits().gt(0).any()
+    question = "Which gas do plants absorb from the air?"
+    fused = pair.generate(question, max_new_tokens=16)[0]
+    assert "carbon dioxide" in fused.lower()
+    assert fused != pair.generate(question, max_new_tokens=16, fuse=False)[0]
