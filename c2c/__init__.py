@@ -1,7 +1,7 @@
 """c2c: Cache-to-Cache communication between LLMs.
 
     from c2c import C2CModel
-    pair = C2CModel.from_pretrained("fusers/default_pair")   # or C2CModel.create(receiver, [sharer])
+    pair = C2CModel.from_pretrained("fusers/default_pair_chat")   # or C2CModel.create(receiver, [sharer])
     pair.generate("Why is the sky blue?")
 
 Names are imported lazily, so ``import c2c.data`` stays light (no torch).
