@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 
 from c2c.evaluate import read_jsonl
-from c2c.train import Runtime, TrainConfig, evaluate_held_out, load_examples
+from c2c.pair import C2CModel
+from c2c.train import Runtime, TrainConfig, build_model, evaluate_held_out, load_examples
 
 
 def curves(run: Path) -> dict:
@@ -35,7 +36,6 @@ def held_out_baseline(run: Path, compute: bool) -> dict | None:
     logged = next((r for r in read_jsonl(run / "metrics.jsonl") if r.get("step") == 0 and "eval_loss" in r), None)
     if logged or not compute:
         return logged
-    from c2c.train import build_model
     config, held_out = _held_out(run)
     pair, trainable = build_model(config)
     with pair.disable_fusion():
@@ -44,7 +44,6 @@ def held_out_baseline(run: Path, compute: bool) -> dict | None:
 
 def shuffled_control(run: Path) -> dict:
     """The trained fuser on its held-out slice as trained and with each sharer reading another example."""
-    from c2c.pair import C2CModel
     config, held_out = _held_out(run)
     pair = C2CModel.from_pretrained(run)
     return {name: evaluate_held_out(pair, pair.fusers, held_out, config, Runtime(), shuffled=shuffled)

@@ -121,7 +121,8 @@ def test_held_out_shuffled_control_changes_only_what_the_sharer_reads(tmp_path, 
     _, held_out = training.load_examples(cfg)
     pair, trainable = training.build_model(cfg, tiny("llama"), [tiny("gemma")])
     with torch.no_grad():
-        pair.fusers.apply(lambda m: m.gate_logits.fill_(1.0) if hasattr(m, "gate_logits") else None)
+        for fuser in pair.layer_fusers():
+            fuser.gate_logits.fill_(1.0)
 
     def held_out_loss(shuffled):
         return training.evaluate_held_out(pair, trainable, held_out, cfg, training.Runtime(), shuffled)["eval_loss"]
