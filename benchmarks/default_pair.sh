@@ -45,7 +45,7 @@ c2c eval --fuser runs/reverse_pair_choices --bench "$BENCH" --split test --limit
     --methods receiver,sharer,c2c,c2c-shuffled,ensemble,routing,routing-oracle --scoring cloze --out results/reverse_pair/cloze
 # the ablation on dev splits: does the fuser that reads only the sharer gain over its shuffled control?
 for run in default_pair_choices default_pair_choices_sharer_only; do
-    c2c eval --fuser "runs/$run" --bench arc-easy,arc-challenge --split dev --limit 150 --seed 0 \
+    c2c eval --fuser "runs/$run" --bench arc-easy --split dev --limit 150 --seed 0 \
         --methods receiver,c2c,c2c-shuffled --scoring cloze --out "$OUT/round3/dev_$run" &
 done
 wait

@@ -276,7 +276,10 @@ def run_eval(config: EvalConfig, setup: EvalSetup) -> dict:
             "n": len(benchmark.items), "split": benchmark.split, "scoring": config.scoring, "report": benchmark.report,
             "methods": {m: summarize(records[m]) for m in config.methods},
             "paired": {f"{a} - {b}": paired_difference(records[a], records[b]) for a, b in PAIRED_COMPARISONS
-                       if a in records and b in records}}
+                       if a in records and b in records},
+            # the sharer's pick taken up: C2C above its shuffled control here is the sharer's answer carried over
+            "agreement_with_sharer": {m: agreement(records[m], records["sharer"]) for m in RUN_METHODS
+                                      if m != "sharer" and m in records and "sharer" in records}}
         if config.throughput_batch:
             summary["benchmarks"][benchmark.name]["throughput"] = measure_throughput(
                 setup, benchmark.items, config.throughput_batch)
@@ -394,6 +397,15 @@ def paired_difference(records: list[dict], baseline: list[dict]) -> dict:
     return {"n": n, "difference": round(mean, 4), "ci95": [round(mean - half, 4), round(mean + half, 4)]}
 
 
+def agreement(records: list[dict], reference: list[dict]) -> dict:
+    """How often a method picks what ``reference`` picks on the same items (items either left unanswered are
+    left out), with a Wilson 95% interval."""
+    picks = {r["id"]: r["prediction"] for r in reference if r["prediction"] is not None}
+    same = [r["prediction"] == picks[r["id"]] for r in records if r["id"] in picks and r["prediction"] is not None]
+    return {"n": len(same), "agreement": round(sum(same) / len(same), 4) if same else None,
+            "ci95": wilson(sum(same), len(same))}
+
+
 def _quantile(values: list[float], q: float) -> float:
     return values[min(int(q * len(values)), len(values) - 1)] if values else 0.0
 
@@ -435,6 +447,18 @@ def markdown_table(summary: dict) -> str:
                 cells.append(f"{100 * result['difference']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] ({result['n']})")
             mean = f"{100 * statistics.fmean(differences):+.1f}" if differences else "-"
             lines.append(f"| {comparison} | " + " | ".join(cells) + f" | {mean} |")
+    agreeing = list(dict.fromkeys(m for b in summary["benchmarks"].values() for m in b.get("agreement_with_sharer", {})))
+    if agreeing:
+        lines += ["", "Agreement with the sharer's own pick, % of items [95% CI].", "",
+                  "| method | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        for method in agreeing:
+            cells = []
+            for name in names:
+                result = summary["benchmarks"][name].get("agreement_with_sharer", {}).get(method)
+                ok = result is not None and result["agreement"] is not None
+                cells.append(f"{100 * result['agreement']:.1f} [{100 * result['ci95'][0]:.1f}, "
+                             f"{100 * result['ci95'][1]:.1f}]" if ok else "-")
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

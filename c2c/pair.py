@@ -131,6 +131,12 @@ def continuation_logprobs(model: nn.Module, tokenizer, prompt_ids: torch.Tensor,
     return (logprobs * valid).sum(-1), valid.sum(-1)
 
 
+def _per_character(sums: torch.Tensor, choices: Sequence[Sequence[str]]) -> list[torch.Tensor]:
+    """(R,) log-likelihood sums over all prompts' choices -> per prompt, log-likelihood per character (k_i,)."""
+    characters = torch.tensor([len(text) for texts in choices for text in texts], device=sums.device)
+    return list((sums / characters).split([len(texts) for texts in choices]))
+
+
 def _pad(rows: Sequence[Sequence[int]], value: int, left: bool) -> torch.Tensor:
     width = max(len(r) for r in rows)
     padded = [([value] * (width - len(r)) + list(r)) if left else (list(r) + [value] * (width - len(r))) for r in rows]
@@ -435,8 +441,20 @@ class C2CModel(nn.Module):
         prompt = slice(0, batch.prompt_length)
         sums, _ = continuation_logprobs(self.receiver.model, self.receiver.tokenizer, batch.input_ids[:, prompt],
                                         batch.attention_mask[:, prompt], cache, choices)
-        characters = torch.tensor([len(text) for texts in choices for text in texts], device=sums.device)
-        return list((sums / characters).split([len(texts) for texts in choices]))
+        return _per_character(sums, choices)
+
+    @torch.no_grad()
+    def sharer_choice_scores(self, batch: Batch, choices: Sequence[Sequence[str]], index: int = 0
+                             ) -> list[torch.Tensor]:
+        """Sharer ``index`` alone ranking each prompt's choices from the prompt it read in ``batch``: the same
+        cloze score as ``choice_scores`` (and as ``c2c eval``'s ``sharer`` method), one (k_i,) tensor per prompt."""
+        sharer = self.sharers[index]
+        ids, mask = batch.sharer_ids[index], batch.sharer_mask[index]  # (B, S) left-padded
+        output = sharer.model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1],
+                              position_ids=position_ids(mask[:, :-1]), cache=kvcache.full_length_cache(),
+                              use_cache=True, logits_to_keep=1)
+        sums, _ = continuation_logprobs(sharer.model, sharer.tokenizer, ids, mask, output.cache, choices)
+        return _per_character(sums, choices)
 
     @torch.no_grad()
     def generate(self, prompts: Prompt | Sequence[Prompt], max_new_tokens: int = 128, do_sample: bool = False,

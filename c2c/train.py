@@ -5,8 +5,13 @@ Only the fuser (or the adapter) trains; both LLMs are frozen. Loss (``objective`
 next-token cross-entropy on response tokens, averaged over every response token of the global batch; or
 ``choices`` (multiple-choice data with target "choices"), the cross-entropy of picking the right choice when the
 choices are ranked by their cloze score, exactly as ``c2c eval`` ranks them, averaged over the global batch's
-items. Either way N processes and one process with the same global batch compute the same gradient. Checkpoints are written atomically every ``save_every``
-steps with optimizer, scheduler, RNG states and the step, from which the data position follows.
+items. With ``distill_weight`` > 0 the choice target mixes the right answer with the (first) sharer's own
+ranking of the choices, knowledge distillation with the sharer as teacher: a target the receiver alone cannot
+predict, so the fuser is paid for reading the sharer, not only for adapting the receiver.
+
+Either way N processes and one process with the same global batch compute the same gradient. Checkpoints are
+written atomically every ``save_every`` steps with optimizer, scheduler, RNG states and the step, from which the
+data position follows.
 """
 
 from __future__ import annotations
@@ -52,6 +57,11 @@ class TrainConfig:
     output: str = "runs/c2c"
     method: str = "c2c"
     objective: str = "tokens"  # or "choices": rank the choices of multiple-choice data (target "choices")
+    # objective "choices": the target is (1 - w) * one-hot(answer) + w * softmax(first sharer's cloze scores / T).
+    # The sharer's per-character scores of the choices differ by ~0.1 nats, so at T = 1 its target is nearly
+    # uniform; at the default 0.1 its top choice averages ~0.65 on the test sets.
+    distill_weight: float = 0.0
+    distill_temperature: float = 0.1
     receiver: str = DEFAULT_RECEIVER
     sharers: list[str] = field(default_factory=lambda: [DEFAULT_SHARER])
     fuser: dict = field(default_factory=dict)  # FuserConfig fields
@@ -92,6 +102,13 @@ class TrainConfig:
             raise RecipeError("no training data: set `data` to a list of files or benchmark specs")
         if self.schedule not in ("linear", "cosine"):
             raise RecipeError(f"schedule {self.schedule!r} is unknown; expected linear or cosine")
+        if not 0.0 <= self.distill_weight <= 1.0:
+            raise RecipeError(f"distill_weight must be within [0, 1], got {self.distill_weight}")
+        if self.distill_weight and self.objective != "choices":
+            raise RecipeError(f"distill_weight={self.distill_weight} distils the sharer's ranking of choices and "
+                              f"needs objective: choices (got objective: {self.objective})")
+        if self.distill_temperature <= 0:
+            raise RecipeError(f"distill_temperature must be > 0, got {self.distill_temperature}")
         for name in ("batch_size", "grad_accum", "max_length", "log_every", "eval_every", "save_every"):
             if getattr(self, name) < 1:
                 raise RecipeError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -286,8 +303,7 @@ def train(config: TrainConfig, resume: bool = False, stop_after: int | None = No
         for micro in range(config.grad_accum):
             indices = order.indices(step * config.grad_accum + micro)
             rows = indices[runtime.rank * config.batch_size:(runtime.rank + 1) * config.batch_size]
-            micro_batches.append(prepare(pair, [train_set[i] for i in rows], store, runtime.device,
-                                          config.objective))
+            micro_batches.append(prepare(pair, [train_set[i] for i in rows], store, runtime.device, config))
         units = global_count(sum(b.units for b in micro_batches), runtime)  # response tokens, or items
         processed = global_count(sum(int(b.batch.attention_mask.sum()) for b in micro_batches), runtime)
         loss_sum = 0.0
@@ -331,6 +347,8 @@ class MicroBatch:
     batch: Batch
     choices: list[list[str]] | None = None  # objective "choices": each prompt's continuations
     answers: list[int] | None = None
+    targets: list[torch.Tensor] | None = None  # objective "choices": per prompt a distribution over its choices
+    sharer_picks: list[int] | None = None  # when distilling: the sharer's own top choice per prompt
 
     @property
     def units(self) -> int:
@@ -338,15 +356,31 @@ class MicroBatch:
         return len(self.choices) if self.choices is not None else int((self.batch.labels != -100).sum())
 
 
-def prepare(pair: C2CModel, conversations: list[Conversation], store, device: torch.device,
-            objective: str, sharer_prompts: list | None = None) -> MicroBatch:
+def prepare(pair: C2CModel, conversations: list[Conversation], store, device: torch.device, config: TrainConfig,
+            sharer_prompts: list | None = None) -> MicroBatch:
+    """Tokenized, aligned batch (and, for the choice objective, its targets). ``sharer_prompts`` makes the
+    sharer read other prompts; the distillation target always comes from the sharer reading the example's own."""
     prompts, responses = zip(*(split(c) for c in conversations))
-    batch = pair.prepare(list(prompts), None if objective == "choices" else list(responses), sharer_prompts)
+    choices = config.objective == "choices"
+    batch = pair.prepare(list(prompts), None if choices else list(responses), sharer_prompts)
     if store is not None:
         batch.sharer_kv = store.batch_kv(pair, batch)
-    if objective == "choices":
-        return MicroBatch(batch.to(device), [c.choices for c in conversations], [c.answer for c in conversations])
-    return MicroBatch(batch.to(device))
+    batch = batch.to(device)
+    if not choices:
+        return MicroBatch(batch)
+    options, answers = [c.choices for c in conversations], [c.answer for c in conversations]
+    targets = one_hot_targets(answers, options, device)
+    if not config.distill_weight:
+        return MicroBatch(batch, options, answers, targets)
+    own = batch if sharer_prompts is None else pair.prepare(list(prompts)).to(device)
+    sharer_scores = pair.sharer_choice_scores(own, options)
+    w, temperature = config.distill_weight, config.distill_temperature
+    targets = [(1 - w) * t + w * torch.softmax(s.float() / temperature, -1) for t, s in zip(targets, sharer_scores)]
+    return MicroBatch(batch, options, answers, targets, [int(s.argmax()) for s in sharer_scores])
+
+
+def one_hot_targets(answers: list[int], choices: list[list[str]], device: torch.device) -> list[torch.Tensor]:
+    return [F.one_hot(torch.tensor(a, device=device), len(c)).float() for a, c in zip(answers, choices)]
 
 
 def mixed_precision(micro: MicroBatch):
@@ -362,15 +396,15 @@ def choice_scores(pair: C2CModel, micro: MicroBatch, method: str) -> list[torch.
 def objective_sum(pair: C2CModel, micro: MicroBatch, method: str) -> torch.Tensor:
     """Sum of the loss over the micro-batch's units (the caller divides by the global count)."""
     if micro.choices is not None:
-        return choice_loss_sum(choice_scores(pair, micro, method), micro.answers)
+        return choice_loss_sum(choice_scores(pair, micro, method), micro.targets)
     with mixed_precision(micro):
         return pair(micro.batch, fuse=method == "c2c", reduction="sum")[1]
 
 
-def choice_loss_sum(scores: list[torch.Tensor], answers: list[int]) -> torch.Tensor:
-    """Cross-entropy of the right choice under a softmax over each item's cloze scores, summed over items."""
-    return sum(F.cross_entropy(s[None], torch.tensor([a], device=s.device), reduction="sum")
-               for s, a in zip(scores, answers))
+def choice_loss_sum(scores: list[torch.Tensor], targets: list[torch.Tensor]) -> torch.Tensor:
+    """Cross-entropy of each item's target distribution under a softmax over its cloze scores, summed over
+    items (with one-hot targets: the cross-entropy of the right choice)."""
+    return sum(-(t * torch.log_softmax(s.float(), -1)).sum() for s, t in zip(scores, targets))
 
 
 def all_reduce_gradients(module: torch.nn.Module, runtime: Runtime) -> None:
@@ -413,25 +447,30 @@ def gate_summary(pair: C2CModel, method: str) -> dict:
 def evaluate_held_out(pair: C2CModel, trainable: torch.nn.Module, held_out: list[Conversation], config: TrainConfig,
                       runtime: Runtime, shuffled: bool = False) -> dict:
     """The objective averaged over the held-out slice in eval mode (hard gates, no dropout); with the choice
-    objective also the accuracy of the choice ranking. ``shuffled``: the control where each example's sharer
-    reads the next held-out example's prompt."""
+    objective also the accuracy of the choice ranking (the loss is then the right answer's cross-entropy, also
+    when training distils the sharer, so that runs compare), and when distilling, how often the top choice is
+    the sharer's own. ``shuffled``: the control where each example's sharer reads the next held-out example's
+    prompt."""
     trainable.eval()
-    total = units = correct = 0.0
+    total = units = correct = agree = 0.0
     partners = [split(c)[0] for c in held_out[1:] + held_out[:1]] if shuffled else None
     for start in range(0, len(held_out), config.batch_size):
-        micro = prepare(pair, held_out[start:start + config.batch_size], None, runtime.device, config.objective,
+        micro = prepare(pair, held_out[start:start + config.batch_size], None, runtime.device, config,
                         partners[start:start + config.batch_size] if shuffled else None)
         units += micro.units
         if micro.choices is None:
             total += float(objective_sum(pair, micro, config.method))
             continue
         scores = choice_scores(pair, micro, config.method)
-        total += float(choice_loss_sum(scores, micro.answers))
+        total += float(choice_loss_sum(scores, one_hot_targets(micro.answers, micro.choices, runtime.device)))
         correct += sum(int(s.argmax()) == a for s, a in zip(scores, micro.answers))
+        agree += sum(int(s.argmax()) == pick for s, pick in zip(scores, micro.sharer_picks or []))
     trainable.train()
     record = {"eval_loss": total / max(units, 1)}
     if config.objective == "choices":
         record["eval_accuracy"] = correct / max(units, 1)
+    if config.distill_weight:
+        record["eval_sharer_agreement"] = agree / max(units, 1)
     return record
 
 

@@ -59,8 +59,14 @@ def test_every_method_end_to_end(tmp_path, bench, scoring):
     assert gain["n"] == 5 and gain["difference"] == pytest.approx(c2c_accuracy - shuffled_accuracy, abs=1e-4)
     assert set(result["paired"]) == {"c2c - c2c-shuffled", "c2c - receiver", "c2c - sharer", "c2c - lora-receiver",
                                      "c2c - t2t"}
+    sharer_picks = {r["id"]: r["prediction"] for r in map(json.loads, (tmp_path / "out/tiny_mc/sharer.jsonl").open())}
+    for method in ("receiver", "c2c", "c2c-shuffled", "t2t", "lora-receiver"):
+        expected = statistics.fmean(r["prediction"] == sharer_picks[r["id"]]
+                                    for r in map(json.loads, (tmp_path / f"out/tiny_mc/{method}.jsonl").open()))
+        assert result["agreement_with_sharer"][method]["agreement"] == pytest.approx(expected, abs=1e-4), method
+    assert set(result["agreement_with_sharer"]) == {"receiver", "c2c", "c2c-shuffled", "t2t", "lora-receiver"}
     table = (tmp_path / "out/table.md").read_text()
-    assert table.count("|") > 20 and "| c2c - c2c-shuffled |" in table
+    assert table.count("|") > 20 and "| c2c - c2c-shuffled |" in table and "Agreement with the sharer" in table
     assert (tmp_path / "out/accuracy_vs_latency.png").stat().st_size > 1000
 
 
@@ -136,6 +142,20 @@ def test_batched_choice_scores_equal_the_evaluators_and_train_the_fuser(bench, r
     sum(s.sum() for s in pair.choice_scores(pair.prepare(prompts), choices)).backward()
     grads = [p.grad for p in pair.fusers.parameters() if p.grad is not None]
     assert grads and any(g.abs().sum() > 0 for g in grads)
+
+
+@pytest.mark.parametrize("receiver,sharer", [("llama", "gemma"), ("qwen", "llama")])
+def test_sharer_choice_scores_equal_the_evaluators_sharer_method(bench, receiver, sharer):
+    """The distillation target ranks choices as `c2c eval`'s `sharer` method does, from a left-padded batch."""
+    items = load_benchmark(bench).items[:3]
+    items[1].choices = items[1].choices[:2] + ["a much longer choice than the others"]
+    pair = make_pair(receiver, (sharer,))
+    prompts = [item_prompt(item, "cloze") for item in items]
+    batched = pair.sharer_choice_scores(pair.prepare(prompts), [cloze_continuations(item) for item in items])
+    alone = ModelScorer("sharer", pair.sharers[0], chat=pair.config.chat_template)
+    for item, prompt, scores in zip(items, prompts, batched):
+        single = score_item(alone.prefill(prompt), item, "cloze", 1)["scores"]
+        torch.testing.assert_close(scores, torch.tensor(single), rtol=1e-4, atol=1e-5)
 
 
 def test_derived_methods():

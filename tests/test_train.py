@@ -97,6 +97,41 @@ def test_choice_objective_learns_to_rank_the_right_choice(tmp_path, mc_data, met
     assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
 
 
+def test_distillation_targets_mix_the_answer_with_the_sharers_own_ranking(tmp_path, mc_data):
+    cfg = config(tmp_path, mc_data, objective="choices", distill_weight=0.25, distill_temperature=0.5)
+    examples, _ = training.load_examples(config(tmp_path, mc_data, eval_examples=0))
+    pair, _ = training.build_model(cfg, tiny("llama"), [tiny("gemma")])
+    micro = training.prepare(pair, examples, None, torch.device("cpu"), cfg)
+    prompts = [training.split(c)[0] for c in examples]
+    sharer = pair.sharer_choice_scores(pair.prepare(prompts), [c.choices for c in examples])
+    for target, scores, example in zip(micro.targets, sharer, examples):
+        expected = 0.25 * torch.softmax(scores / 0.5, -1)
+        expected[example.answer] += 0.75
+        torch.testing.assert_close(target, expected)
+    assert micro.sharer_picks == [int(s.argmax()) for s in sharer]
+    # the shuffled control changes what the sharer's cache holds, never the target
+    shuffled = training.prepare(pair, examples, None, torch.device("cpu"), cfg, prompts[1:] + prompts[:1])
+    assert not torch.equal(shuffled.batch.sharer_ids[0], micro.batch.sharer_ids[0])
+    for a, b in zip(shuffled.targets, micro.targets):
+        torch.testing.assert_close(a, b)
+    plain = training.prepare(pair, examples, None, torch.device("cpu"), config(tmp_path, mc_data, objective="choices"))
+    assert [int(t.argmax()) for t in plain.targets] == [c.answer for c in examples] and plain.sharer_picks is None
+    assert all(float(t.max()) == 1.0 for t in plain.targets)
+
+
+@pytest.mark.parametrize("method", ["c2c", "lora"])
+def test_pure_distillation_learns_the_sharers_ranking(tmp_path, mc_data, method):
+    cfg = config(tmp_path, mc_data, method=method, objective="choices", distill_weight=1.0, steps=50,
+                 save_every=50, batch_size=4, eval_examples=0, lr=1e-2 if method == "c2c" else 3e-3)
+    losses = [m["loss"] for m in metrics(run(cfg)) if "loss" in m]
+    assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
+    held = config(tmp_path / "held", mc_data, objective="choices", distill_weight=1.0, steps=1, eval_examples=2)
+    evaluations = [m for m in metrics(run(held)) if "eval_loss" in m]
+    assert all(0.0 <= m["eval_sharer_agreement"] <= 1.0 for m in evaluations)
+    assert "eval_sharer_agreement" not in next(m for m in metrics(run(config(
+        tmp_path / "plain", mc_data, objective="choices", steps=1, eval_examples=2))) if "eval_loss" in m)
+
+
 def test_choice_objective_reports_held_out_accuracy_and_needs_choices(tmp_path, mc_data, data):
     cfg = config(tmp_path, mc_data, objective="choices", steps=2, save_every=2, eval_every=2, eval_examples=2)
     held_out = [m for m in metrics(run(cfg)) if "eval_accuracy" in m]
@@ -226,6 +261,12 @@ def test_bad_recipes_fail_before_any_model_loads(tmp_path, data, monkeypatch):
         TrainConfig(data=[data])
     with pytest.raises(RecipeError, match="fuser"):
         TrainConfig(data=[data], steps=1, fuser={"hidden": 4})
+    with pytest.raises(RecipeError, match="needs objective: choices"):
+        TrainConfig(data=[data], steps=1, distill_weight=0.5)
+    with pytest.raises(RecipeError, match=r"within \[0, 1\], got 1.5"):
+        TrainConfig(data=[data], steps=1, objective="choices", distill_weight=1.5)
+    with pytest.raises(RecipeError, match="distill_temperature must be > 0"):
+        TrainConfig(data=[data], steps=1, objective="choices", distill_temperature=0)
     with pytest.raises(RecipeError, match="no checkpoint"):
         train(TrainConfig(data=[data], steps=2, output=str(tmp_path / "fresh")), resume=True,
               receiver=tiny("llama"), sharers=[tiny("gemma")])
