@@ -52,3 +52,13 @@ wait
 # the generate protocol (the paper's prompt, the answer letter read from free text) with the instruction fuser
 c2c eval --fuser runs/default_pair_instruct --bench "$BENCH" --split test --limit "${GENERATE_SAMPLE:-60}" --seed 0 \
     --methods receiver,sharer,c2c,c2c-shuffled --scoring generate --max-new-tokens 16 --out "$OUT/generate"
+
+# 5. round 4 (results/default_pair/README.md "Round 4"): the sharer's own ranking as the target (distill_weight: 1),
+#    with the (sharer, receiver) input, the sharer-only input and deterministic gates; dev split, one job at a time
+for run in default_pair_choices_distill default_pair_choices_distill_sharer_only default_pair_choices_distill_gates; do
+    c2c train "recipes/$run.yaml"
+    c2c eval --fuser "runs/$run" --bench arc-easy --split dev --limit 150 --seed 0 \
+        --methods receiver,sharer,c2c,c2c-shuffled --scoring cloze --out "$OUT/round4/dev_${run#default_pair_choices_}"
+done
+python benchmarks/training_report.py --c2c runs/default_pair_choices_distill --shuffled-control \
+    --out "$OUT/round4/training_distill"

@@ -27,6 +27,7 @@ def curves(run: Path) -> dict:
             "eval_steps": [r["step"] for r in records if "eval_loss" in r],
             "eval_loss": [r["eval_loss"] for r in records if "eval_loss" in r],
             "eval_accuracy": [r["eval_accuracy"] for r in records if "eval_accuracy" in r],
+            "eval_sharer_agreement": [r["eval_sharer_agreement"] for r in records if "eval_sharer_agreement" in r],
             "gate_logits": steps[-1].get("gate_logits"), "gates_open_history": [r.get("gates_open") for r in steps],
             "sharer_cache": next((r for r in records if r.get("event") == "sharer_cache"), None)}
 
@@ -91,8 +92,11 @@ def main() -> None:
     if report["receiver_alone_held_out"]:
         losses.axhline(report["receiver_alone_held_out"]["eval_loss"], color="gray", linestyle="--",
                        label="receiver alone, held-out")
-    objective = json.loads((Path(args.c2c) / "train_config.json").read_text()).get("objective", "tokens")
-    ylabel = "choice cross-entropy (per item)" if objective == "choices" else "cross-entropy (response tokens)"
+    config = json.loads((Path(args.c2c) / "train_config.json").read_text())
+    ylabel = "choice cross-entropy (per item)" if config.get("objective") == "choices" else \
+        "cross-entropy (response tokens)"
+    if config.get("distill_weight"):  # train: against the sharer-mixed target; held-out: the right answer's
+        ylabel += "\ntrain: distillation target; held-out: right answer"
     losses.set(xlabel="optimizer step", ylabel=ylabel, title="training curves")
     losses.legend()
     layers = range(len(gates))
