@@ -62,3 +62,6 @@ for run in default_pair_choices_distill default_pair_choices_distill_sharer_only
 done
 python benchmarks/training_report.py --c2c runs/default_pair_choices_distill --shuffled-control \
     --out "$OUT/round4/training_distill"
+for run in distill_sharer_only distill_gates; do
+    python benchmarks/training_report.py --c2c "runs/default_pair_choices_$run" --out "$OUT/round4/training_$run"
+done
