@@ -447,13 +447,16 @@ class C2CModel(nn.Module):
     def sharer_choice_scores(self, batch: Batch, choices: Sequence[Sequence[str]], index: int = 0
                              ) -> list[torch.Tensor]:
         """Sharer ``index`` alone ranking each prompt's choices from the prompt it read in ``batch``: the same
-        cloze score as ``choice_scores`` (and as ``c2c eval``'s ``sharer`` method), one (k_i,) tensor per prompt."""
+        cloze score as ``choice_scores`` (and as ``c2c eval``'s ``sharer`` method), one (k_i,) tensor per prompt.
+
+        Reads the sharer K/V that fusion reads (computing ``batch.sharer_kv`` if absent and keeping it), so a
+        training step runs each sharer over its prompt once."""
+        if batch.sharer_kv is None:
+            batch.sharer_kv = self.sharer_caches(batch)
         sharer = self.sharers[index]
-        ids, mask = batch.sharer_ids[index], batch.sharer_mask[index]  # (B, S) left-padded
-        output = sharer.model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1],
-                              position_ids=position_ids(mask[:, :-1]), cache=kvcache.full_length_cache(),
-                              use_cache=True, logits_to_keep=1)
-        sums, _ = continuation_logprobs(sharer.model, sharer.tokenizer, ids, mask, output.cache, choices)
+        prefix = kvcache.cache_from_kv([(k[:, :, :-1], v[:, :, :-1]) for k, v in batch.sharer_kv[index]])  # S - 1
+        sums, _ = continuation_logprobs(sharer.model, sharer.tokenizer, batch.sharer_ids[index],
+                                        batch.sharer_mask[index], prefix, choices)
         return _per_character(sums, choices)
 
     @torch.no_grad()
