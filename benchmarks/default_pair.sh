@@ -41,8 +41,10 @@ python benchmarks/training_report.py --c2c runs/default_pair_instruct --baseline
 python benchmarks/training_report.py --c2c runs/default_pair_choices_sharer_only --out "$OUT/round3/training_sharer_only"
 python benchmarks/training_report.py --c2c runs/reverse_pair_choices --baseline --out results/reverse_pair/training
 # the reverse pair on the test splits (Gemma receiver <- SmolLM2 sharer), a seeded 100 items per benchmark
-c2c eval --fuser runs/reverse_pair_choices --bench "$BENCH" --split test --limit "${REVERSE_SAMPLE:-100}" --seed 0 \
-    --methods receiver,sharer,c2c,c2c-shuffled,ensemble,routing,routing-oracle --scoring cloze --out results/reverse_pair/cloze
+c2c train recipes/reverse_pair_choices.yaml --method lora --output runs/reverse_pair_choices_lora  # (session 4)
+c2c eval --fuser runs/reverse_pair_choices --lora runs/reverse_pair_choices_lora --bench "$BENCH" --split test \
+    --limit "${REVERSE_SAMPLE:-100}" --seed 0 --methods receiver,sharer,c2c,c2c-shuffled,lora-receiver,ensemble,routing,routing-oracle \
+    --scoring cloze --out results/reverse_pair/cloze
 # the ablation on dev splits: does the fuser that reads only the sharer gain over its shuffled control?
 for run in default_pair_choices default_pair_choices_sharer_only; do
     c2c eval --fuser "runs/$run" --bench arc-easy --split dev --limit 150 --seed 0 \
