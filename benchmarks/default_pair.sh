@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
-SAMPLE=${SAMPLE:-300}        # seeded sample per benchmark
+SAMPLE=${SAMPLE:-500}        # seeded sample per benchmark (OpenBookQA test has 500: all of it)
 T2T_SAMPLE=${T2T_SAMPLE:-20} # t2t costs ~10x a cloze item (the sharer writes 64 tokens): first items of the sample
 OUT=results/default_pair
 BENCH=arc-challenge,arc-easy,openbookqa,mmlu-redux,ceval:val
@@ -52,7 +52,7 @@ for run in default_pair_choices default_pair_choices_sharer_only; do
 done
 wait
 # the generate protocol (the paper's prompt, the answer letter read from free text) with the instruction fuser
-c2c eval --fuser runs/default_pair_instruct --bench "$BENCH" --split test --limit "${GENERATE_SAMPLE:-60}" --seed 0 \
+c2c eval --fuser runs/default_pair_instruct --bench "$BENCH" --split test --limit "${GENERATE_SAMPLE:-200}" --seed 0 \
     --methods receiver,sharer,c2c,c2c-shuffled --scoring generate --max-new-tokens 16 --out "$OUT/generate"
 
 # 5. round 4 (results/default_pair/README.md "Round 4"): the sharer's own ranking as the target (distill_weight: 1),

@@ -169,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--methods", default="receiver,sharer,c2c")
     evaluate.add_argument("--scoring", default="cloze-options")
     evaluate.add_argument("--split", default="test")
-    evaluate.add_argument("--limit", type=int)
+    evaluate.add_argument("--limit", type=int, help="a seeded sample of N items per benchmark; a larger N extends "
+                                                    "a smaller one, and finished items are reused from --out")
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--out", default="results/eval")
     evaluate.add_argument("--data-dir", help="a local folder in the shared data layout (default ../shared/data); "

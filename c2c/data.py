@@ -496,6 +496,21 @@ def _hub_id(data_dir: str | Path | None) -> tuple[str | None, str | None] | None
     return None
 
 
+def seeded_sample(population: int, size: int, seed: int) -> list[int]:
+    """`size` distinct indices into range(population), drawn one at a time uniformly from those not yet drawn.
+
+    Unlike `random.sample`, whose algorithm depends on the sample size, a larger sample extends a smaller one
+    with the same seed, so growing an evaluation from 300 to 500 items keeps (and reuses) the first 300.
+    For population > 1045 the first 300 are those `random.Random(seed).sample` picked (its set-based path).
+    """
+    if size >= population:
+        return list(range(population))
+    rng, drawn = random.Random(seed), {}
+    while len(drawn) < size:
+        drawn.setdefault(rng.randrange(population), None)  # a dict keeps the draw order
+    return list(drawn)
+
+
 def load_benchmark(
     name: str,
     split: str = "test",
@@ -511,7 +526,7 @@ def load_benchmark(
     when no such local path exists. A hub dataset that is no benchmark's default is read with the generic
     schema (question, choices, answer), and `name` only labels it.
     report["kept"] counts the usable items before `limit`; `limit` then picks a
-    deterministic random subset (same limit and seed, same items), kept in file order.
+    deterministic random subset (see `seeded_sample`), kept in file order.
     """
     is_file = name.endswith(".jsonl") or os.sep in name
     hub = None if is_file else _hub_id(data_dir)
@@ -538,9 +553,7 @@ def load_benchmark(
     if limit is not None:
         if limit < 1:
             raise DataError(f"limit={limit}; expected a positive number of items (or None for all)")
-        if limit < len(items):
-            keep = sorted(random.Random(seed).sample(range(len(items)), limit))
-            items = [items[i] for i in keep]
+        items = [items[i] for i in sorted(seeded_sample(len(items), limit, seed))]
     report["selected"] = len(items)
     label = Path(name).stem if is_file else name  # a generic file is named by its stem
     return Benchmark(label, split, items, report)

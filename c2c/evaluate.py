@@ -183,7 +183,8 @@ def method_runner(method: str, setup: EvalSetup, items: list[MCItem], scoring: s
         if method == "c2c":
             return with_scorer(scorer)
         partners = shuffled_partners(items, seed)
-        return with_scorer(scorer, partner=lambda item: item_prompt(partners[item.id], scoring))
+        return with_scorer(scorer, partner=lambda item: item_prompt(partners[item.id], scoring),
+                           prefix=lambda item: ("", {"partner": partners[item.id].id}))
     if method == "t2t":
         sharer = ModelScorer("sharer", setup.sharer, setup.chat)
 
@@ -322,10 +323,14 @@ def run_method(method: str, setup: EvalSetup, items: list[MCItem], config: EvalC
     if config.recompute and path.exists():
         path.unlink()
     records = read_jsonl(path)
+    # a shuffled-control record counts only if its sharer read the partner this item set assigns: the
+    # derangement changes with the items (another --limit or --method-limit), and a stale record would mix controls
+    partners = shuffled_partners(items, config.seed) if method == "c2c-shuffled" else {}
+    current = [r for r in records if r["id"] not in partners or r.get("partner") == partners[r["id"]].id]
     text = path.read_text() if path.exists() else ""
-    if text and (not text.endswith("\n") or len(records) != text.count("\n")):
-        write_jsonl(path, records)  # drop a line cut off by an interrupted run before appending
-    done = {r["id"]: r for r in records}
+    if len(current) != len(records) or (text and (not text.endswith("\n") or len(records) != text.count("\n"))):
+        write_jsonl(path, current)  # drop stale records and a line cut off by an interrupted run before appending
+    done = {r["id"]: r for r in current}
     todo = [item for item in items if item.id not in done]
     if todo:
         run = method_runner(method, setup, items, config.scoring, config.seed)

@@ -20,6 +20,7 @@ from c2c.data import (
     load_training_data,
     mc_conversations,
     mc_prompt,
+    seeded_sample,
 )
 
 
@@ -262,9 +263,25 @@ def test_limit_and_seed_are_deterministic(tmp_path):
     assert first != ids(limit=10, seed=2)
     assert first == sorted(first, key=lambda s: int(s[1:]))  # original order kept
     assert ids(limit=500) == ids()
+    assert set(first) < set(ids(limit=30, seed=1))  # a larger sample extends a smaller one
     assert load_benchmark(path, limit=10).report["kept"] == 50
     with pytest.raises(DataError, match="limit=0"):
         load_benchmark(path, limit=0)
+
+
+@pytest.mark.parametrize("population", [7, 50, 3000])
+def test_seeded_sample_draws_distinct_items_and_grows_by_extension(population):
+    for seed in range(3):
+        big = seeded_sample(population, population - 2, seed)
+        assert len(set(big)) == len(big) and all(0 <= i < population for i in big)
+        for size in (1, 5, population // 2):
+            assert seeded_sample(population, size, seed) == big[:size]
+    assert seeded_sample(population, population + 1, 0) == list(range(population))
+    if population < 100:  # every index is about equally likely to be drawn first
+        counts = [0] * population
+        for seed in range(200 * population):
+            counts[seeded_sample(population, 1, seed)[0]] += 1
+        assert all(c > 120 for c in counts)
 
 
 def test_default_data_dir():

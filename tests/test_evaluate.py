@@ -95,6 +95,27 @@ def test_interrupted_run_resumes_and_finished_run_is_not_recomputed(tmp_path, be
     assert len(path.read_text().splitlines()) == 5
 
 
+def test_a_grown_item_set_redoes_only_the_shuffled_records_whose_partner_changed(tmp_path, bench):
+    methods = ["c2c", "c2c-shuffled"]
+    run_eval(EvalConfig([bench], methods, scoring="cloze", limit=3, out=str(tmp_path / "grown")), _setup())
+    small = {r["id"]: r for r in map(json.loads, (tmp_path / "grown/tiny_mc/c2c-shuffled.jsonl").open())}
+    grown = run_eval(EvalConfig([bench], methods, scoring="cloze", out=str(tmp_path / "grown")), _setup())
+    fresh = run_eval(EvalConfig([bench], methods, scoring="cloze", out=str(tmp_path / "fresh")), _setup())
+    read = lambda run, method: [json.loads(line) for line in (tmp_path / run / "tiny_mc" / f"{method}.jsonl").open()]  # noqa: E731
+    partners = {item_id: p.id for item_id, p in shuffled_partners(load_benchmark(bench).items, seed=0).items()}
+    for run in ("grown", "fresh"):
+        records = read(run, "c2c-shuffled")
+        assert sorted(r["id"] for r in records) == sorted(partners)  # one current record per item, stale ones gone
+        assert all(r["partner"] == partners[r["id"]] for r in records)
+    same = lambda r: (r["id"], r["partner"], r["scores"])  # noqa: E731
+    assert sorted(map(same, read("grown", "c2c-shuffled"))) == sorted(map(same, read("fresh", "c2c-shuffled")))
+    kept = [i for i, r in small.items() if r["partner"] == partners[i]]
+    assert all(r["latency_ms"] == small[r["id"]]["latency_ms"] for r in read("grown", "c2c-shuffled") if r["id"] in kept)
+    assert len(kept) < len(small)  # the partners changed for some of the first items: those were redone
+    assert grown["benchmarks"]["tiny_mc"]["methods"]["c2c-shuffled"]["accuracy"] == \
+        fresh["benchmarks"]["tiny_mc"]["methods"]["c2c-shuffled"]["accuracy"]
+
+
 def test_shuffled_control_really_reads_another_question(bench):
     items = load_benchmark(bench).items
     partners = shuffled_partners(items, seed=0)
