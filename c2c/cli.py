@@ -88,7 +88,7 @@ def cmd_eval(args) -> None:
                         split=args.split, limit=args.limit, seed=args.seed, out=args.out, data_dir=args.data_dir,
                         skip_bad=args.skip_bad, recompute=args.recompute,
                         method_limits={m: int(n) for m, n in (v.split("=") for v in args.method_limit or [])},
-                        throughput_batch=args.throughput_batch)
+                        throughput_batch=args.throughput_batch, t2t_batch=args.t2t_batch)
     pair = None
     if args.fuser:
         from .pair import C2CModel
@@ -181,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--method-limit", action="append", metavar="METHOD=N",
                           help="evaluate METHOD on the first N items of the sample only (e.g. t2t=50)")
     evaluate.add_argument("--t2t-tokens", type=int, default=64, help="sharer's budget in the t2t baseline")
+    evaluate.add_argument("--t2t-batch", type=int, default=1, metavar="N",
+                          help="write t2t's sharer texts N items at a time (faster on many items; latency statistics "
+                               "then come only from items run one at a time)")
     evaluate.add_argument("--max-new-tokens", type=int, default=64, help="answer budget of the generate scoring")
     evaluate.add_argument("--no-chat-template", action="store_true", help="without --fuser: raw prompts")
     evaluate.add_argument("--throughput-batch", type=int, metavar="N",

@@ -27,6 +27,7 @@ from .data import MCItem, cloze_continuations, extract_choice_letter, load_bench
 from .models import LoadedModel
 from .pair import C2CModel
 from .pair import continuation_logprobs as pair_continuation_logprobs
+from .pair import pad_rows
 
 SCORINGS = ("generate", "letter", "cloze", "cloze-options")
 RUN_METHODS = ("receiver", "sharer", "t2t", "c2c", "c2c-shuffled", "lora-receiver")
@@ -107,13 +108,12 @@ def next_token_logits(state: Prefilled) -> torch.Tensor:
 
 
 @torch.no_grad()
-def greedy_text(state: Prefilled, max_new_tokens: int, stop: list[str] | None = None) -> tuple[str, int]:
+def greedy_text(state: Prefilled, max_new_tokens: int) -> tuple[str, int]:
     """Greedy continuation decoded by the stock ``generate`` from the prefilled cache; (text, new tokens)."""
     cache = kvcache.repeat_rows(state.cache, 1)
     output = state.model.generate(input_ids=state.input_ids, attention_mask=torch.ones_like(state.input_ids),
                                   cache=cache, max_new_tokens=max_new_tokens, do_sample=False,
-                                  pad_token_id=state.tokenizer.pad_token_id, stop_strings=stop,
-                                  tokenizer=state.tokenizer if stop else None)
+                                  pad_token_id=state.tokenizer.pad_token_id)
     new = output[0, state.input_ids.shape[1]:]
     return state.tokenizer.decode(new, skip_special_tokens=True), len(new)
 
@@ -156,9 +156,12 @@ class EvalSetup:
     max_new_tokens: int = 64
 
 
-def method_runner(method: str, setup: EvalSetup, items: list[MCItem], scoring: str, seed: int
-                  ) -> Callable[[MCItem], dict]:
-    """A function that evaluates one item with ``method`` and returns its record (without timing)."""
+def method_runner(method: str, setup: EvalSetup, items: list[MCItem], scoring: str, seed: int,
+                  backgrounds: dict[str, tuple[str, int]] | None = None) -> Callable[[MCItem], dict]:
+    """A function that evaluates one item with ``method`` and returns its record (without timing).
+
+    For t2t, ``backgrounds`` may hold sharer texts already written for some items (``sharer_backgrounds``,
+    batched); each is used once, and any other item's is written on the spot."""
     def with_scorer(scorer: Scorer, partner: Callable[[MCItem], str | None] = lambda item: None,
                     prefix: Callable[[MCItem], tuple[str, dict]] = lambda item: ("", {})):
         def run(item: MCItem) -> dict:
@@ -186,14 +189,33 @@ def method_runner(method: str, setup: EvalSetup, items: list[MCItem], scoring: s
         return with_scorer(scorer, partner=lambda item: item_prompt(partners[item.id], scoring),
                            prefix=lambda item: ("", {"partner": partners[item.id].id}))
     if method == "t2t":
-        sharer = ModelScorer("sharer", setup.sharer, setup.chat)
+        written = backgrounds if backgrounds is not None else {}
 
         def background(item: MCItem) -> tuple[str, dict]:
-            state = sharer.prefill(T2T_BACKGROUND_PROMPT.format(question=item.question))
-            text, generated = greedy_text(state, setup.t2t_tokens)
+            text, generated = written.pop(item.id, None) or sharer_backgrounds(setup, [item])[0]
             return f"Background: {text.strip()}\n\n", {"background": text, "sharer_tokens": generated}
         return with_scorer(ModelScorer("receiver", setup.receiver, setup.chat), prefix=background)
     raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+
+
+@torch.no_grad()
+def sharer_backgrounds(setup: EvalSetup, items: list[MCItem]) -> list[tuple[str, int]]:
+    """The t2t sharer's greedy background text for each item, generated in one left-padded batch:
+    (text, new tokens, counting the end-of-sequence token when it stops early)."""
+    tokenizer, model = setup.sharer.tokenizer, setup.sharer.model
+    rows = [render(tokenizer, as_messages(T2T_BACKGROUND_PROMPT.format(question=item.question)), setup.chat).ids
+            for item in items]
+    ids = pad_rows(rows, tokenizer.pad_token_id, left=True).to(model.device)  # (B, P)
+    mask = pad_rows([[1] * len(row) for row in rows], 0, left=True).to(model.device)
+    output = model.generate(input_ids=ids, attention_mask=mask, cache=kvcache.full_length_cache(),
+                            max_new_tokens=setup.t2t_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    eos = model.generation_config.eos_token_id
+    eos = set(eos if isinstance(eos, list) else [eos])
+    results = []
+    for new in output[:, ids.shape[1]:].tolist():
+        stops = [i for i, token in enumerate(new) if token in eos]
+        results.append((tokenizer.decode(new, skip_special_tokens=True), stops[0] + 1 if stops else len(new)))
+    return results
 
 
 def shuffled_partners(items: list[MCItem], seed: int) -> dict[str, MCItem]:
@@ -241,8 +263,11 @@ class EvalConfig:
     warmup: int = 1
     method_limits: dict[str, int] | None = None  # e.g. {"t2t": 50}: that method sees only the first 50 items
     throughput_batch: int | None = None  # also measure batched generation throughput (receiver vs C2C)
+    t2t_batch: int = 1  # t2t's sharer texts generated this many items at a time (those items get no latency)
 
     def __post_init__(self):
+        if self.t2t_batch < 1:
+            raise ValueError(f"t2t_batch must be >= 1 (items per batched sharer generation), got {self.t2t_batch}")
         if self.scoring not in SCORINGS:
             raise ValueError(f"scoring {self.scoring!r} is unknown; expected one of {SCORINGS}")
         unknown = [m for m in self.methods if m not in METHODS]
@@ -333,19 +358,32 @@ def run_method(method: str, setup: EvalSetup, items: list[MCItem], config: EvalC
     done = {r["id"]: r for r in current}
     todo = [item for item in items if item.id not in done]
     if todo:
-        run = method_runner(method, setup, items, config.scoring, config.seed)
+        backgrounds: dict[str, tuple[str, int]] = {}
+        run = method_runner(method, setup, items, config.scoring, config.seed, backgrounds)
         for item in todo[:config.warmup]:
             run(item)  # warm-up: first calls pay for allocation and lazy initialisation
-        with path.open("a") as handle:
-            for item in tqdm(todo, desc=f"{folder.name} {method}", dynamic_ncols=True):
-                started = time.perf_counter()
-                result = run(item)
-                latency = (time.perf_counter() - started) * 1000
-                record = {"id": item.id, "subject": item.subject, "gold": item.answer,
-                          "correct": result["prediction"] == item.answer, "latency_ms": latency, **result}
-                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-                handle.flush()
-                done[item.id] = record
+        group_size = config.t2t_batch if method == "t2t" else 1
+        with path.open("a") as handle, tqdm(total=len(todo), desc=f"{folder.name} {method}",
+                                            dynamic_ncols=True) as progress:
+            for start in range(0, len(todo), group_size):
+                group = todo[start:start + group_size]
+                shared_ms, batched = 0.0, {}
+                if len(group) > 1:  # t2t's sharer texts for the whole group at once; each item bears its share
+                    started = time.perf_counter()
+                    backgrounds.update(zip([item.id for item in group], sharer_backgrounds(setup, group)))
+                    shared_ms = (time.perf_counter() - started) * 1000 / len(group)
+                    batched = {"sharer_batch": len(group)}
+                for item in group:
+                    started = time.perf_counter()
+                    result = run(item)
+                    latency = (time.perf_counter() - started) * 1000 + shared_ms
+                    record = {"id": item.id, "subject": item.subject, "gold": item.answer,
+                              "correct": result["prediction"] == item.answer, "latency_ms": latency, **batched,
+                              **result}
+                    handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+                    handle.flush()
+                    done[item.id] = record
+                    progress.update()
     return [done[item.id] for item in items]
 
 
@@ -376,15 +414,18 @@ def wilson(correct: int, n: int, z: float = 1.96) -> list[float]:
 
 
 def summarize(records: list[dict]) -> dict:
+    """Accuracy with its interval, and latency over the items run one at a time (``latency_n`` of them):
+    an item whose t2t sharer text was generated in a batch has no single-request latency."""
     n = len(records)
     correct = sum(r["correct"] for r in records)
-    latencies = sorted(r["latency_ms"] for r in records)
+    latencies = sorted(r["latency_ms"] for r in records if r.get("sharer_batch", 1) == 1)
     subjects: dict[str, list[bool]] = {}
     for r in records:
         subjects.setdefault(r["subject"] or "all", []).append(r["correct"])
     return {"n": n, "accuracy": round(correct / n, 4) if n else 0.0, "ci95": wilson(correct, n),
-            "latency_ms_mean": round(statistics.fmean(latencies), 2) if n else 0.0,
-            "latency_ms_p50": round(_quantile(latencies, 0.5), 2), "latency_ms_p90": round(_quantile(latencies, 0.9), 2),
+            "latency_n": len(latencies),
+            "latency_ms_mean": round(statistics.fmean(latencies), 2) if latencies else None,
+            "latency_ms_p50": _quantile(latencies, 0.5), "latency_ms_p90": _quantile(latencies, 0.9),
             "per_subject": {s: round(sum(v) / len(v), 4) for s, v in sorted(subjects.items())} if len(subjects) > 1
             else None}
 
@@ -411,8 +452,8 @@ def agreement(records: list[dict], reference: list[dict]) -> dict:
             "ci95": wilson(sum(same), len(same))}
 
 
-def _quantile(values: list[float], q: float) -> float:
-    return values[min(int(q * len(values)), len(values) - 1)] if values else 0.0
+def _quantile(values: list[float], q: float) -> float | None:
+    return round(values[min(int(q * len(values)), len(values) - 1)], 2) if values else None
 
 
 def markdown_table(summary: dict) -> str:
@@ -431,8 +472,11 @@ def markdown_table(summary: dict) -> str:
                 continue
             accuracies.append(result["accuracy"])
             lo, hi = result["ci95"]
-            cells.append(f"{100 * result['accuracy']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}], "
-                         f"{result['latency_ms_mean']:.0f} ms")
+            latency = result["latency_ms_mean"]
+            timing = "batched" if latency is None else f"{latency:.0f} ms"
+            if latency is not None and result.get("latency_n", result["n"]) < result["n"]:
+                timing += f" (n={result['latency_n']})"
+            cells.append(f"{100 * result['accuracy']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}], {timing}")
         mean = f"{100 * statistics.fmean(accuracies):.1f}" if accuracies else "-"
         lines.append(f"| {method} | " + " | ".join(cells) + f" | {mean} |")
     comparisons = list(dict.fromkeys(c for b in summary["benchmarks"].values() for c in b.get("paired", {})))
@@ -475,6 +519,8 @@ def plot(summary: dict, path: Path) -> None:
     figure, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 4), squeeze=False)
     for axis, name in zip(axes[0], names):
         for method, result in summary["benchmarks"][name]["methods"].items():
+            if result["latency_ms_mean"] is None:
+                continue
             axis.scatter(result["latency_ms_mean"], 100 * result["accuracy"], label=method)
             axis.annotate(method, (result["latency_ms_mean"], 100 * result["accuracy"]), fontsize=7)
         axis.set(title=f"{name} ({summary['scoring']})", xlabel="mean latency per item (ms)", ylabel="accuracy (%)")

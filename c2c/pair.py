@@ -120,8 +120,8 @@ def continuation_logprobs(model: nn.Module, tokenizer, prompt_ids: torch.Tensor,
     counts = torch.tensor([len(texts) for texts in continuations], device=prompt_ids.device)
     last = prompt_ids[:, -1].repeat_interleave(counts)  # (R,)
     pad = tokenizer.pad_token_id or 0
-    tail = torch.cat([last[:, None], _pad(rows, pad, left=False).to(last.device)], dim=1)  # (R, 1 + W)
-    tail_mask = _pad([[1] * (1 + len(r)) for r in rows], 0, left=False).to(tail.device)
+    tail = torch.cat([last[:, None], pad_rows(rows, pad, left=False).to(last.device)], dim=1)  # (R, 1 + W)
+    tail_mask = pad_rows([[1] * (1 + len(r)) for r in rows], 0, left=False).to(tail.device)
     mask = torch.cat([prompt_mask[:, :-1].repeat_interleave(counts, dim=0), tail_mask], dim=1)
     prefix = prompt_ids.shape[1] - 1
     logits = model(input_ids=tail, attention_mask=mask, position_ids=position_ids(mask)[:, prefix:],
@@ -137,7 +137,8 @@ def _per_character(sums: torch.Tensor, choices: Sequence[Sequence[str]]) -> list
     return list((sums / characters).split([len(texts) for texts in choices]))
 
 
-def _pad(rows: Sequence[Sequence[int]], value: int, left: bool) -> torch.Tensor:
+def pad_rows(rows: Sequence[Sequence[int]], value: int, left: bool) -> torch.Tensor:
+    """Token rows padded with ``value`` to one width (on the left for prompts that generation continues)."""
     width = max(len(r) for r in rows)
     padded = [([value] * (width - len(r)) + list(r)) if left else (list(r) + [value] * (width - len(r))) for r in rows]
     return torch.tensor(padded, dtype=torch.long)
@@ -294,19 +295,19 @@ class C2CModel(nn.Module):
             # Left padding shifts each sharer row right; shift the positions that point into it.
             maps = [[p + width - len(r) if p >= 0 else -1 for p in m] for m, r in zip(maps, rows)]
             pad = sharer.tokenizer.pad_token_id
-            sharer_ids.append(_pad(rows, pad, left=True))
-            sharer_mask.append(_pad([[1] * len(r) for r in rows], 0, left=True))
-            positions.append(_pad(maps, -1, left=True))
+            sharer_ids.append(pad_rows(rows, pad, left=True))
+            sharer_mask.append(pad_rows([[1] * len(r) for r in rows], 0, left=True))
+            positions.append(pad_rows(maps, -1, left=True))
         pad = self.receiver.tokenizer.pad_token_id
-        input_ids = _pad([v.ids for v in views], pad, left=True)
-        attention_mask = _pad([[1] * len(v.ids) for v in views], 0, left=True)
+        input_ids = pad_rows([v.ids for v in views], pad, left=True)
+        attention_mask = pad_rows([[1] * len(v.ids) for v in views], 0, left=True)
         prompt_length = input_ids.shape[1]
         labels = None
         if responses_ids is not None:
-            input_ids = torch.cat([input_ids, _pad(responses_ids, pad, left=False)], dim=1)
-            attention_mask = torch.cat([attention_mask, _pad([[1] * len(r) for r in responses_ids], 0, left=False)], 1)
+            input_ids = torch.cat([input_ids, pad_rows(responses_ids, pad, left=False)], dim=1)
+            attention_mask = torch.cat([attention_mask, pad_rows([[1] * len(r) for r in responses_ids], 0, left=False)], 1)
             labels = torch.cat([torch.full((len(prompts), prompt_length), -100),
-                                _pad(responses_ids, -100, left=False)], dim=1)
+                                pad_rows(responses_ids, -100, left=False)], dim=1)
         return Batch(input_ids, attention_mask, prompt_length, sharer_ids, sharer_mask, positions, labels)
 
     # ----------------------------------------------------------------------------------------- fusion

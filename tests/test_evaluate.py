@@ -240,3 +240,29 @@ def test_batched_throughput_mode(tmp_path, bench):
     throughput = run_eval(config, _setup())["benchmarks"]["tiny_mc"]["throughput"]
     assert throughput["batch_size"] == 2 and throughput["n"] == 5
     assert throughput["receiver_items_per_s"] > 0 and throughput["c2c_items_per_s"] > 0
+
+
+def test_batched_t2t_writes_the_same_texts_and_times_only_single_items(tmp_path, bench):
+    """Two items run one at a time, then three with their sharer texts written in one batch: the records
+    equal a run that did all five one at a time, and latency comes from the two single items only."""
+    setup = _setup()
+    alone = run_eval(EvalConfig([bench], ["t2t"], scoring="cloze", out=str(tmp_path / "alone")), setup)
+    mixed = tmp_path / "mixed"
+    run_eval(EvalConfig([bench], ["t2t"], scoring="cloze", out=str(mixed), method_limits={"t2t": 2}), setup)
+    summary = run_eval(EvalConfig([bench], ["t2t"], scoring="cloze", out=str(mixed), t2t_batch=4), setup)
+
+    def records(folder):
+        return {r["id"]: r for r in map(json.loads, (folder / "tiny_mc/t2t.jsonl").open())}
+    single, batched = records(tmp_path / "alone"), records(mixed)
+    assert [r.get("sharer_batch") for r in batched.values()] == [None, None, 3, 3, 3]
+    for item_id, record in batched.items():
+        for key in ("background", "sharer_tokens", "prediction"):
+            assert record[key] == single[item_id][key], (item_id, key)
+        assert record["scores"] == pytest.approx(single[item_id]["scores"], abs=1e-4)
+    t2t = summary["benchmarks"]["tiny_mc"]["methods"]["t2t"]
+    assert t2t["n"] == 5 and t2t["accuracy"] == alone["benchmarks"]["tiny_mc"]["methods"]["t2t"]["accuracy"]
+    unbatched = [r["latency_ms"] for r in batched.values() if "sharer_batch" not in r]
+    assert t2t["latency_n"] == 2 and t2t["latency_ms_mean"] == pytest.approx(statistics.fmean(unbatched), abs=0.01)
+    assert "(n=2)" in (mixed / "table.md").read_text()
+    with pytest.raises(ValueError, match="t2t_batch"):
+        EvalConfig([bench], ["t2t"], t2t_batch=0)
