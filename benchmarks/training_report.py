@@ -13,16 +13,15 @@ import json
 import sys
 from pathlib import Path
 
-from c2c.evaluate import read_jsonl
 from c2c.pair import C2CModel
-from c2c.train import Runtime, TrainConfig, build_model, evaluate_held_out, load_examples
+from c2c.train import (Runtime, TrainConfig, build_model, evaluate_held_out, load_examples, read_metrics,
+                       training_minutes)
 
 
 def curves(run: Path) -> dict:
-    records = read_jsonl(run / "metrics.jsonl")
+    records = read_metrics(run)
     steps = [r for r in records if "loss" in r]
-    times = [r["time"] for r in records]
-    return {"run": str(run), "minutes": round((max(times) - min(times)) / 60, 1),
+    return {"run": str(run), "minutes": training_minutes(run),
             "steps": [r["step"] for r in steps], "loss": [r["loss"] for r in steps],
             "eval_steps": [r["step"] for r in records if "eval_loss" in r],
             "eval_loss": [r["eval_loss"] for r in records if "eval_loss" in r],
@@ -34,7 +33,7 @@ def curves(run: Path) -> dict:
 
 def held_out_baseline(run: Path, compute: bool) -> dict | None:
     """Held-out loss (and accuracy) of the receiver alone on the run's own held-out slice."""
-    logged = next((r for r in read_jsonl(run / "metrics.jsonl") if r.get("step") == 0 and "eval_loss" in r), None)
+    logged = next((r for r in read_metrics(run) if r.get("step") == 0 and "eval_loss" in r), None)
     if logged or not compute:
         return logged
     config, held_out = _held_out(run)

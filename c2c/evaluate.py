@@ -333,12 +333,11 @@ def fuser_report(setup: EvalSetup) -> dict | None:
     """Where the fuser came from, its size and (when its training log is beside it) its training time."""
     if setup.pair is None:
         return None
+    from .train import training_minutes  # train imports this module
     report = {"path": setup.fuser_path, "params": sum(p.numel() for p in setup.pair.fusers.parameters()),
               "train_minutes": None}
-    log = Path(setup.fuser_path or "") / "metrics.jsonl"
-    if setup.fuser_path and log.is_file():
-        times = [record["time"] for record in read_jsonl(log)]
-        report["train_minutes"] = round((max(times) - min(times)) / 60, 1)
+    if setup.fuser_path and (Path(setup.fuser_path) / "metrics.jsonl").is_file():
+        report["train_minutes"] = training_minutes(setup.fuser_path)
     return report
 
 

@@ -35,6 +35,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from .data import Conversation, DataError, load_training_data
+from .evaluate import read_jsonl
 from .fuser import FuserConfig
 from .kvstore import SharerKVStore
 from .models import DEFAULT_RECEIVER, DEFAULT_SHARER, LoadedModel, load_model
@@ -288,7 +289,9 @@ def train(config: TrainConfig, resume: bool = False, stop_after: int | None = No
         output.mkdir(parents=True, exist_ok=True)
         (output / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
     log = MetricsLog(output / "metrics.jsonl", runtime.main)
-    if runtime.main and not resume:
+    if resume:  # the records of steps after the checkpoint are about to be redone (see read_metrics)
+        log.write({"event": "resume", "step": step})
+    else:
         log.write({"event": "start", "examples": len(train_set), "dropped_over_long": dropped,
                    "held_out": len(held_out), "steps": total, "global_batch": global_batch * config.grad_accum,
                    "trainable_parameters": sum(p.numel() for p in trainable.parameters() if p.requires_grad)})
@@ -482,6 +485,31 @@ class MetricsLog:
         if self.enabled:
             with self.path.open("a") as handle:
                 handle.write(json.dumps({"time": time.time(), **record}) + "\n")
+
+
+def read_metrics(run: str | Path) -> list[dict]:
+    """A run's ``metrics.jsonl`` as if it had run uninterrupted: records of the steps a resume redid (logged
+    after the checkpoint it resumed from, before the interruption) are dropped for the redone ones."""
+    records: list[dict] = []
+    for record in read_jsonl(Path(run) / "metrics.jsonl"):
+        if record.get("event") == "resume":
+            records = [r for r in records if r.get("step", 0) <= record["step"]]
+        records.append(record)
+    return records
+
+
+def training_minutes(run: str | Path) -> float:
+    """Wall-clock minutes a run spent training, summed over its sessions: a resumed run's pause is not counted."""
+    spans, start, last = [], None, None
+    for record in read_jsonl(Path(run) / "metrics.jsonl"):
+        if record.get("event") == "resume" and start is not None:
+            spans.append(last - start)
+            start = None
+        start = record["time"] if start is None else start
+        last = record["time"]
+    if start is not None:
+        spans.append(last - start)
+    return round(sum(spans) / 60, 1)
 
 
 # --------------------------------------------------------------------------------------------- checkpoints

@@ -17,7 +17,7 @@ from tiny import tiny
 from c2c import train as training
 from c2c.models import BUILTIN_MODELS
 from c2c.pair import C2CModel
-from c2c.train import RecipeError, TrainConfig, TrainingError, train
+from c2c.train import RecipeError, TrainConfig, TrainingError, read_metrics, train, training_minutes
 
 TESTS = Path(__file__).parent
 ROOT = TESTS.parent
@@ -187,6 +187,22 @@ def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tmp_path, data)
     assert a.keys() == b.keys()
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6)
+    # the log reads as one run: step 4 was logged twice (before the kill and when redone), read_metrics keeps one
+    assert [m["step"] for m in metrics(interrupted.output) if "loss" in m] == [1, 2, 3, 4, 4, 5, 6, 7, 8]
+    resumed = read_metrics(interrupted.output)
+    assert [m["step"] for m in resumed if m.get("event") == "resume"] == [3]
+    losses = lambda records: [m["loss"] for m in records if "loss" in m]  # noqa: E731
+    assert losses(resumed) == pytest.approx(losses(read_metrics(full)), rel=1e-5)
+
+
+def test_training_minutes_leave_out_the_pause_of_a_resumed_run(tmp_path):
+    hour = 3600.0
+    records = [{"time": 0.0, "step": 0}, {"time": 600.0, "step": 10}, {"time": 10 * hour, "event": "resume", "step": 10},
+               {"time": 10 * hour + 300.0, "step": 20}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert training_minutes(tmp_path) == 15.0
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records[:2]))
+    assert training_minutes(tmp_path) == 10.0
 
 
 def test_resume_after_kill_9(tmp_path, data):
