@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 SAMPLE=${SAMPLE:-500}        # seeded sample per benchmark (OpenBookQA test has 500: all of it)
-T2T_SAMPLE=${T2T_SAMPLE:-20} # t2t costs ~10x a cloze item (the sharer writes 64 tokens): first items of the sample
+T2T_SAMPLE=${T2T_SAMPLE:-20} # t2t items run one at a time (its latency); the rest have the sharer's texts batched
 OUT=results/default_pair
 BENCH=arc-challenge,arc-easy,openbookqa,mmlu-redux,ceval:val
 
@@ -22,6 +22,10 @@ wait
 c2c eval --fuser runs/default_pair_choices --lora runs/default_pair_choices_lora --bench "$BENCH" --split test \
     --limit "$SAMPLE" --seed 0 --methods receiver,sharer,t2t,c2c,c2c-shuffled,lora-receiver,ensemble,routing,routing-oracle \
     --method-limit t2t="$T2T_SAMPLE" --scoring cloze --out "$OUT/cloze"
+python benchmarks/t2t_batching.py --eval "$OUT/cloze" --out "$OUT/t2t_batching.json"
+c2c eval --fuser runs/default_pair_choices --lora runs/default_pair_choices_lora --bench "$BENCH" --split test \
+    --limit "$SAMPLE" --seed 0 --methods receiver,sharer,t2t,c2c,c2c-shuffled,lora-receiver,ensemble,routing,routing-oracle \
+    --t2t-batch 16 --scoring cloze --out "$OUT/cloze"
 cp "$OUT/cloze/summary.json" "$OUT/summary.json"
 # 3. training curves, learned gates, and which gates the fuser needs (dev split)
 python benchmarks/training_report.py --c2c runs/default_pair_choices --lora runs/default_pair_choices_lora \
@@ -37,7 +41,9 @@ c2c train recipes/default_pair_instruct.yaml &
 wait
 mkdir -p fusers/default_pair_chat
 cp runs/default_pair_instruct/{c2c_config.json,fuser.safetensors,metrics.jsonl,train_config.json} fusers/default_pair_chat/
-python benchmarks/training_report.py --c2c runs/default_pair_instruct --baseline --out "$OUT/round3/training_instruct"
+c2c train recipes/default_pair_instruct.yaml --method lora --output runs/default_pair_instruct_lora  # (sessions 5-6)
+python benchmarks/training_report.py --c2c runs/default_pair_instruct --lora runs/default_pair_instruct_lora \
+    --baseline --shuffled-control --out "$OUT/round3/training_instruct"
 python benchmarks/training_report.py --c2c runs/default_pair_choices_sharer_only --out "$OUT/round3/training_sharer_only"
 python benchmarks/training_report.py --c2c runs/reverse_pair_choices --baseline --out results/reverse_pair/training
 # the reverse pair on the test splits (Gemma receiver <- SmolLM2 sharer), a seeded 100 items per benchmark
