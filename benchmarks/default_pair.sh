@@ -54,7 +54,7 @@ c2c eval --fuser runs/reverse_pair_choices --lora runs/reverse_pair_choices_lora
 # the ablation on dev splits: does the fuser that reads only the sharer gain over its shuffled control?
 for run in default_pair_choices default_pair_choices_sharer_only; do
     c2c eval --fuser "runs/$run" --bench arc-easy --split dev --limit 150 --seed 0 \
-        --methods receiver,c2c,c2c-shuffled --scoring cloze --out "$OUT/round3/dev_$run" &
+        --methods receiver,sharer,c2c,c2c-shuffled --scoring cloze --out "$OUT/round3/dev_$run" &
 done
 wait
 # the generate protocol (the paper's prompt, the answer letter read from free text) with the instruction fuser
@@ -72,4 +72,8 @@ python benchmarks/training_report.py --c2c runs/default_pair_choices_distill --s
     --out "$OUT/round4/training_distill"
 for run in distill_sharer_only distill_gates; do
     python benchmarks/training_report.py --c2c "runs/default_pair_choices_$run" --out "$OUT/round4/training_$run"
+done
+for run in round3/dev_default_pair_choices round3/dev_default_pair_choices_sharer_only round4/dev_distill \
+           round4/dev_distill_sharer_only round4/dev_distill_gates; do
+    python benchmarks/score_shift.py "$OUT/$run"
 done
