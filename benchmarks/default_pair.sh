@@ -58,8 +58,9 @@ for run in default_pair_choices default_pair_choices_sharer_only; do
 done
 wait
 # the generate protocol (the paper's prompt, the answer letter read from free text) with the instruction fuser
-c2c eval --fuser runs/default_pair_instruct --bench "$BENCH" --split test --limit "${GENERATE_SAMPLE:-200}" --seed 0 \
-    --methods receiver,sharer,c2c,c2c-shuffled --scoring generate --max-new-tokens 16 --out "$OUT/generate"
+c2c eval --fuser runs/default_pair_instruct --lora runs/default_pair_instruct_lora --bench "$BENCH" --split test \
+    --limit "${GENERATE_SAMPLE:-200}" --seed 0 --methods receiver,sharer,c2c,c2c-shuffled,lora-receiver \
+    --scoring generate --max-new-tokens 16 --out "$OUT/generate"
 
 # 5. round 4 (results/default_pair/README.md "Round 4"): the sharer's own ranking as the target (distill_weight: 1),
 #    with the (sharer, receiver) input, the sharer-only input and deterministic gates; dev split, one job at a time
