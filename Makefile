@@ -3,6 +3,17 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+# Real benchmark data (tests that need it skip without it; the demo ships its own questions): C2C_DATA_DIR when
+# set, else ../shared/data beside this checkout when that folder exists. A fresh clone has neither, and the
+# library itself has no default folder. NO_SHARED_DATA=1 turns this default off (.ci/run's second run).
+SHARED_DATA := $(abspath $(dir $(lastword $(MAKEFILE_LIST)))../shared/data)
+ifeq ($(strip $(C2C_DATA_DIR))$(NO_SHARED_DATA),)
+ifneq ($(wildcard $(SHARED_DATA)/.),)
+export C2C_DATA_DIR := $(SHARED_DATA)
+endif
+endif
 
 .PHONY: setup demo test
 
@@ -21,4 +32,4 @@ demo: setup
 	$(PY) examples/side_by_side.py
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -123,12 +123,25 @@ class TokenAligner:
             raise ValueError("token alignment 'identity' needs the same tokenizer on both models; "
                              "use 'offsets' for different tokenizers")
 
-    def align(self, messages: list[Message], receiver_view: Rendered, chat: bool) -> Alignment:
+    def align(self, messages: list[Message], receiver_view: Rendered, chat: bool,
+              sharer_messages: list[Message] | None = None, shifted: dict[int, tuple[int, int]] | None = None
+              ) -> Alignment:
         """Map the receiver's rendering of ``messages`` to sharer positions.
 
         The last receiver position is never fused: it produces the first answer token from the fused cache.
+        ``sharer_messages`` makes the sharer read other message texts (a context ahead of the question) with
+        ``shifted[m] = (r, s)``: in message ``m`` the receiver's characters from ``r`` on are the sharer's from
+        ``s`` on, and the receiver's characters before ``r`` are not fused (always by offsets).
         """
         fusable = [t for t in content_tokens(receiver_view) if t[0] < len(receiver_view.ids) - 1]
+        if sharer_messages is not None:
+            shifted = shifted or {}
+            moved = []
+            for index, message, a, b in fusable:
+                r, s = shifted.get(message, (0, 0))
+                if a >= r:
+                    moved.append((index, message, a - r + s, b - r + s))
+            return self._align_offsets(sharer_messages, receiver_view, moved, chat)
         if self.strategy == "identity":
             positions = list(range(len(receiver_view.ids) - 1)) + [-1]
             return Alignment(list(receiver_view.ids), positions, exact=len(positions) - 1)

@@ -29,6 +29,14 @@ def cache_from_kv(layers: list[KV]) -> DynamicCache:
     return cache
 
 
+def append_kv(cache: DynamicCache, layers: list[KV]) -> None:
+    """Append positions to every layer (e.g. translated K/V written where a context would stand)."""
+    if len(layers) != len(cache.layers):
+        raise ValueError(f"appending {len(layers)} layers to a cache of {len(cache.layers)}")
+    for index, (keys, values) in enumerate(layers):
+        cache.update(keys, values, index)
+
+
 def layer_kv(cache: DynamicCache, layer: int) -> KV:
     entry = cache.layers[layer]
     return entry.keys, entry.values

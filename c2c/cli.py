@@ -37,9 +37,23 @@ def cmd_inspect(args) -> None:
     print(json.dumps(report, indent=2, ensure_ascii=False) if args.json else format_report(report))
 
 
+def _sharer_context(path: str | None) -> str | None:
+    """The text of ``--sharer-context FILE``, checked before any model loads; one error line otherwise."""
+    if path is None:
+        return None
+    from .context import read_context_file  # light: no torch, no models
+    try:
+        return read_context_file(path)
+    except ValueError as error:
+        raise SystemExit(f"error: --sharer-context: {error}") from None
+
+
 def cmd_generate(args) -> None:
+    context = _sharer_context(args.sharer_context)  # a bad file fails before any model loads
     import torch
     from transformers import TextStreamer
+    if context is not None and args.no_fuse:
+        print("note: --no-fuse: the receiver answers alone; the sharer context is not read", file=sys.stderr)
     pair = _load_pair(args)
     torch.manual_seed(args.seed)
     prompts = args.prompt if args.prompt else [sys.stdin.read()]
@@ -47,7 +61,7 @@ def cmd_generate(args) -> None:
     streamer = TextStreamer(pair.receiver.tokenizer, skip_prompt=True, skip_special_tokens=True) if stream else None
     outputs = pair.generate(prompts, max_new_tokens=args.max_new_tokens, do_sample=args.sample,
                             temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, stop=args.stop,
-                            streamer=streamer, fuse=not args.no_fuse)
+                            streamer=streamer, fuse=not args.no_fuse, sharer_contexts=context)
     if not stream:
         for output in outputs:
             print(output)
@@ -115,7 +129,10 @@ def cmd_chat(args) -> None:
 
 def cmd_serve(args) -> None:
     from .serve import serve
-    serve(_load_pair(args), host=args.host, port=args.port, api_key=args.api_key)
+    if args.max_context_chars < 1:
+        raise SystemExit(f"error: --max-context-chars must be at least 1, got {args.max_context_chars}")
+    serve(_load_pair(args), host=args.host, port=args.port, api_key=args.api_key,
+          max_context_chars=args.max_context_chars)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -143,7 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--top-k", type=int)
     generate.add_argument("--stop", action="append", help="stop string (repeatable)")
     generate.add_argument("--no-stream", action="store_true")
-    generate.add_argument("--no-fuse", action="store_true", help="the receiver alone")
+    generate.add_argument("--no-fuse", action="store_true", help="the receiver alone (it ignores --sharer-context)")
+    generate.add_argument("--sharer-context", metavar="FILE",
+                          help="a UTF-8 text file that only the sharer reads, ahead of each prompt; the receiver "
+                               "never sees its text (it gets it translated or fused from the sharer's cache)")
     generate.add_argument("--seed", type=int, default=0)
     generate.set_defaults(run=cmd_generate)
 
@@ -165,7 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="evaluate methods and baselines on benchmarks")
     _pair_arguments(evaluate)
     evaluate.add_argument("--bench", required=True, help="comma-separated names or generic MC .jsonl paths; "
-                                                         "NAME:SPLIT overrides --split for one (e.g. ceval:val)")
+                                                         "NAME:SPLIT overrides --split for one (e.g. ceval:val), "
+                                                         "NAME:SPLIT:N also --limit (e.g. synthetic-3fact:test:200)")
     evaluate.add_argument("--methods", default="receiver,sharer,c2c")
     evaluate.add_argument("--scoring", default="cloze-options")
     evaluate.add_argument("--split", default="test")
@@ -173,8 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "a smaller one, and finished items are reused from --out")
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--out", default="results/eval")
-    evaluate.add_argument("--data-dir", help="a local folder in the shared data layout (default ../shared/data); "
-                                             "hf for each benchmark's default Hugging Face dataset; or "
+    evaluate.add_argument("--data-dir", help="a local folder in the shared data layout (e.g. ../shared/data; default: "
+                                             "$C2C_DATA_DIR, else each benchmark's default Hugging Face dataset); "
+                                             "hf for that hub dataset explicitly; or "
                                              "hf:OWNER/NAME[:CONFIG] or OWNER/NAME for a hub dataset "
                                              "(needs pip install 'c2c[hub]')")
     evaluate.add_argument("--lora", metavar="DIR", help="LoRA run folder for the lora-receiver method")
@@ -192,16 +214,26 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--recompute", action="store_true", help="ignore finished per-item records")
     evaluate.set_defaults(run=cmd_eval)
 
-    chat = commands.add_parser("chat", help="chat with the fused pair in the terminal")
+    chat = commands.add_parser("chat", help="chat with the fused pair in the terminal",
+                               description="Chat with the fused pair in the terminal. Commands: /context FILE "
+                                           "(a text file only the sharer reads, ahead of each following message), "
+                                           "/context off, /sharer off|on (the receiver alone, or fused again), "
+                                           "/reset, /quit (or Ctrl-D).")
     _pair_arguments(chat)
     chat.add_argument("--max-new-tokens", type=int, default=256)
     chat.set_defaults(run=cmd_chat)
 
-    serve = commands.add_parser("serve", help="OpenAI-compatible HTTP server")
+    serve = commands.add_parser("serve", help="OpenAI-compatible HTTP server",
+                                description="OpenAI-compatible HTTP server: POST /v1/chat/completions and "
+                                            "/v1/completions, GET /v1/models and /health. Extra request fields: "
+                                            '"c2c": false (the receiver alone) and "sharer_context": "TEXT" (a text '
+                                            "only the sharer reads; at most --max-context-chars characters).")
     _pair_arguments(serve)
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--api-key")
+    serve.add_argument("--api-key", help="require the header 'Authorization: Bearer KEY' on /v1")
+    serve.add_argument("--max-context-chars", type=int, default=20000, metavar="N",
+                       help="longest sharer_context a request may send, in characters (default 20000; longer: 400)")
     serve.set_defaults(run=cmd_serve)
     return parser
 

@@ -25,11 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .synthetic import SYNTHETIC_SIZES, synthetic_benchmark_facts, synthetic_items
+
 log = logging.getLogger(__name__)
 
-DEFAULT_DATA_DIR = Path(
-    os.environ.get("C2C_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data"
-)
+# Where the built-in benchmarks come from, first that is given: data_dir= (--data-dir), else this environment
+# variable (read at each call), else the Hugging Face hub (c2c.hub). There is no default folder.
+DATA_DIR_ENV = "C2C_DATA_DIR"
 _SKIP_HINT = "Fix the row, or pass --skip-bad (skip_bad=True) to skip malformed rows."
 _LETTERS = string.ascii_uppercase
 
@@ -52,6 +54,7 @@ class MCItem:
     choices: list[str]
     answer: int  # 0-based index of the gold choice
     subject: str | None = None
+    context: str | None = None  # a text only the sharer reads (context-handoff benchmarks)
 
     @property
     def letters(self) -> list[str]:
@@ -223,15 +226,19 @@ def _labelled(labels: Any, texts: Any, key: Any) -> tuple[list[str], int]:
     return choices, hits[0]
 
 
-def _item(id_: Any, question: Any, choices: list[str], answer: int, row: _Row, subject: Any = None) -> MCItem:
+def _item(id_: Any, question: Any, choices: list[str], answer: int, row: _Row, subject: Any = None,
+          context: Any = None) -> MCItem:
     if not isinstance(question, str) or not question.strip():
         raise _RowError(f"question {question!r}", "a non-empty question text")
+    if context is not None and (not isinstance(context, str) or not context.strip()):
+        raise _RowError(f"context {str(context)[:80]!r}", "a non-empty text (or no context field)")
     return MCItem(
         id=str(id_) if id_ not in (None, "") else row.default_id(),
         question=question.strip(),
         choices=choices,
         answer=answer,
         subject=str(subject) if subject else row.subject,
+        context=context.strip() if context else None,
     )
 
 
@@ -255,6 +262,18 @@ def _parse_arc(text: str, row: _Row) -> MCItem:
         labels, texts = raw.get("label"), raw.get("text")
     choices, answer = _labelled(labels, texts, _get(obj, "answerKey"))
     return _item(_get(obj, "id"), stem, choices, answer, row)
+
+
+def _parse_arc_evidence(text: str, row: _Row) -> MCItem | str:
+    """ARC with its per-choice retrieved evidence (``para``, original schema) as the sharer's context: every
+    choice's evidence in choice order, so the context does not point at the answer by its shape."""
+    item = _parse_arc(text, row)
+    choices = _json_obj(text)["question"]
+    paras = [c.get("para", "").strip() for c in choices["choices"]] if isinstance(choices, dict) else []
+    if not any(paras):
+        return "no evidence"
+    item.context = " ".join(p if p.endswith(".") else p + "." for p in paras if p)
+    return item
 
 
 _OBQA_MARK = re.compile(r"(?:^|\s+)\(([A-Z])\)\s+")
@@ -330,7 +349,17 @@ def _parse_generic(text: str, row: _Row) -> MCItem:
     obj = _json_obj(text)
     choices = _choices(_get(obj, "choices"))
     answer = _answer_index(_get(obj, "answer"), len(choices))
-    return _item(obj.get("id"), _get(obj, "question"), choices, answer, row, obj.get("subject"))
+    return _item(obj.get("id"), _get(obj, "question"), choices, answer, row, obj.get("subject"), obj.get("context"))
+
+
+def _parse_tipsheets(text: str, row: _Row) -> MCItem:
+    """KVComm's Tipsheets: ``prompt_A`` is the context only the sharer reads, ``prompt_B`` the question."""
+    obj = _json_obj(text)
+    choices = _choices(_get(obj, "options"))
+    label = _get(obj, "label")
+    if label not in choices:
+        raise _RowError(f"label {label!r} not among the options {choices}", "one of the options")
+    return _item(obj.get("id"), _get(obj, "prompt_B"), choices, choices.index(label), row, None, _get(obj, "prompt_A"))
 
 
 # --------------------------------------------------------------------------- registry
@@ -363,6 +392,16 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
     ),
     "arc-challenge": BenchmarkSpec(
         "arc/ARC-Challenge", "{split}.jsonl", _TDT, _read_jsonl, _parse_arc, aliases=_DEV_ALIASES
+    ),
+    "arc-easy-evidence": BenchmarkSpec(
+        "arc/ARC-Easy", "{split}.jsonl", _TDT, _read_jsonl, _parse_arc_evidence, aliases=_DEV_ALIASES
+    ),
+    "arc-challenge-evidence": BenchmarkSpec(
+        "arc/ARC-Challenge", "{split}.jsonl", ("train", "dev"), _read_jsonl, _parse_arc_evidence,
+        aliases=_DEV_ALIASES, unavailable={"test": "the ARC-Challenge test file here has no evidence passages"}
+    ),
+    "tipsheets": BenchmarkSpec(
+        "kvcomm", "tipsheets.jsonl", ("test",), _read_jsonl, _parse_tipsheets
     ),
     "openbookqa": BenchmarkSpec(
         "openbookqa", "{split}.tsv", _TDT, _read_tsv, _parse_openbookqa, aliases=_DEV_ALIASES
@@ -411,14 +450,18 @@ def _canonical_split(name: str, split: str) -> str:
     return split
 
 
-def _benchmark_files(name: str, split: str, data_dir: Path) -> tuple[str, list[Path], BenchmarkSpec]:
+def _benchmark_files(
+    name: str, split: str, data_dir: Path, origin: str = "data_dir= (--data-dir)"
+) -> tuple[str, list[Path], BenchmarkSpec]:
     spec = BENCHMARKS[name]
     split = _canonical_split(name, split)
     folder = data_dir / spec.folder
     if not folder.is_dir():
         raise DataError(
-            f"{name}: data folder {folder} not found; expected the layout of the shared data README. "
-            "Pass data_dir=... or set C2C_DATA_DIR to the folder that holds it."
+            f"{name}: data folder {folder} not found (data dir from {origin}); expected "
+            f"{spec.folder}/{spec.pattern} under the data dir. Pass data_dir=... (--data-dir) or set "
+            f"{DATA_DIR_ENV} to the folder that holds it, or give neither to load it from the Hugging Face hub "
+            "(pip install 'c2c[hub]')."
         )
     present = [s for s in spec.splits if any(folder.glob(spec.pattern.format(split=s)))]
     if split not in spec.splits:
@@ -496,6 +539,39 @@ def _hub_id(data_dir: str | Path | None) -> tuple[str | None, str | None] | None
     return None
 
 
+def data_dir_from_env() -> str | None:
+    """The C2C_DATA_DIR variable as it is now (None when unset or empty): the data dir when none is passed."""
+    return os.environ.get(DATA_DIR_ENV) or None
+
+
+def _data_root(data_dir: str | Path | None) -> tuple[str | Path | None, str]:
+    """(the data dir to use, where it came from): data_dir, else C2C_DATA_DIR, else (None, "") for the hub."""
+    if data_dir is not None:
+        return data_dir, "data_dir= (--data-dir)"
+    env = data_dir_from_env()
+    return (env, f"{DATA_DIR_ENV}={env}") if env is not None else (None, "")
+
+
+def _hub_fallback(name: str, split: str) -> tuple[str, list[_Source], Callable[[Any, _Row], MCItem | str]]:
+    """Sources of a built-in benchmark when no data dir is given: its default hub dataset, or one error that
+    names the three ways to give the data and what was tried."""
+    split = _canonical_split(name, split)  # a split without answers is refused as such, before any loading
+    from .hub import HUB, hub_sources  # imports `datasets`, an optional dependency, only when loading
+
+    try:
+        return hub_sources(name, split)
+    except DataError as e:
+        dataset = HUB[name].path if name in HUB else "no default dataset"
+        raise DataError(
+            f"{name}: no data. Tried, in order: data_dir= / --data-dir (not given); the {DATA_DIR_ENV} "
+            f"environment variable (not set); the Hugging Face hub ({dataset}): {str(e).rstrip('.')}. "
+            f"Give the data one of three ways: --data-dir DIR (data_dir=DIR), a folder that holds "
+            f"{BENCHMARKS[name].folder}/{BENCHMARKS[name].pattern}; or set {DATA_DIR_ENV}=DIR; "
+            "or pip install 'c2c[hub]' and run with network access "
+            "(or with the dataset already in the Hugging Face cache)."
+        ) from e
+
+
 def seeded_sample(population: int, size: int, seed: int) -> list[int]:
     """`size` distinct indices into range(population), drawn one at a time uniformly from those not yet drawn.
 
@@ -521,22 +597,33 @@ def load_benchmark(
 ) -> Benchmark:
     """Load a built-in benchmark (see BENCHMARKS) or a generic multiple-choice .jsonl file.
 
-    data_dir is a local folder in the shared data layout (default DEFAULT_DATA_DIR), or a Hugging Face
-    dataset (see c2c.hub): "hf" for the benchmark's default one, "hf:OWNER/NAME[:CONFIG]", or "OWNER/NAME"
-    when no such local path exists. A hub dataset that is no benchmark's default is read with the generic
-    schema (question, choices, answer), and `name` only labels it.
+    data_dir is a local folder in the shared data layout, or a Hugging Face dataset (see c2c.hub): "hf" for
+    the benchmark's default one, "hf:OWNER/NAME[:CONFIG]", or "OWNER/NAME" when no such local path exists.
+    A hub dataset that is no benchmark's default is read with the generic schema (question, choices, answer),
+    and `name` only labels it. Without data_dir, the C2C_DATA_DIR environment variable (read now) takes its
+    place; without either, a built-in benchmark comes from its default hub dataset, and when that fails too
+    one DataError names all three ways. There is no default folder.
     report["kept"] counts the usable items before `limit`; `limit` then picks a
     deterministic random subset (see `seeded_sample`), kept in file order.
     """
     is_file = name.endswith(".jsonl") or os.sep in name
-    hub = None if is_file else _hub_id(data_dir)
-    if hub is not None:
+    facts = None if is_file else synthetic_benchmark_facts(name)
+    root, origin = (None, "") if is_file or facts else _data_root(data_dir)
+    hub = None if is_file or facts else _hub_id(root)
+    if facts:  # generated in the project: no data dir needed
+        if split not in SYNTHETIC_SIZES:
+            raise DataError(f"{name} has no split {split!r}; splits: {', '.join(SYNTHETIC_SIZES)}")
+        rows = synthetic_items(split, SYNTHETIC_SIZES[split], facts)
+        rows = [(f"{name}:{split}:{index}", json.dumps(row)) for index, row in enumerate(rows)]
+        sources, parse = [_Source(f"{name}:{split} (generated)", rows, None, name)], _parse_generic
+    elif hub is not None:
         from .hub import hub_sources  # imports `datasets`, an optional dependency, only here
 
         split, sources, parse = hub_sources(name, split, *hub)
+    elif name in BENCHMARKS and root is None:
+        split, sources, parse = _hub_fallback(name, split)
     elif name in BENCHMARKS:
-        root = Path(data_dir) if data_dir is not None else DEFAULT_DATA_DIR
-        split, files, spec = _benchmark_files(name, split, root)
+        split, files, spec = _benchmark_files(name, split, Path(root), origin)
         sources, parse = [_file_source(f, spec.read, spec.subject(f, split)) for f in files], spec.parse
     elif is_file:
         path = Path(name)
@@ -635,6 +722,7 @@ class Conversation:
     source: str  # "file:line" or "file#index", for error messages
     choices: list[str] | None = None  # multiple choice (target "choices"): the scored continuations
     answer: int | None = None  # index of the right one in ``choices``
+    context: str | None = None  # a text only the sharers read (never the receiver, nor a LoRA receiver)
 
 
 _ROLES = {"system", "user", "assistant"}
@@ -735,20 +823,52 @@ def mc_conversations(items: list[MCItem], prompt_style: str, target: str) -> lis
             answer = f"The correct answer is {letter}." if kind == "letter" else item.choices[item.answer]
             messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
             choices = cloze_continuations(item) if kind == "choices" else None
-            out.append(Conversation(messages, f"{item.id}#{kind}", choices, item.answer if choices else None))
+            out.append(Conversation(messages, f"{item.id}#{kind}", choices, item.answer if choices else None,
+                                    item.context))
     return out
 
 
 _MC_SPEC_KEYS = {"benchmark", "split", "prompt_style", "target", "limit", "seed"}
 
 
+def resolve_data_path(
+    path: str | Path, data_dir: str | Path | None = None, base_dir: str | Path | None = None
+) -> Path:
+    """A training data file: an absolute path as given; a relative one against the data dir (data_dir, else
+    C2C_DATA_DIR; not a hub dataset), else against base_dir (a recipe's own folder), whichever holds the
+    file first. Never against the current directory."""
+    path = Path(path).expanduser()
+    if path.is_absolute():
+        return path
+    root, origin = _data_root(data_dir)
+    bases = [] if root is None or _hub_id(root) is not None else [(Path(root), f"the data dir, from {origin}")]
+    if base_dir is not None:
+        bases.append((Path(base_dir), "the recipe's folder"))
+    for base, _ in bases:
+        if (base / path).is_file():
+            return base / path
+    looked = "; ".join(f"{base / path} ({what})" for base, what in bases)
+    raise DataError(
+        f"training data file {path} not found: a relative path resolves against the data dir (data_dir, else "
+        f"{DATA_DIR_ENV}), else the recipe's folder, never the current directory; "
+        + (f"looked at {looked}" if bases else "neither was given")
+        + f". Set data_dir (or {DATA_DIR_ENV}) to the folder that holds it, or give an absolute path."
+    )
+
+
 def load_training_data(
-    spec: str | dict, data_dir: str | Path | None = None, skip_bad: bool = False
+    spec: str | dict,
+    data_dir: str | Path | None = None,
+    skip_bad: bool = False,
+    base_dir: str | Path | None = None,
 ) -> list[Conversation]:
     """Conversations from a .json (instruction) or .jsonl (chat) file, or from a benchmark.
 
     A benchmark is given as a dict {"benchmark", "split"="train", "prompt_style"="generate",
-    "target"="letter", "limit", "seed"} or a string "benchmark:NAME[:SPLIT[:STYLE[:TARGET]]]".
+    "target"="letter", "limit", "seed"} or a string "benchmark:NAME[:SPLIT[:STYLE[:TARGET]]]", and loaded
+    as load_benchmark does (data_dir, else C2C_DATA_DIR, else the hub). A relative file path resolves
+    against the data dir, else base_dir (the recipe's folder), never the current directory
+    (see resolve_data_path).
     """
     if isinstance(spec, str) and spec.startswith("benchmark:"):
         keys = ("benchmark", "split", "prompt_style", "target")
@@ -769,9 +889,11 @@ def load_training_data(
         style, target = spec.get("prompt_style", "generate"), spec.get("target", "letter")
         conversations = mc_conversations(bench.items, style, target)
     elif str(spec).endswith(".json"):
-        source, conversations = str(spec), load_instruction_json(spec, skip_bad)
+        path = resolve_data_path(spec, data_dir, base_dir)
+        source, conversations = str(path), load_instruction_json(path, skip_bad)
     elif str(spec).endswith(".jsonl"):
-        source, conversations = str(spec), load_chat_jsonl(spec, skip_bad)
+        path = resolve_data_path(spec, data_dir, base_dir)
+        source, conversations = str(path), load_chat_jsonl(path, skip_bad)
     else:
         raise DataError(
             f"training data {spec!r}: expected a .json (instruction) or .jsonl (chat) file, "

@@ -23,20 +23,28 @@ from transformers import DynamicCache
 
 from . import cache as kvcache
 from .align import as_messages, render
+from .context import context_span, cut_context, with_context
 from .data import MCItem, cloze_continuations, extract_choice_letter, load_benchmark, mc_prompt
 from .models import LoadedModel
 from .pair import C2CModel
 from .pair import continuation_logprobs as pair_continuation_logprobs
 from .pair import pad_rows
+from .rotary import Rotary
 
 SCORINGS = ("generate", "letter", "cloze", "cloze-options")
 RUN_METHODS = ("receiver", "sharer", "t2t", "c2c", "c2c-shuffled", "lora-receiver")
-# Paired differences reported per benchmark: the communication gain first, then C2C over each baseline.
+# On items with a context that only the sharer reads (context handoff):
+CONTEXT_METHODS = ("receiver-with-context", "sharer-with-context", "c2c-translated", "c2c-translated-shuffled",
+                   "receiver-enriched")
+# Paired differences reported per benchmark: each channel's communication gain first, then over each baseline.
 PAIRED_COMPARISONS = (("c2c", "c2c-shuffled"), ("c2c", "receiver"), ("c2c", "sharer"), ("c2c", "lora-receiver"),
-                      ("c2c", "t2t"))
+                      ("c2c", "t2t"), ("c2c-translated", "c2c-translated-shuffled"), ("c2c-translated", "receiver"),
+                      ("c2c-translated", "lora-receiver"), ("c2c-translated", "t2t"),
+                      ("c2c-translated", "receiver-with-context"), ("c2c-translated", "c2c"),
+                      ("receiver-enriched", "receiver"))
 DERIVED_METHODS = {"ensemble": ("receiver", "sharer"), "routing": ("receiver", "sharer"),
                    "routing-oracle": ("receiver", "sharer")}
-METHODS = RUN_METHODS + tuple(DERIVED_METHODS)
+METHODS = RUN_METHODS + CONTEXT_METHODS + tuple(DERIVED_METHODS)
 T2T_BACKGROUND_PROMPT = "Question: {question}\nUseful background knowledge for answering this question:"
 
 
@@ -54,20 +62,22 @@ class Prefilled:
 class Scorer(Protocol):
     name: str
 
-    def prefill(self, prompt: str, other_prompt: str | None = None) -> Prefilled: ...
+    def prefill(self, prompt: str, other_prompt: str | None = None, context: str | None = None) -> Prefilled: ...
 
 
 @dataclass
 class ModelScorer:
-    """One model alone, reading the prompt through its own chat template (if ``chat`` and it has one)."""
+    """One model alone, reading the prompt through its own chat template (if ``chat`` and it has one), with
+    ``context`` as text ahead of the question when given."""
 
     name: str
     model: LoadedModel
     chat: bool
 
     @torch.no_grad()
-    def prefill(self, prompt: str, other_prompt: str | None = None) -> Prefilled:
-        view = render(self.model.tokenizer, as_messages(prompt), self.chat)
+    def prefill(self, prompt: str, other_prompt: str | None = None, context: str | None = None) -> Prefilled:
+        messages = with_context(prompt, context) if context else as_messages(prompt)
+        view = render(self.model.tokenizer, messages, self.chat)
         ids = torch.tensor([view.ids], device=self.model.model.device)
         output = self.model.model(input_ids=ids[:, :-1], cache=kvcache.full_length_cache(), use_cache=True,
                                   logits_to_keep=1)
@@ -75,15 +85,47 @@ class ModelScorer:
 
 
 @dataclass
+class EnrichedScorer:
+    """The cache-enrichment oracle: the receiver prefills context + question, then the context's positions are
+    dropped and the question's keys re-rotated to the positions they would have without it."""
+
+    name: str
+    model: LoadedModel
+    chat: bool
+
+    @torch.no_grad()
+    def prefill(self, prompt: str, other_prompt: str | None = None, context: str | None = None) -> Prefilled:
+        if not context:
+            raise ValueError("receiver-enriched needs items with a context")
+        messages = with_context(prompt, context)
+        view = render(self.model.tokenizer, messages, self.chat)
+        cut = cut_context(view, context_span(view, messages, context))
+        device = self.model.model.device
+        ids = torch.tensor([view.ids], device=device)
+        output = self.model.model(input_ids=ids[:, :-1], cache=kvcache.full_length_cache(), use_cache=True,
+                                  logits_to_keep=1)
+        kept = torch.tensor((cut.prefix + cut.suffix)[:-1], device=device)  # cached positions kept (the last is not)
+        new = torch.arange(len(kept), device=device)[None]
+        rotary = Rotary(self.model.model)
+        layers = [(rotary.move(k[:, :, kept], layer, kept[None], new), v[:, :, kept])
+                  for layer, (k, v) in enumerate(kvcache.all_kv(output.cache))]
+        kept_ids = torch.tensor([[view.ids[i] for i in cut.prefix + cut.suffix]], device=device)
+        return Prefilled(self.model.model, self.model.tokenizer, kept_ids, kvcache.cache_from_kv(layers))
+
+
+@dataclass
 class PairScorer:
-    """The receiver reading a fused cache; ``other_prompt`` makes the sharer read another question."""
+    """The receiver reading a fused cache; ``other_prompt`` makes the sharer read another question, ``context``
+    gives the sharer a context through ``channel`` (None: every channel the pair has)."""
 
     name: str
     pair: C2CModel
+    channel: str | None = None
 
     @torch.no_grad()
-    def prefill(self, prompt: str, other_prompt: str | None = None) -> Prefilled:
-        batch = self.pair.prepare([prompt], sharer_prompts=[other_prompt] if other_prompt else None)
+    def prefill(self, prompt: str, other_prompt: str | None = None, context: str | None = None) -> Prefilled:
+        batch = self.pair.prepare([prompt], sharer_prompts=[other_prompt] if other_prompt else None,
+                                  sharer_contexts=[context] if context else None, context_channel=self.channel)
         batch = batch.to(self.pair.device)
         cache = self.pair.prefill(batch, fuse=True)
         return Prefilled(self.pair.receiver.model, self.pair.receiver.tokenizer, batch.input_ids, cache)
@@ -163,17 +205,39 @@ def method_runner(method: str, setup: EvalSetup, items: list[MCItem], scoring: s
     For t2t, ``backgrounds`` may hold sharer texts already written for some items (``sharer_backgrounds``,
     batched); each is used once, and any other item's is written on the spot."""
     def with_scorer(scorer: Scorer, partner: Callable[[MCItem], str | None] = lambda item: None,
-                    prefix: Callable[[MCItem], tuple[str, dict]] = lambda item: ("", {})):
+                    prefix: Callable[[MCItem], tuple[str, dict]] = lambda item: ("", {}),
+                    context: Callable[[MCItem], str | None] = lambda item: None):
         def run(item: MCItem) -> dict:
-            context, extra = prefix(item)
-            state = scorer.prefill(context + item_prompt(item, scoring), partner(item))
+            text, extra = prefix(item)
+            state = scorer.prefill(text + item_prompt(item, scoring), partner(item), context(item))
             return {**score_item(state, item, scoring, setup.max_new_tokens), **extra}
         return run
+
+    def own_context(item: MCItem) -> str:
+        if not item.context:
+            raise ValueError(f"method {method} needs items with a context (item {item.id} has none): use a "
+                             "context benchmark (synthetic-1fact, arc-easy-evidence, tipsheets, a JSONL with `context`)")
+        return item.context
 
     if method == "receiver":
         return with_scorer(ModelScorer("receiver", setup.receiver, setup.chat))
     if method == "sharer":
         return with_scorer(ModelScorer("sharer", setup.sharer, setup.chat))
+    if method in ("receiver-with-context", "sharer-with-context"):
+        model = setup.receiver if method.startswith("receiver") else setup.sharer
+        return with_scorer(ModelScorer(method, model, setup.chat), context=own_context)
+    if method == "receiver-enriched":
+        return with_scorer(EnrichedScorer(method, setup.receiver, setup.chat), context=own_context)
+    if method in ("c2c-translated", "c2c-translated-shuffled"):
+        if setup.pair is None or setup.pair.translators is None:
+            raise ValueError(f"method {method} needs a checkpoint with a context translator: pass --fuser DIR "
+                             "(fitted with `c2c train` method: translator)")
+        scorer = PairScorer(method, setup.pair, "translated")
+        if method == "c2c-translated":
+            return with_scorer(scorer, context=own_context)
+        partners = shuffled_partners(items, seed)
+        return with_scorer(scorer, context=lambda item: own_context(partners[item.id]),
+                           prefix=lambda item: ("", {"partner": partners[item.id].id}))
     if method == "lora-receiver":
         if setup.lora_receiver is None:
             raise ValueError("method lora-receiver needs --lora DIR (a LoRA adapter trained with `c2c train` "
@@ -182,10 +246,13 @@ def method_runner(method: str, setup: EvalSetup, items: list[MCItem], scoring: s
     if method in ("c2c", "c2c-shuffled"):
         if setup.pair is None:
             raise ValueError(f"method {method} needs a fuser: pass --fuser DIR")
-        scorer = PairScorer(method, setup.pair)
+        scorer = PairScorer(method, setup.pair, "fused")
         if method == "c2c":
-            return with_scorer(scorer)
+            return with_scorer(scorer, context=lambda item: item.context)
         partners = shuffled_partners(items, seed)
+        if any(item.context for item in items):  # context handoff: the sharer reads another item's context
+            return with_scorer(scorer, context=lambda item: own_context(partners[item.id]),
+                               prefix=lambda item: ("", {"partner": partners[item.id].id}))
         return with_scorer(scorer, partner=lambda item: item_prompt(partners[item.id], scoring),
                            prefix=lambda item: ("", {"partner": partners[item.id].id}))
     if method == "t2t":
@@ -203,8 +270,9 @@ def sharer_backgrounds(setup: EvalSetup, items: list[MCItem]) -> list[tuple[str,
     """The t2t sharer's greedy background text for each item, generated in one left-padded batch:
     (text, new tokens, counting the end-of-sequence token when it stops early)."""
     tokenizer, model = setup.sharer.tokenizer, setup.sharer.model
-    rows = [render(tokenizer, as_messages(T2T_BACKGROUND_PROMPT.format(question=item.question)), setup.chat).ids
-            for item in items]
+    prompts = [T2T_BACKGROUND_PROMPT.format(question=item.question) for item in items]
+    rows = [render(tokenizer, with_context(prompt, item.context) if item.context else as_messages(prompt),
+                   setup.chat).ids for prompt, item in zip(prompts, items)]
     ids = pad_rows(rows, tokenizer.pad_token_id, left=True).to(model.device)  # (B, P)
     mask = pad_rows([[1] * len(row) for row in rows], 0, left=True).to(model.device)
     output = model.generate(input_ids=ids, attention_mask=mask, cache=kvcache.full_length_cache(),
@@ -286,9 +354,13 @@ def run_eval(config: EvalConfig, setup: EvalSetup) -> dict:
                "scoring": config.scoring, "split": config.split, "seed": config.seed, "limit": config.limit,
                "t2t_tokens": setup.t2t_tokens, "max_new_tokens": setup.max_new_tokens, "benchmarks": {}}
     for spec in config.benchmarks:
-        name, _, split = spec.partition(":")  # "ceval:val" overrides the split for one benchmark
-        benchmark = load_benchmark(name, split or config.split, config.data_dir, config.skip_bad, config.limit,
-                                   config.seed)
+        # "ceval:val" overrides the split for one benchmark, "synthetic-3fact:test:200" also the limit
+        name, _, rest = spec.partition(":")
+        split, _, limit = rest.partition(":")
+        if limit and not limit.isdigit():
+            raise ValueError(f"benchmark {spec!r}: the limit after the split must be a number (NAME:SPLIT:LIMIT)")
+        benchmark = load_benchmark(name, split or config.split, config.data_dir, config.skip_bad,
+                                   int(limit) if limit else config.limit, config.seed)
         folder = out / benchmark.name
         folder.mkdir(parents=True, exist_ok=True)
         limits = config.method_limits or {}
@@ -335,6 +407,8 @@ def fuser_report(setup: EvalSetup) -> dict | None:
         return None
     from .train import training_minutes  # train imports this module
     report = {"path": setup.fuser_path, "params": sum(p.numel() for p in setup.pair.fusers.parameters()),
+              "translator_params": sum(p.numel() for p in setup.pair.translators.parameters())
+              if setup.pair.translators is not None else 0,
               "train_minutes": None}
     if setup.fuser_path and (Path(setup.fuser_path) / "metrics.jsonl").is_file():
         report["train_minutes"] = training_minutes(setup.fuser_path)
@@ -349,7 +423,7 @@ def run_method(method: str, setup: EvalSetup, items: list[MCItem], config: EvalC
     records = read_jsonl(path)
     # a shuffled-control record counts only if its sharer read the partner this item set assigns: the
     # derangement changes with the items (another --limit or --method-limit), and a stale record would mix controls
-    partners = shuffled_partners(items, config.seed) if method == "c2c-shuffled" else {}
+    partners = shuffled_partners(items, config.seed) if method.endswith("-shuffled") else {}
     current = [r for r in records if r["id"] not in partners or r.get("partner") == partners[r["id"]].id]
     text = path.read_text() if path.exists() else ""
     if len(current) != len(records) or (text and (not text.endswith("\n") or len(records) != text.count("\n"))):

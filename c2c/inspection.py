@@ -16,8 +16,12 @@ def inspect_pair(pair: C2CModel, sample_text: str = SAMPLE_TEXT) -> dict:
     """A JSON-able report; ``pair`` may be untrained (sizes do not depend on the weights)."""
     receiver = pair.receiver
     view = pair.render_prompt(sample_text)
-    report = {"receiver": _model_report(receiver), "sharers": [], "fuser": asdict(pair.config.fuser),
+    translator = pair.config.translator
+    report = {"receiver": _model_report(receiver), "sharers": [],
+              "fuser": asdict(pair.config.fuser) if pair.config.fuser else None,
               "fuser_parameters": sum(p.numel() for p in pair.fusers.parameters()),
+              "translator": translator.to_dict() if translator else None,
+              "translator_parameters": sum(p.numel() for p in pair.translators.parameters()) if translator else 0,
               "chat_template_used": pair.config.chat_template, "sample_text": sample_text}
     for sharer, sharer_config, aligner in zip(pair.sharers, pair.config.sharers, pair.aligners):
         alignment = aligner.align(as_messages(sample_text), view, pair.config.chat_template)
@@ -26,6 +30,7 @@ def inspect_pair(pair: C2CModel, sample_text: str = SAMPLE_TEXT) -> dict:
             **_model_report(sharer),
             "layer_map": sharer_config.layer_map,
             "token_alignment": sharer_config.token_alignment,
+            "translator_sources": pair.translators[len(report["sharers"])].sources if translator else None,
             "alignment_quality": {"receiver_tokens": len(view.ids), "message_tokens": message_tokens,
                                   "exact": alignment.exact, "approximate": alignment.approximate,
                                   "sharer_tokens": len(alignment.sharer_ids)},
@@ -62,7 +67,16 @@ def format_report(report: dict) -> str:
                      f"with the same span), {quality['approximate']} approximate; receiver {quality['receiver_tokens']}"
                      f" tokens, sharer {quality['sharer_tokens']} tokens")
     fuser = report["fuser"]
-    lines.append(f"fuser: hidden {fuser['hidden_size']}, intermediate {fuser['intermediate_size']}, "
-                 f"{fuser['num_layers']} layers per branch -> {report['fuser_parameters']:,} parameters "
-                 f"({report['fuser_parameters'] * 4 / 2**20:.1f} MiB in float32)")
+    if fuser:
+        lines.append(f"fuser: hidden {fuser['hidden_size']}, intermediate {fuser['intermediate_size']}, "
+                     f"{fuser['num_layers']} layers per branch -> {report['fuser_parameters']:,} parameters "
+                     f"({report['fuser_parameters'] * 4 / 2**20:.1f} MiB in float32)")
+    else:
+        lines.append("fuser: none (no fused-prompt channel)")
+    translator = report["translator"]
+    if translator:
+        sources = report["sharers"][0]["translator_sources"]
+        lines.append(f"context translator: receiver layer l reads sharer layers {sources[0]} ... {sources[-1]} "
+                     f"(window {translator['window']}) -> {report['translator_parameters']:,} parameters, stored as "
+                     f"{translator['storage_dtype']}; at most {translator['max_context_tokens']} context tokens")
     return "\n".join(lines)

@@ -25,14 +25,19 @@ from transformers import DynamicCache
 
 from . import cache as kvcache
 from .align import Message, Rendered, TokenAligner, as_messages, layer_map, render, same_tokenizer
+from . import layout
+from .layout import TranslatedSection, pad_rows
 from .fuser import BranchStack, FuserConfig, LayerFuser, temperature_at
-from .models import LoadedModel, ModelShape, load_model
+from .models import LoadedModel, load_model
+from .rotary import Rotary
+from .translator import STORAGE_DTYPES, ContextTranslator, TranslatorConfig, plain_kv
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: optional context translators, optional fusers
 CONFIG_NAME = "c2c_config.json"
 WEIGHTS_NAME = "fuser.safetensors"
 
 Prompt = str | list[Message]
+CONTEXT_CHANNELS = (None, "translated", "fused")
 
 
 class CheckpointError(ValueError):
@@ -54,13 +59,15 @@ class C2CConfig:
     receiver: str
     receiver_shape: dict
     sharers: list[SharerConfig]
-    fuser: FuserConfig = field(default_factory=FuserConfig)
+    fuser: FuserConfig | None = field(default_factory=FuserConfig)  # None: no fused-prompt channel
     chat_template: bool = True  # render prompts with each model's chat template where it has one
     format_version: int = FORMAT_VERSION
+    translator: TranslatorConfig | None = None  # the translated-context channel, one translator per sharer
 
     def to_dict(self) -> dict:
         data = asdict(self)
-        data["fuser"] = self.fuser.to_dict()
+        data["fuser"] = self.fuser.to_dict() if self.fuser else None
+        data["translator"] = self.translator.to_dict() if self.translator else None
         return data
 
     @classmethod
@@ -73,10 +80,14 @@ class C2CConfig:
                                   f"({FORMAT_VERSION}); upgrade c2c (pip install -U c2c)")
         try:
             sharers = [SharerConfig(**s) for s in data["sharers"]]
-            fuser = FuserConfig.from_dict(data["fuser"])
-            rest = {k: v for k, v in data.items() if k not in ("sharers", "fuser")}
-            return cls(sharers=sharers, fuser=fuser, **rest)
-        except (KeyError, TypeError, ValueError) as error:
+            fuser = FuserConfig.from_dict(data["fuser"]) if data["fuser"] is not None else None
+            translator = data.get("translator")
+            translator = TranslatorConfig.from_dict(translator) if translator is not None else None
+            if fuser is None and translator is None:
+                raise ValueError("it has neither a fuser nor a translator")
+            rest = {k: v for k, v in data.items() if k not in ("sharers", "fuser", "translator")}
+            return cls(sharers=sharers, fuser=fuser, translator=translator, **rest)
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise CheckpointError(f"config is malformed: {error}") from error
 
 
@@ -92,13 +103,16 @@ class Batch:
     positions: list[torch.Tensor]  # per sharer (B, P): sharer position fused into each receiver position, -1 = none
     labels: torch.Tensor | None = None  # (B, P + R): response ids, -100 elsewhere
     sharer_kv: list[list[kvcache.KV]] | None = None  # precomputed sharer caches (training reuse)
+    sections: list["TranslatedSection | None"] = field(default_factory=list)  # per sharer: its translated context
+    fuse_prompt: bool = True  # False: only the translated channel (the fusers leave the prompt alone)
 
     def to(self, device: torch.device) -> "Batch":
         move = lambda t: t.to(device) if t is not None else None  # noqa: E731
         return Batch(move(self.input_ids), move(self.attention_mask), self.prompt_length,
                      [move(t) for t in self.sharer_ids], [move(t) for t in self.sharer_mask],
                      [move(t) for t in self.positions], move(self.labels),
-                     [[(move(k), move(v)) for k, v in kv] for kv in self.sharer_kv] if self.sharer_kv else None)
+                     [[(move(k), move(v)) for k, v in kv] for kv in self.sharer_kv] if self.sharer_kv else None,
+                     [s.to(device) if s else None for s in self.sections], self.fuse_prompt)
 
 
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -137,13 +151,6 @@ def _per_character(sums: torch.Tensor, choices: Sequence[Sequence[str]]) -> list
     return list((sums / characters).split([len(texts) for texts in choices]))
 
 
-def pad_rows(rows: Sequence[Sequence[int]], value: int, left: bool) -> torch.Tensor:
-    """Token rows padded with ``value`` to one width (on the left for prompts that generation continues)."""
-    width = max(len(r) for r in rows)
-    padded = [([value] * (width - len(r)) + list(r)) if left else (list(r) + [value] * (width - len(r))) for r in rows]
-    return torch.tensor(padded, dtype=torch.long)
-
-
 def _shape_dict(model: LoadedModel) -> dict:
     return asdict(model.shape)
 
@@ -168,8 +175,11 @@ class C2CModel(nn.Module):
         r = receiver.shape
         self.fusers = nn.ModuleList(
             nn.ModuleList(LayerFuser(s.shape.num_kv_heads, s.shape.head_dim, r.num_kv_heads, r.head_dim, config.fuser)
-                          for _ in range(r.num_layers))
+                          for _ in range(r.num_layers) if config.fuser is not None)
             for s in sharers)
+        self.translators = nn.ModuleList(ContextTranslator(s.shape, r, config.translator) for s in sharers) \
+            if config.translator is not None else None
+        self.receiver_rotary = Rotary(receiver.model) if config.translator is not None else None
         self.aligners = [TokenAligner(receiver.tokenizer, s.tokenizer, c.token_alignment)
                          for s, c in zip(sharers, config.sharers)]
         self.fusion_enabled = True
@@ -184,11 +194,13 @@ class C2CModel(nn.Module):
     @classmethod
     def create(cls, receiver: LoadedModel | str, sharers: Sequence[LoadedModel | str],
                fuser: FuserConfig | None = None, layer_maps: str | list = "last_aligned",
-               token_alignment: str = "offsets", chat_template: bool = True) -> "C2CModel":
+               token_alignment: str = "offsets", chat_template: bool = True,
+               translator: TranslatorConfig | None = None) -> "C2CModel":
         """A fresh (untrained) C2C model for any pair.
 
         ``layer_maps``: a strategy name or an explicit map (list of sharer layers) for every sharer, or a list
-        with one of those per sharer."""
+        with one of those per sharer. ``translator`` adds the translated-context channel; with a translator and
+        no ``fuser`` the model has no fusers at all (otherwise ``fuser`` defaults to ``FuserConfig()``)."""
         receiver = load_model(receiver) if isinstance(receiver, str) else receiver
         sharers = [load_model(s) if isinstance(s, str) else s for s in sharers]
         per_sharer = isinstance(layer_maps, list) and bool(layer_maps) and isinstance(layer_maps[0], (list, str))
@@ -199,14 +211,20 @@ class C2CModel(nn.Module):
             sharer_configs.append(SharerConfig(sharer.name, _shape_dict(sharer),
                                                layer_map(strategy, receiver.shape.num_layers, sharer.shape.num_layers),
                                                alignment))
-        config = C2CConfig(receiver.name, _shape_dict(receiver), sharer_configs, fuser or FuserConfig(), chat_template)
+        fuser = fuser if fuser is not None or translator is not None else FuserConfig()
+        config = C2CConfig(receiver.name, _shape_dict(receiver), sharer_configs, fuser, chat_template,
+                           translator=translator)
         return cls(receiver, sharers, config).eval()
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write the config and the fuser weights (only what trains), atomically."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        weights = {name: tensor.detach().contiguous().cpu() for name, tensor in self.fusers.state_dict().items()}
+        weights = {name: tensor.detach().contiguous().cpu() for name, tensor in self.trained_state().items()}
+        if self.translators is not None:
+            storage = STORAGE_DTYPES[self.config.translator.storage_dtype]
+            weights = {name: t.to(storage) if name.startswith("translators.") and ".maps." in name else t
+                       for name, t in weights.items()}
         atomic_write(directory / WEIGHTS_NAME, lambda path: save_file(weights, path, metadata={"format": "c2c"}))
         atomic_write(directory / CONFIG_NAME,
                       lambda path: Path(path).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n"))
@@ -230,13 +248,26 @@ class C2CModel(nn.Module):
             weights = load_file(str(path))
         except (SafetensorError, OSError) as error:
             raise CheckpointError(f"{path} is corrupt or truncated ({error}); save or train the fuser again") from error
-        expected = self.fusers.state_dict()
+        expected = self.trained_state()
         missing, unexpected = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
         wrong = [k for k in expected.keys() & weights.keys() if expected[k].shape != weights[k].shape]
         if missing or unexpected or wrong:
             raise CheckpointError(f"{path} does not fit this pair's fusers: missing {missing[:3]}, unexpected "
                                   f"{unexpected[:3]}, wrong shape {wrong[:3]}; was it saved for another pair?")
-        self.fusers.load_state_dict(weights, strict=True)
+        for name, tensor in weights.items():
+            if not torch.isfinite(tensor).all():
+                raise CheckpointError(f"{path} holds non-finite values in {name}; the checkpoint is damaged")
+        self.fusers.load_state_dict({k: v for k, v in weights.items() if not k.startswith("translators.")}, strict=True)
+        if self.translators is not None:
+            self.translators.load_state_dict({k[len("translators."):]: v.float() for k, v in weights.items()
+                                              if k.startswith("translators.")}, strict=True)
+
+    def trained_state(self) -> dict[str, torch.Tensor]:
+        """What a checkpoint holds: the fusers' weights (unprefixed, as format 1 wrote them) and the translators'."""
+        state = dict(self.fusers.state_dict())
+        if self.translators is not None:
+            state.update({f"translators.{k}": v for k, v in self.translators.state_dict().items()})
+        return state
 
     # ----------------------------------------------------------------------------------------- inputs
     def render_prompt(self, prompt: Prompt) -> Rendered:
@@ -262,24 +293,55 @@ class C2CModel(nn.Module):
 
     def prepare(self, prompts: Sequence[Prompt], responses: Sequence[str] | None = None,
                 sharer_prompts: Sequence[Prompt] | None = None, max_new_tokens: int = 0,
-                response_template: bool = True) -> Batch:
+                response_template: bool = True, sharer_contexts: Sequence | None = None,
+                context_channel: str | None = None) -> Batch:
         """Tokenize and align a batch. ``sharer_prompts`` makes the sharers read other prompts (the shuffled
-        control): their fused positions are spread in order over the receiver's fused positions."""
+        control): their fused positions are spread in order over the receiver's fused positions.
+
+        ``sharer_contexts`` gives each row a context that only the sharers read (None, one text for every
+        sharer, or a list with one text or None per sharer). A sharer with a translator has it translated into
+        receiver positions where the context's text would stand; a sharer with fusers reads it ahead of the
+        question, whose positions are fused as usual. ``context_channel`` ("translated" or "fused") uses only
+        that channel (with "translated", the prompt is not fused). Rows are laid out as regions (receiver tokens
+        before the context, one translated section per translating sharer, receiver tokens after), each
+        left-padded."""
         if not prompts:
             raise ValueError("no prompts given")
-        views = [self.render_prompt(p) for p in prompts]
+        if context_channel not in CONTEXT_CHANNELS:
+            raise ValueError(f"context_channel {context_channel!r} is unknown; expected one of {CONTEXT_CHANNELS}")
+        none = layout.row_contexts(self, None, len(prompts))
+        contexts = layout.row_contexts(self, sharer_contexts, len(prompts))
+        translating = none if context_channel == "fused" else contexts
+        if context_channel == "translated":
+            contexts = none  # no sharer reads the context ahead of the question
+        rows = [layout.row_layout(self, prompt, row_contexts) for prompt, row_contexts in zip(prompts, translating)]
+        widths = [max(len(row.regions[r]) for row in rows) for r in range(len(rows[0].regions))]
+        starts = [sum(widths[:r]) for r in range(len(widths))]
         limit = _max_positions(self.receiver)
-        for view, prompt in zip(views, prompts):
-            if len(view.ids) + max_new_tokens > limit:
-                raise ValueError(f"prompt of {len(view.ids)} tokens + {max_new_tokens} new tokens exceeds the "
-                                 f"receiver's {limit} positions; shorten the prompt or lower max_new_tokens")
-        responses_ids = [self.response_ids(p, r, response_template) for p, r in zip(prompts, responses)] \
-            if responses is not None else None
-        sharer_ids, sharer_mask, positions = [], [], []
-        for sharer, aligner in zip(self.sharers, self.aligners):
-            rows, maps = [], []
-            for index, (prompt, view) in enumerate(zip(prompts, views)):
-                alignment = aligner.align(as_messages(prompt), view, self.config.chat_template)
+        window = layout.sliding_window(self.receiver)
+        for row in rows:
+            length = sum(len(region) for region in row.regions)
+            if length + max_new_tokens > limit:
+                raise ValueError(f"prompt of {length} positions + {max_new_tokens} new tokens exceeds the "
+                                 f"receiver's {limit} positions; shorten the prompt (or context) or lower max_new_tokens")
+            if window is not None and row.translated and length > window:
+                raise ValueError(f"the translated context and prompt take {length} positions, more than the "
+                                 f"receiver's sliding window of {window}: its sliding layers would not see the start "
+                                 "of the context. Shorten the context")
+        columns = [[starts[r] + widths[r] - len(region) + k for r, region in enumerate(row.regions)
+                    for k in range(len(region))] for row in rows]  # per row: the column of each laid-out entry
+        pad = self.receiver.tokenizer.pad_token_id
+        input_ids = torch.full((len(rows), sum(widths)), pad, dtype=torch.long)
+        attention_mask = torch.zeros_like(input_ids)
+        for index, (row, cols) in enumerate(zip(rows, columns)):
+            flat = [token for region in row.regions for token in region]
+            input_ids[index, cols] = torch.tensor([pad if token < 0 else token for token in flat], dtype=torch.long)
+            attention_mask[index, cols] = 1
+        sharer_ids, sharer_mask, positions, sections = [], [], [], []
+        for j, (sharer, aligner) in enumerate(zip(self.sharers, self.aligners)):
+            sharer_rows, maps = [], []
+            for index, (prompt, row) in enumerate(zip(prompts, rows)):
+                alignment = layout.align_row(self, j, aligner, prompt, row, contexts[index][j])
                 if sharer_prompts is not None:
                     other = sharer_prompts[index]
                     other_alignment = aligner.align(as_messages(other), self.render_prompt(other),
@@ -289,26 +351,30 @@ class C2CModel(nn.Module):
                 if len(alignment.sharer_ids) > _max_positions(sharer):
                     raise ValueError(f"prompt is {len(alignment.sharer_ids)} tokens for sharer {sharer.name}, over "
                                      f"its {_max_positions(sharer)} positions; shorten the prompt")
-                rows.append(alignment.sharer_ids)
-                maps.append(alignment.positions)
-            width = max(len(r) for r in rows)
+                sharer_rows.append(alignment.sharer_ids)
+                column_map = [-1] * input_ids.shape[1]
+                for view_index, sharer_position in enumerate(alignment.positions):
+                    column = row.view_columns.get(view_index)
+                    if sharer_position >= 0 and column is not None:
+                        column_map[columns[index][column]] = sharer_position
+                maps.append(column_map)
+            width = max(len(r) for r in sharer_rows)
             # Left padding shifts each sharer row right; shift the positions that point into it.
-            maps = [[p + width - len(r) if p >= 0 else -1 for p in m] for m, r in zip(maps, rows)]
-            pad = sharer.tokenizer.pad_token_id
-            sharer_ids.append(pad_rows(rows, pad, left=True))
-            sharer_mask.append(pad_rows([[1] * len(r) for r in rows], 0, left=True))
-            positions.append(pad_rows(maps, -1, left=True))
-        pad = self.receiver.tokenizer.pad_token_id
-        input_ids = pad_rows([v.ids for v in views], pad, left=True)
-        attention_mask = pad_rows([[1] * len(v.ids) for v in views], 0, left=True)
+            maps = [[p + width - len(r) if p >= 0 else -1 for p in m] for m, r in zip(maps, sharer_rows)]
+            sharer_ids.append(pad_rows(sharer_rows, sharer.tokenizer.pad_token_id, left=True))
+            sharer_mask.append(pad_rows([[1] * len(r) for r in sharer_rows], 0, left=True))
+            positions.append(torch.tensor(maps, dtype=torch.long))
+            sections.append(layout.translated_section(self, j, rows, starts, widths))
         prompt_length = input_ids.shape[1]
         labels = None
-        if responses_ids is not None:
+        if responses is not None:
+            responses_ids = [self.response_ids(p, r, response_template) for p, r in zip(prompts, responses)]
             input_ids = torch.cat([input_ids, pad_rows(responses_ids, pad, left=False)], dim=1)
             attention_mask = torch.cat([attention_mask, pad_rows([[1] * len(r) for r in responses_ids], 0, left=False)], 1)
             labels = torch.cat([torch.full((len(prompts), prompt_length), -100),
                                 pad_rows(responses_ids, -100, left=False)], dim=1)
-        return Batch(input_ids, attention_mask, prompt_length, sharer_ids, sharer_mask, positions, labels)
+        return Batch(input_ids, attention_mask, prompt_length, sharer_ids, sharer_mask, positions, labels,
+                     sections=sections, fuse_prompt=context_channel != "translated")
 
     # ----------------------------------------------------------------------------------------- fusion
     @contextlib.contextmanager
@@ -336,19 +402,50 @@ class C2CModel(nn.Module):
         return kvcache.all_kv(output.cache)
 
     def prefill(self, batch: Batch, fuse: bool = True) -> DynamicCache:
-        """Receiver cache of the prompt minus its last token, fused with the sharers' unless ``fuse`` is False."""
-        prefix = slice(0, batch.prompt_length - 1)
-        mask = batch.attention_mask[:, prefix]
+        """Receiver cache of the prompt minus its last token, fused with the sharers' unless ``fuse`` is False.
+
+        Translated sections are written between the receiver's passes over the columns before and after them."""
+        fusing = fuse and self.fusion_enabled
+        sections = [(j, s) for j, s in enumerate(batch.sections) if s is not None]
+        if sections and not fusing:
+            raise ValueError("this batch carries translated sharer contexts; for the receiver alone prepare it "
+                             "without sharer_contexts")
+        end = batch.prompt_length - 1
+        mask = batch.attention_mask[:, :end]
+        positions = position_ids(mask)
         # A frozen receiver needs no graph for its own prompt K/V; a LoRA-trained one (the baseline) does.
         receiver_trains = torch.is_grad_enabled() and any(p.requires_grad for p in self.receiver.model.parameters())
-        with torch.set_grad_enabled(receiver_trains):
-            output = self.receiver.model(input_ids=batch.input_ids[:, prefix], attention_mask=mask,
-                                         position_ids=position_ids(mask), cache=kvcache.full_length_cache(),
-                                         use_cache=True, logits_to_keep=1)
-        cache = output.cache
-        if fuse and self.fusion_enabled and batch.prompt_length > 1:
+        cache = kvcache.full_length_cache()
+        cursor = 0
+        for j, section in sections + [(None, None)]:
+            stop = section.start if section is not None else end
+            if stop > cursor:
+                with torch.set_grad_enabled(receiver_trains):
+                    self.receiver.model(input_ids=batch.input_ids[:, cursor:stop], attention_mask=mask[:, :stop],
+                                        position_ids=positions[:, cursor:stop], cache=cache, use_cache=True,
+                                        logits_to_keep=1)
+            if section is not None:
+                kvcache.append_kv(cache, self.translated_kv(j, section, positions[:, section.start:section.end]))
+                cursor = section.end
+        if fusing and end > 0 and batch.fuse_prompt:
             self.fuse_(cache, batch)
         return cache
+
+    def translated_kv(self, index: int, section: TranslatedSection, positions: torch.Tensor) -> list[kvcache.KV]:
+        """Sharer ``index``'s context translated into receiver K/V per layer (B, H_R, W, d_R), keys rotated to
+        the receiver ``positions`` (B, W) of the section's columns, zeros in padding columns."""
+        with torch.no_grad():
+            sharer_kv = plain_kv(self.sharers[index], section.sharer_ids, section.sharer_mask)
+        present = section.positions >= 0  # (B, W)
+        gather = section.positions.clamp(min=0)[:, None, :, None]  # (B, 1, W, 1)
+        picked = [tuple(t.gather(2, gather.expand(-1, t.shape[1], -1, t.shape[3])) for t in kv) for kv in sharer_kv]
+        out = []
+        keep = present[:, None, :, None]
+        for layer, (keys, values) in enumerate(self.translators[index](picked)):
+            keys = self.receiver_rotary.apply(keys, layer, positions)
+            dtype = self.receiver.model.dtype
+            out.append((torch.where(keep, keys, 0).to(dtype), torch.where(keep, values, 0).to(dtype)))
+        return out
 
     def fuse_(self, cache: DynamicCache, batch: Batch) -> None:
         """Add every sharer's fused residual to the receiver cache, in place, on the prompt prefix."""
@@ -357,6 +454,8 @@ class C2CModel(nn.Module):
         residuals: list[list[torch.Tensor | None]] = [[None, None] for _ in range(len(cache.layers))]
         for index, (fusers, sharer_config, kv, positions) in enumerate(
                 zip(self.fusers, self.config.sharers, sharer_kv, batch.positions)):
+            if len(fusers) == 0:
+                continue
             # The fuser runs on the T fused tokens only (not on padding or template tokens), as one sequence.
             rows, columns = (positions[:, :length] >= 0).nonzero(as_tuple=True)  # (T,) each
             if rows.numel() == 0:
@@ -401,7 +500,9 @@ class C2CModel(nn.Module):
             kvcache.set_layer_kv(cache, layer, receiver_key if key is None else receiver_key + key,
                                  receiver_value if value is None else receiver_value + value)
 
-    def set_gate_temperature(self, step: int, total_steps: int) -> float:
+    def set_gate_temperature(self, step: int, total_steps: int) -> float | None:
+        if self.config.fuser is None:
+            return None
         value = temperature_at(step, total_steps, self.config.fuser)
         for fuser in self.layer_fusers():
             fuser.temperature.fill_(value)
@@ -412,7 +513,9 @@ class C2CModel(nn.Module):
             yield from fusers
 
     def gate_logits(self) -> torch.Tensor:
-        """(sharers, receiver layers, 2): the K and V gate logits."""
+        """(sharers, receiver layers, 2): the K and V gate logits; (sharers, 0, 2) without fusers."""
+        if self.config.fuser is None:
+            return torch.zeros(len(self.sharers), 0, 2)
         return torch.stack([torch.stack([f.gate_logits.detach() for f in fusers]) for fusers in self.fusers])
 
     # ----------------------------------------------------------------------------------------- running
@@ -464,15 +567,22 @@ class C2CModel(nn.Module):
     def generate(self, prompts: Prompt | Sequence[Prompt], max_new_tokens: int = 128, do_sample: bool = False,
                  temperature: float = 1.0, top_p: float = 1.0, top_k: int | None = None,
                  stop: Sequence[str] | None = None, streamer=None, fuse: bool = True,
-                 sharer_prompts: Sequence[Prompt] | None = None, **generate_kwargs) -> list[str]:
+                 sharer_prompts: Sequence[Prompt] | None = None, sharer_contexts: Sequence | str | None = None,
+                 **generate_kwargs) -> list[str]:
         """Fused prefill, then the receiver's stock ``generate`` decodes from the fused cache.
 
-        ``generate_kwargs`` go to ``transformers`` ``generate`` (e.g. ``stopping_criteria``)."""
+        ``sharer_contexts``: a context only the sharers read, per prompt (see ``prepare``); with fusion off the
+        receiver answers without it, exactly as alone. ``generate_kwargs`` go to ``transformers`` ``generate``
+        (e.g. ``stopping_criteria``)."""
         single = isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], dict))
         prompts = [prompts] if single else list(prompts)
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        batch = self.prepare(prompts, sharer_prompts=sharer_prompts, max_new_tokens=max_new_tokens).to(self.device)
+        if isinstance(sharer_contexts, str):
+            sharer_contexts = [sharer_contexts] * len(prompts)
+        contexts = sharer_contexts if fuse and self.fusion_enabled else None
+        batch = self.prepare(prompts, sharer_prompts=sharer_prompts, max_new_tokens=max_new_tokens,
+                             sharer_contexts=contexts).to(self.device)
         cache = self.prefill(batch, fuse=fuse)
         tokenizer = self.receiver.tokenizer
         sampling = dict(temperature=temperature, top_p=top_p, top_k=top_k) if do_sample else {}

@@ -16,6 +16,12 @@ events or join them into one answer; a client that disconnects sets its jobs' ca
 A ``/v1/completions`` prompt is fused as one user message (the receiver's chat template is applied, as for
 chat): fusion is trained on chat-formatted prompts, and a raw-text mode would answer differently from chat.
 As in OpenAI's API, ``temperature`` defaults to 1 (sampling); send 0 for greedy answers.
+
+Both endpoints take an optional ``sharer_context`` (a non-empty string of at most ``max_context_chars``
+characters): a text only the sharers read, never shown to the receiver as text (``C2CModel.generate``'s
+``sharer_contexts``); on ``/v1/completions`` it goes with every prompt of the request. Each job carries its own
+context, so requests with different contexts, or none, still run as one batch. With ``"c2c": false`` the
+context is ignored and the receiver answers alone.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from .align import Message
+from .context import read_context_file
 from .pair import C2CModel, Prompt
 
 try:  # the HTTP server is the optional extra c2c[serve]; chat() needs none of it
@@ -89,6 +96,7 @@ class Job:
     sampling: Sampling
     post: Post
     stop: tuple[str, ...] = ()
+    context: str | None = None  # what only the sharers read (``sharer_contexts``); None: no context
     cancel: threading.Event = field(default_factory=threading.Event)
 
 
@@ -167,31 +175,48 @@ class Rows(StoppingCriteria):
 
 def generate_jobs(pair: C2CModel, jobs: list[Job]) -> list[str]:
     """Answer jobs of the same sampling as one batch; each job gets its deltas, then one done or error event.
-    Returns the finish reasons."""
+    Returns the finish reasons.
+
+    Each job's context travels with its row (the per-row form of ``sharer_contexts``). A ``ValueError`` raised
+    before the first token (``prepare`` refusing one row's input) splits the batch, so that it reaches only the
+    job it is about."""
     rows = Rows(jobs, pair)
+    contexts = {"sharer_contexts": [job.context for job in jobs]} if any(job.context for job in jobs) else {}
     try:
         pair.generate([job.prompt for job in jobs], max_new_tokens=max(job.max_tokens for job in jobs),
-                      stopping_criteria=StoppingCriteriaList([rows]), **jobs[0].sampling.generate_kwargs())
+                      stopping_criteria=StoppingCriteriaList([rows]), **contexts,
+                      **jobs[0].sampling.generate_kwargs())
+    except ValueError as error:
+        if len(jobs) > 1 and all(row.finish is None and not row.ids for row in rows.rows):
+            return [reason for job in jobs for reason in generate_jobs(pair, [job])]
+        _fail(rows, error)
     except Exception as error:  # reported to every waiting client; the server keeps running
-        for row in rows.rows:
-            if row.finish is None:
-                row.fail(error)
+        _fail(rows, error)
     for row in rows.rows:
         if row.finish is None:  # generate stopped for a reason of its own (none is expected)
             row.end("stop", row.text())
     return [row.finish for row in rows.rows]
 
 
+def _fail(rows: Rows, error: Exception) -> None:
+    for row in rows.rows:
+        if row.finish is None:
+            row.fail(error)
+
+
 # ============================================================================================ terminal chat
-COMMANDS = "/sharer off, /sharer on, /reset, /quit (or Ctrl-D)"
+COMMANDS = "/context FILE, /context off, /sharer off, /sharer on, /reset, /quit (or Ctrl-D)"
 
 
 def chat(pair: C2CModel, *, max_new_tokens: int = 256, do_sample: bool = False, temperature: float = 0.7,
          top_p: float = 0.9, input: TextIO | None = None, output: TextIO | None = None) -> None:
     """A terminal chat; the whole conversation so far is the fused context of each answer, streamed as it comes.
 
-    ``/sharer off`` answers with the receiver alone (to compare on the same question), ``/sharer on`` fuses
-    again, ``/reset`` starts a new conversation, ``/quit`` or end of input ends. Works without a terminal."""
+    ``/context FILE`` gives the sharer a text to read ahead of each following message (the receiver never sees
+    it as text; ``sharer_contexts``), ``/context off`` drops it, ``/context`` shows it. ``/sharer off`` answers
+    with the receiver alone (to compare on the same question; the context is then ignored), ``/sharer on``
+    fuses again, ``/reset`` starts a new conversation (the context stays), ``/quit`` or end of input ends.
+    Works without a terminal."""
     read, write = input or sys.stdin, output or sys.stdout
 
     def say(text: str) -> None:
@@ -203,6 +228,7 @@ def chat(pair: C2CModel, *, max_new_tokens: int = 256, do_sample: bool = False, 
     say(_mode(pair, True))
     messages: list[Message] = []
     fuse = True
+    context: str | None = None
     while (line := _read_line(read, say)) is not None:
         text = line.strip()
         if text == "/quit":
@@ -213,15 +239,42 @@ def chat(pair: C2CModel, *, max_new_tokens: int = 256, do_sample: bool = False, 
         elif text in ("/sharer off", "/sharer on"):
             fuse = text == "/sharer on"
             say(_mode(pair, fuse))
+        elif text == "/context" or text.startswith("/context "):
+            context = _context_command(pair, text[len("/context"):].strip(), context, fuse, say)
         elif text.startswith("/"):
             say(f"unknown command {text!r}; commands: {COMMANDS}\n")
         elif text:
             turn = messages + [{"role": "user", "content": text}]
             sampling = Sampling.of(temperature if do_sample else 0.0, top_p, fuse)
-            answer = _reply(pair, turn, sampling, max_new_tokens, say, "c2c> " if fuse else "receiver> ")
+            answer = _reply(pair, turn, sampling, max_new_tokens, say, "c2c> " if fuse else "receiver> ",
+                            context if fuse else None)
             if answer is not None:
                 messages = turn + [{"role": "assistant", "content": answer}]
     say("bye\n")
+
+
+def _context_command(pair: C2CModel, argument: str, context: str | None, fuse: bool,
+                     say: Callable[[str], None]) -> str | None:
+    """``/context FILE|off`` (or nothing: show it); returns the context of the following turns."""
+    if argument == "off":
+        say("(sharer context off: the sharer reads the conversation only)\n" if context else
+            "(no sharer context was set)\n")
+        return None
+    if not argument:
+        say(f"(sharer context: {len(context)} characters; /context off drops it)\n" if context else
+            "(no sharer context; /context FILE gives the sharer a text to read)\n")
+        return context
+    try:
+        text = read_context_file(argument)
+        # the context's own limits (the translator's max_context_tokens, the receiver's positions) up front
+        pair.prepare([[{"role": "user", "content": "?"}]], sharer_contexts=[text])
+    except ValueError as error:
+        say(f"error: {error}; the sharer context is {'unchanged' if context else 'still off'}\n")
+        return context
+    note = "" if fuse else " (ignored while the sharer is off; /sharer on fuses again)"
+    say(f"(sharer context: {argument}, {len(text)} characters; the sharer reads it ahead of each of your next "
+        f"messages, the receiver never sees its text; /context off drops it){note}\n")
+    return text
 
 
 def _mode(pair: C2CModel, fuse: bool) -> str:
@@ -244,7 +297,7 @@ def _read_line(read: TextIO, say: Callable[[str], None]) -> str | None:
 
 
 def _reply(pair: C2CModel, messages: list[Message], sampling: Sampling, max_new_tokens: int,
-           say: Callable[[str], None], label: str) -> str | None:
+           say: Callable[[str], None], label: str, context: str | None = None) -> str | None:
     """Stream one answer; None when it failed (the error is shown) or Ctrl-C stopped it."""
     parts: list[str] = []
     errors: list[object] = []
@@ -258,13 +311,14 @@ def _reply(pair: C2CModel, messages: list[Message], sampling: Sampling, max_new_
 
     say(label)
     try:
-        generate_jobs(pair, [Job(messages, max_new_tokens, sampling, post)])
+        generate_jobs(pair, [Job(messages, max_new_tokens, sampling, post, context=context)])
     except KeyboardInterrupt:
         say(" [stopped]\n")
         return None
     say("\n")
     if errors:
-        say(f"error: {errors[0]} (/reset starts a new conversation)\n")
+        hint = "/context off drops the sharer context, " if context else ""
+        say(f"error: {errors[0]} ({hint}/reset starts a new conversation)\n")
         return None
     return "".join(parts)
 
@@ -363,6 +417,7 @@ class Limits:
     max_tokens: int
     default_max_tokens: int
     max_body_bytes: int
+    max_context_chars: int = 20000
 
 
 @dataclass(frozen=True)
@@ -374,6 +429,7 @@ class Options:
     stop: tuple[str, ...]
     stream: bool
     include_usage: bool
+    context: str | None = None  # the request's sharer_context; None when absent or with "c2c": false
 
 
 @dataclass(frozen=True)
@@ -401,22 +457,23 @@ class Server:
 def create_app(pair: C2CModel, *, model_name: str = "c2c", api_key: str | None = None,
                max_prompt_tokens: int = 4096, max_tokens_limit: int = 1024, default_max_tokens: int = 256,
                max_body_bytes: int = 1 << 20, max_queue: int = 64, max_batch: int = 8,
-               batch_window_ms: float = 10.0) -> FastAPI:
+               batch_window_ms: float = 10.0, max_context_chars: int = 20000) -> FastAPI:
     """An OpenAI-compatible app: /v1/chat/completions, /v1/completions, /v1/models, /health.
 
-    Requests may add ``"c2c": false`` to be answered by the receiver alone. ``max_queue`` bounds the prompts
+    Requests may add ``"c2c": false`` to be answered by the receiver alone, and ``"sharer_context": TEXT``
+    (at most ``max_context_chars`` characters) for a text only the sharers read. ``max_queue`` bounds the prompts
     waiting for the model (more get 429); ``max_batch`` prompts arriving within ``batch_window_ms`` of each
     other with the same sampling run as one batch. With ``api_key``, /v1 requires ``Authorization: Bearer KEY``."""
     if FastAPI is None:
         raise ImportError("the server needs fastapi and uvicorn; install them with: pip install 'c2c[serve]'")
     sizes = dict(max_prompt_tokens=max_prompt_tokens, max_tokens_limit=max_tokens_limit, max_body_bytes=max_body_bytes,
-                 max_queue=max_queue, max_batch=max_batch)
+                 max_queue=max_queue, max_batch=max_batch, max_context_chars=max_context_chars)
     for name, value in sizes.items():
         if value < 1:
             raise ValueError(f"{name} must be at least 1, got {value}")
     server = Server(pair, Engine(pair, max_batch, batch_window_ms / 1000, max_queue), model_name, api_key,
                     Limits(max_prompt_tokens, max_tokens_limit, min(default_max_tokens, max_tokens_limit),
-                           max_body_bytes))
+                           max_body_bytes, max_context_chars))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -491,9 +548,9 @@ async def _complete(request: Request, server: Server, endpoint: Endpoint) -> Res
                             "(see GET /v1/models)", param="model", code="model_not_found")
     prompts = endpoint.prompts(body)
     options = _options(body, server.limits)
-    prompt_tokens = sum(_prompt_tokens(server, prompt, options.max_tokens, endpoint.param) for prompt in prompts)
+    prompt_tokens = sum(_prompt_tokens(server, prompt, options, endpoint.param) for prompt in prompts)
     inbox = Inbox()
-    jobs = [Job(prompt, options.max_tokens, options.sampling, inbox.poster(index), options.stop)
+    jobs = [Job(prompt, options.max_tokens, options.sampling, inbox.poster(index), options.stop, options.context)
             for index, prompt in enumerate(prompts)]
     server.engine.submit(jobs)
     head = {"id": f"{endpoint.id_prefix}-{uuid.uuid4().hex}", "created": int(time.time()),
@@ -657,21 +714,40 @@ def _options(body: dict, limits: Limits) -> Options:
     stream_options = _field(body, "stream_options", (dict,), 'an object such as {"include_usage": true}', {})
     _field(body, "n", (int,), "1 (this server gives one answer per prompt)", 1, lambda v: v == 1)
     fuse = _field(body, "c2c", (bool,), "true (fused answer) or false (the receiver alone)", True)
+    context = _sharer_context(body, limits.max_context_chars)
     return Options(max_tokens, Sampling.of(temperature, top_p, fuse), (stop,) if isinstance(stop, str) else tuple(stop),
-                   stream, bool(stream_options.get("include_usage")))
+                   stream, bool(stream_options.get("include_usage")), context if fuse else None)
 
 
-def _prompt_tokens(server: Server, prompt: Prompt, max_tokens: int, param: str) -> int:
-    """The prompt's receiver tokens; a 400 when it is empty or too long for this server or the models."""
+def _sharer_context(body: dict, limit: int) -> str | None:
+    """The request's ``sharer_context``: a non-empty string of at most ``limit`` characters, or None if absent.
+    Validated even with ``"c2c": false`` (which then ignores it)."""
+    context = _field(body, "sharer_context", (str,), "a non-empty string: the text only the sharer reads", None,
+                     lambda v: bool(v.strip()))
+    if context is not None and len(context) > limit:
+        raise APIError(400, f"'sharer_context' is {len(context)} characters, over this server's limit of {limit} "
+                            "(its --max-context-chars); shorten it", param="sharer_context",
+                       code="sharer_context_too_long")
+    return context
+
+
+def _prompt_tokens(server: Server, prompt: Prompt, options: Options, param: str) -> int:
+    """The prompt's receiver tokens; a 400 when it is empty or too long for this server or the models, or when
+    the models refuse the request's sharer context with it (``param`` ``sharer_context``)."""
     try:
         tokens = len(server.pair.render_prompt(prompt).ids)
         if tokens > server.limits.max_prompt_tokens:
             raise APIError(400, f"the prompt is {tokens} tokens, over this server's limit of "
                                 f"{server.limits.max_prompt_tokens}; shorten it", param=param,
                            code="context_length_exceeded")
-        server.pair.prepare([prompt], max_new_tokens=max_tokens)  # the models' own position limits
+        server.pair.prepare([prompt], max_new_tokens=options.max_tokens)  # the models' own position limits
     except ValueError as error:
         raise APIError(400, str(error), param=param) from error
+    if options.context is not None:
+        try:  # the translator's max_context_tokens, context + prompt over the receiver's positions or window
+            server.pair.prepare([prompt], max_new_tokens=options.max_tokens, sharer_contexts=[options.context])
+        except ValueError as error:
+            raise APIError(400, f"sharer_context: {error}", param="sharer_context") from error
     return tokens
 
 

@@ -40,8 +40,9 @@ from .fuser import FuserConfig
 from .kvstore import SharerKVStore
 from .models import DEFAULT_RECEIVER, DEFAULT_SHARER, LoadedModel, load_model
 from .pair import Batch, C2CModel, atomic_write
+from .translator import TranslatorConfig
 
-METHODS = ("c2c", "lora")
+METHODS = ("c2c", "lora", "translator")  # translator: closed-form fit of context translators (c2c.fit)
 OBJECTIVES = ("tokens", "choices")
 
 
@@ -71,6 +72,7 @@ class TrainConfig:
     chat_template: bool = True
     data: list = field(default_factory=list)  # data.load_training_data specs
     data_dir: str | None = None
+    recipe_dir: str | None = None  # set by from_file: relative data files resolve against it after the data dir
     max_examples: int | None = None  # a seeded random subset of the training data
     eval_examples: int = 64  # held out from the data, never trained on
     max_length: int = 512  # prompt + response receiver tokens; longer examples are dropped (and counted)
@@ -91,13 +93,21 @@ class TrainConfig:
     sharer_cache: bool = True  # reuse each example's sharer K/V from disk across epochs
     sharer_cache_gb: float = 8.0
     lora: dict = field(default_factory=lambda: {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05})
+    translator: dict = field(default_factory=dict)  # TranslatorConfig fields (method translator)
+    max_text_chars: int | None = None  # method translator: each fitting text is cut to this many characters
+    eval_data: list = field(default_factory=list)  # method translator: held-out texts (else eval_examples of data)
 
     def __post_init__(self):
         if self.method not in METHODS:
             raise RecipeError(f"method {self.method!r} is unknown; expected one of {METHODS}")
         if self.objective not in OBJECTIVES:
             raise RecipeError(f"objective {self.objective!r} is unknown; expected one of {OBJECTIVES}")
-        if (self.steps is None) == (self.epochs is None):
+        if self.method == "translator":
+            try:
+                TranslatorConfig.from_dict(self.translator)
+            except (TypeError, ValueError) as error:
+                raise RecipeError(f"translator: {error}") from error
+        elif (self.steps is None) == (self.epochs is None):
             raise RecipeError(f"give exactly one of steps or epochs (got steps={self.steps}, epochs={self.epochs})")
         if not self.data:
             raise RecipeError("no training data: set `data` to a list of files or benchmark specs")
@@ -134,7 +144,7 @@ class TrainConfig:
         data = yaml.safe_load(path.read_text()) or {}
         if not isinstance(data, dict):
             raise RecipeError(f"recipe {path} must be a YAML mapping of keys to values")
-        return cls.from_dict({**data, **(overrides or {})})
+        return cls.from_dict({"recipe_dir": str(path.resolve().parent), **data, **(overrides or {})})
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -146,7 +156,7 @@ def load_examples(config: TrainConfig) -> tuple[list[Conversation], list[Convers
     conversations = []
     for spec in config.data:
         try:
-            conversations += load_training_data(spec, config.data_dir)
+            conversations += load_training_data(spec, config.data_dir, base_dir=config.recipe_dir)
         except DataError as error:
             raise RecipeError(f"data {spec!r}: {error}") from error
     if config.objective == "choices":
@@ -263,6 +273,8 @@ def train(config: TrainConfig, resume: bool = False, stop_after: int | None = No
 
     ``stop_after`` ends the run early after that many optimizer steps (tests of resumption use it).
     """
+    if config.method == "translator":
+        return fit_translators(config, receiver, sharers)
     runtime = init_distributed()
     output = Path(config.output)
     train_set, held_out = load_examples(config)
@@ -365,7 +377,10 @@ def prepare(pair: C2CModel, conversations: list[Conversation], store, device: to
     sharer read other prompts; the distillation target always comes from the sharer reading the example's own."""
     prompts, responses = zip(*(split(c) for c in conversations))
     choices = config.objective == "choices"
-    batch = pair.prepare(list(prompts), None if choices else list(responses), sharer_prompts)
+    # the sharers read each example's context (the fused-prompt channel); the LoRA receiver never sees it
+    contexts = [c.context for c in conversations] if config.method == "c2c" and any(c.context for c in conversations) \
+        else None
+    batch = pair.prepare(list(prompts), None if choices else list(responses), sharer_prompts, sharer_contexts=contexts)
     if store is not None:
         batch.sharer_kv = store.batch_kv(pair, batch)
     batch = batch.to(device)
@@ -596,3 +611,33 @@ def unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict, device: to
         index, key = name.split(".", 1)
         state.setdefault(int(index), {})[key] = tensor if key == "step" else tensor.to(device)
     return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def fit_translators(config: TrainConfig, receiver: LoadedModel | None = None,
+                    sharers: list[LoadedModel] | None = None) -> Path:
+    """``method: translator``: fit the pair's context translators in closed form on the recipe's texts."""
+    from .fit import fit_pair, fitting_texts, split_texts, write_report
+    try:
+        texts = fitting_texts(config.data, config.data_dir, config.recipe_dir)
+    except DataError as error:
+        raise RecipeError(f"data: {error}") from error
+    random.Random(config.seed).shuffle(texts)
+    if config.eval_data:  # e.g. dev-split facts: the ridge strength is chosen on names the fit never saw
+        fitting = texts[:config.max_examples]
+        held_out = fitting_texts(config.eval_data, config.data_dir, config.recipe_dir)[:config.eval_examples]
+    else:
+        if config.max_examples is not None:
+            texts = texts[:config.max_examples + config.eval_examples]
+        fitting, held_out = split_texts(texts, config.eval_examples / len(texts), config.seed)
+    receiver = receiver or load_model(config.receiver)
+    sharers = sharers or [load_model(s) for s in config.sharers]
+    pair = C2CModel.create(receiver, sharers, None, config.layer_map, config.token_alignment, config.chat_template,
+                           translator=TranslatorConfig.from_dict(config.translator))
+    started = time.time()
+    report = fit_pair(pair, fitting, held_out, max_chars=config.max_text_chars)
+    report["minutes"] = round((time.time() - started) / 60, 2)
+    output = Path(config.output)
+    pair.save_pretrained(output)
+    (output / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    write_report(output, report)
+    return output

@@ -6,7 +6,13 @@ for (cloze: the question alone, each choice ranked by its likelihood) for each m
 `c2c eval`), then answers one of them in free text with the instruction-data fuser (fusers/default_pair_chat,
 recipes/default_pair_instruct.yaml), the one behind `c2c generate` and `c2c chat`.
 
+The questions come from examples/data/arc_challenge_demo.jsonl (50 ARC-Challenge test questions shipped with
+the project, see examples/data/README.md), so the demo runs offline on a fresh clone: the first N of that file,
+which are the seeded sample load_benchmark("arc-challenge", "test", limit=N, seed=1) for the default N=5.
+--bench NAME asks a seeded sample of a full benchmark instead (from --data-dir, else $C2C_DATA_DIR, else the hub).
+
     python examples/side_by_side.py [--fuser DIR] [--chat-fuser DIR] [--questions N] [--seed S] [--scoring cloze]
+                                    [--bench arc-challenge [--split test] [--data-dir DIR]]
 """
 
 import argparse
@@ -18,6 +24,7 @@ from c2c.evaluate import EvalSetup, method_runner
 from c2c.pair import C2CModel
 
 FUSERS = Path(__file__).resolve().parents[1] / "fusers"
+DEMO_QUESTIONS = Path(__file__).resolve().parent / "data" / "arc_challenge_demo.jsonl"
 
 
 def main() -> None:
@@ -25,14 +32,24 @@ def main() -> None:
     parser.add_argument("--fuser", default=str(FUSERS / "default_pair"))
     parser.add_argument("--chat-fuser", default=str(FUSERS / "default_pair_chat"))
     parser.add_argument("--questions", type=int, default=5)
-    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=1, help="the c2c-shuffled control's partners (and the sample, "
+                                                              "with --bench)")
     parser.add_argument("--scoring", default="cloze", choices=["cloze", "cloze-options"])
+    parser.add_argument("--bench", help="a seeded sample of this benchmark (e.g. arc-challenge) instead of the "
+                                        "shipped questions")
+    parser.add_argument("--split", default="test", help="with --bench")
+    parser.add_argument("--data-dir", help="with --bench: the data dir (default $C2C_DATA_DIR, else the hub)")
     args = parser.parse_args()
+    if args.bench:
+        items = load_benchmark(args.bench, args.split, args.data_dir, limit=args.questions, seed=args.seed).items
+    else:  # its lines are in the order the demo asks them (examples/data/README.md)
+        items = load_benchmark(str(DEMO_QUESTIONS)).items[: args.questions]
+        if len(items) < args.questions:
+            parser.error(f"{DEMO_QUESTIONS} holds {len(items)} questions; use --bench for more")
     print(f"loading the pair and the fuser from {args.fuser} (the first run converts the GGUF weights once)")
     pair = C2CModel.from_pretrained(args.fuser)
     open_layers = [layer for layer, (k, v) in enumerate(pair.gate_logits()[0].tolist()) if k > 0 or v > 0]
     print(f"fuser gates open on receiver layers {open_layers}")
-    items = load_benchmark("arc-challenge", "test", limit=args.questions, seed=args.seed).items
     setup = EvalSetup(pair, pair.receiver, pair.sharers[0], chat=pair.config.chat_template)
     methods = ["receiver", "sharer", "c2c", "c2c-shuffled"]
     runners = {m: method_runner(m, setup, items, args.scoring, args.seed) for m in methods}

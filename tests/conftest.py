@@ -1,5 +1,11 @@
+import os
 import sys
 from pathlib import Path
+
+# No test may wait on the network: should `datasets` / `huggingface_hub` be installed, they fail fast offline
+# (set before anything imports them). Tests of the hub use a fake `datasets` module (tests/test_hub.py).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import pytest
 import torch
@@ -28,3 +34,17 @@ def make_pair(receiver: str = "llama", sharers=("gemma",), fuser: FuserConfig = 
 @pytest.fixture
 def pair_factory():
     return make_pair
+
+
+def real_data(*parts: str) -> Path:
+    """A path under the real data dir ($C2C_DATA_DIR, e.g. ../shared/data, which `make test` sets when it exists);
+    skips the calling test, with the reason, when the variable is unset or the path is absent there."""
+    root = os.environ.get("C2C_DATA_DIR")
+    if not root:
+        pytest.skip("needs the real data: set C2C_DATA_DIR to a folder in the shared data layout "
+                    "(make test does when ../shared/data exists)")
+    path = Path(root).joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real data {path} not present (C2C_DATA_DIR={root})")
+    return path
+

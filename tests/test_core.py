@@ -339,7 +339,7 @@ def test_checkpoint_round_trip(tmp_path):
     pair = make_pair("llama", ("gemma", "qwen"))
     pair.save_pretrained(tmp_path / "ckpt")
     config = json.loads((tmp_path / "ckpt" / "c2c_config.json").read_text())
-    assert config["format_version"] == 1 and config["receiver_shape"]["num_layers"] == 4
+    assert config["format_version"] == 2 and config["receiver_shape"]["num_layers"] == 4  # 1 still loads (fusers/)
     assert [s["layer_map"] for s in config["sharers"]] == [[0, 0, 1, 2], [1, 2, 3, 4]]
     loaded = C2CModel.from_pretrained(tmp_path / "ckpt", receiver=tiny("llama"), sharers=[tiny("gemma"), tiny("qwen")])
     assert not any(module.training for module in loaded.modules())  # ready for inference: hard gates, no dropout

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
+import sys
 from pathlib import Path
 
 import pytest
+from conftest import real_data
 
+import c2c.data
 from c2c.data import (
     BENCHMARKS,
-    DEFAULT_DATA_DIR,
     DataError,
     MCItem,
     cloze_continuations,
@@ -20,8 +23,11 @@ from c2c.data import (
     load_training_data,
     mc_conversations,
     mc_prompt,
+    resolve_data_path,
     seeded_sample,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def write(root: Path, rel: str, text: str, encoding: str = "utf-8") -> Path:
@@ -284,10 +290,10 @@ def test_seeded_sample_draws_distinct_items_and_grows_by_extension(population):
         assert all(c > 120 for c in counts)
 
 
-def test_default_data_dir():
-    assert DEFAULT_DATA_DIR.parts[-2:] == ("shared", "data")
+def test_builtin_benchmarks():
     assert set(BENCHMARKS) == {
-        "arc-easy", "arc-challenge", "openbookqa", "mmlu", "mmlu-redux", "ceval", "commonsenseqa"
+        "arc-easy", "arc-challenge", "openbookqa", "mmlu", "mmlu-redux", "ceval", "commonsenseqa",
+        "arc-easy-evidence", "arc-challenge-evidence", "tipsheets",  # context handoff (see test_context.py)
     }
 
 
@@ -413,6 +419,88 @@ def test_load_training_data(tmp_path):
         load_training_data("data.txt")
 
 
+# --------------------------------------------------------------------------- where data comes from
+
+
+def instruction(text: str) -> str:
+    return json.dumps([{"instruction": text, "input": "", "output": "o"}])
+
+
+def test_relative_training_paths_resolve_against_the_data_dir_else_the_recipe_folder_never_the_cwd(
+    tmp_path, monkeypatch
+):
+    monkeypatch.delenv("C2C_DATA_DIR", raising=False)
+    data, recipes, cwd = tmp_path / "data", tmp_path / "recipes", tmp_path / "cwd"
+    write(data, "instruction/a.json", instruction("from the data dir"))
+    write(data, "both.json", instruction("both: the data dir"))
+    write(recipes, "both.json", instruction("both: the recipe folder"))
+    write(recipes, "mine/b.jsonl", jsonl({"messages": [{"role": "user", "content": "from the recipe folder"},
+                                                       {"role": "assistant", "content": "a"}]}))
+    for rel in ("instruction/a.json", "both.json", "mine/b.jsonl", "only_here.json"):  # decoys
+        write(cwd, rel, instruction("from the current directory"))
+    monkeypatch.chdir(cwd)
+    asked = lambda spec, **kw: load_training_data(spec, **kw)[0].messages[0]["content"]  # noqa: E731
+
+    assert asked("instruction/a.json", data_dir=data) == "from the data dir"
+    assert asked("instruction/a.json", data_dir=data, base_dir=recipes) == "from the data dir"
+    assert asked("both.json", data_dir=data, base_dir=recipes) == "both: the data dir"  # the data dir first
+    assert asked("mine/b.jsonl", data_dir=data, base_dir=recipes) == "from the recipe folder"
+    assert asked("both.json", base_dir=recipes) == "both: the recipe folder"
+    assert asked("both.json", data_dir="hf", base_dir=recipes) == "both: the recipe folder"  # a hub id: no folder
+    monkeypatch.setenv("C2C_DATA_DIR", str(data))  # the data dir when data_dir is not given, read at the call
+    assert asked("instruction/a.json") == "from the data dir"
+    assert asked("both.json", base_dir=recipes) == "both: the data dir"
+    assert resolve_data_path("instruction/a.json") == data / "instruction" / "a.json"
+    absolute = write(tmp_path, "abs.json", instruction("absolute"))
+    assert asked(str(absolute), data_dir=data, base_dir=recipes) == "absolute"
+
+    with pytest.raises(DataError, match=r"only_here\.json not found: .*never the current directory; looked at "
+                                        r".*data/only_here\.json \(the data dir, from C2C_DATA_DIR=.*\); "
+                                        r".*recipes/only_here\.json \(the recipe's folder\)"):
+        load_training_data("only_here.json", base_dir=recipes)
+    monkeypatch.delenv("C2C_DATA_DIR")
+    with pytest.raises(DataError, match=r"instruction/a\.json not found: .*never the current directory; "
+                                        r"neither was given"):
+        load_training_data("instruction/a.json")
+
+
+def test_no_library_default_points_outside_the_repository(monkeypatch):
+    """Without data_dir and C2C_DATA_DIR a built-in benchmark goes to the hub (here: no `datasets`), and fails
+    with the three-way error, even on a machine where ../shared/data exists beside the repository."""
+    monkeypatch.delenv("C2C_DATA_DIR", raising=False)
+    monkeypatch.setitem(sys.modules, "datasets", None)  # `import datasets` raises ImportError
+    three_ways = (r": no data\. Tried, in order: data_dir= / --data-dir \(not given\); the C2C_DATA_DIR environment "
+                  r"variable \(not set\); the Hugging Face hub .*Give the data one of three ways: --data-dir DIR")
+    for name, spec in BENCHMARKS.items():
+        try:
+            bench = load_benchmark(name, spec.splits[0])
+        except DataError as e:
+            assert re.match(re.escape(name) + three_ways, str(e)), str(e)
+            continue
+        for source in bench.report["files"]:  # found without a data dir: only what the project holds or makes
+            assert not Path(source).is_absolute() or ROOT in Path(source).resolve().parents, (name, source)
+    with pytest.raises(DataError, match=r"arc-easy: no data\. Tried"):
+        load_training_data({"benchmark": "arc-easy"})
+    for value in vars(c2c.data).values():  # no module-level path at all, inside the repository or out
+        assert not isinstance(value, Path), value
+    assert not hasattr(c2c.data, "DEFAULT_DATA_DIR")
+
+
+def test_demo_questions_ship_with_their_source_and_licence():
+    folder = ROOT / "examples" / "data"
+    bench = load_benchmark(str(folder / "arc_challenge_demo.jsonl"))
+    assert 5 <= len(bench.items) <= 50 and bench.report["dropped"] == {}
+    note = (folder / "README.md").read_text()
+    for words in ("AI2 Reasoning Challenge", "allenai", "https://allenai.org/data/arc", "CC BY-SA 4.0",
+                  "make_arc_challenge_demo.py"):
+        assert words in note, words
+    real_data("arc/ARC-Challenge/test.jsonl")  # with the real data: the same questions the demo asked before
+    assert bench.items[:5] == load_benchmark("arc-challenge", "test", limit=5, seed=1).items
+    sample = load_benchmark("arc-challenge", "test", limit=50, seed=1).items
+    assert sorted(i.id for i in bench.items) == sorted(i.id for i in sample)
+    assert {i.id: i for i in bench.items} == {i.id: i for i in sample}
+
+
 # --------------------------------------------------------------------------- real shared data
 
 REAL_COUNTS = [
@@ -426,8 +514,7 @@ REAL_COUNTS = [
 
 
 def real(name: str) -> None:
-    if not (DEFAULT_DATA_DIR / BENCHMARKS[name].folder).is_dir():
-        pytest.skip(f"real data for {name} not present under {DEFAULT_DATA_DIR}")
+    real_data(BENCHMARKS[name].folder)  # skips, with the reason, without the real data
 
 
 @pytest.mark.parametrize("name, split, count", REAL_COUNTS)

@@ -10,9 +10,10 @@ import sys
 import types
 
 import pytest
+from conftest import real_data
 from test_data import REDUX_HEADER, arc_original, jsonl, write
 
-from c2c.data import BENCHMARKS, DEFAULT_DATA_DIR, DataError, load_benchmark, load_training_data
+from c2c.data import BENCHMARKS, DataError, load_benchmark, load_training_data
 from c2c.hub import CEVAL_SUBJECTS, HUB, MMLU_SUBJECTS
 
 
@@ -261,11 +262,63 @@ def test_training_data_from_the_hub(hub):
 
 
 def test_every_benchmark_has_a_default_and_subjects_match_the_shared_files():
-    assert set(HUB) == set(BENCHMARKS) and len(MMLU_SUBJECTS) == 57 and len(CEVAL_SUBJECTS) == 52
+    # the context benchmarks read files the hub datasets do not have (evidence passages, KVComm's Tipsheets)
+    local_only = {"arc-easy-evidence", "arc-challenge-evidence", "tipsheets"}
+    assert set(HUB) == set(BENCHMARKS) - local_only and len(MMLU_SUBJECTS) == 57 and len(CEVAL_SUBJECTS) == 52
     for folder, pattern, subjects in [("mmlu_redux", "mmlu_*.csv", MMLU_SUBJECTS),
                                       ("ceval/val", "*_val.csv", CEVAL_SUBJECTS)]:
-        files = sorted((DEFAULT_DATA_DIR / folder).glob(pattern))
-        if not files:
-            pytest.skip(f"shared data not present under {DEFAULT_DATA_DIR}")
+        files = sorted(real_data(folder).glob(pattern))  # skips, with the reason, without the real data
         names = [f.stem.removeprefix("mmlu_").removesuffix("_val") for f in files]
         assert names == list(subjects), folder
+
+
+# --------------------------------------------------------------------------- no data dir: the hub, else one error
+
+
+def test_data_dir_beats_c2c_data_dir_beats_the_hub(hub, tmp_path, monkeypatch):
+    for source in ("explicit", "env"):
+        write(tmp_path, f"{source}/arc/ARC-Easy/dev.jsonl", jsonl(arc_original(source, "AB", "A")))
+    hub.add("allenai/ai2_arc", "ARC-Easy", "validation", [hf_arc("hub", "AB", "A")])
+    first = lambda **kw: load_benchmark("arc-easy", "dev", **kw).items[0].id  # noqa: E731
+    monkeypatch.setenv("C2C_DATA_DIR", str(tmp_path / "env"))  # read at each call, not at import
+    assert first(data_dir=tmp_path / "explicit") == "explicit"
+    assert first() == "env"
+    assert hub.calls == []
+    monkeypatch.setenv("C2C_DATA_DIR", "")  # empty: as unset
+    assert first() == "hub"
+    monkeypatch.delenv("C2C_DATA_DIR")
+    assert first() == "hub" and first(data_dir=tmp_path / "explicit") == "explicit"
+    assert hub.calls == [("allenai/ai2_arc", "ARC-Easy", "validation")] * 2
+    monkeypatch.setenv("C2C_DATA_DIR", "hf")  # the variable takes --data-dir's values
+    assert first() == "hub"
+    monkeypatch.setenv("C2C_DATA_DIR", str(tmp_path / "nowhere"))  # given but wrong: said so, no hub
+    with pytest.raises(DataError, match=r"data folder .*nowhere/arc/ARC-Easy not found \(data dir from C2C_DATA_DIR="):
+        first()
+    assert len(hub.calls) == 3
+
+
+THREE_WAYS = (r"^arc-challenge: no data\. Tried, in order: data_dir= / --data-dir \(not given\); the C2C_DATA_DIR "
+              r"environment variable \(not set\); the Hugging Face hub \(allenai/ai2_arc\): {cause}.*"
+              r"Give the data one of three ways: --data-dir DIR \(data_dir=DIR\), a folder that holds "
+              r"arc/ARC-Challenge/\{{split\}}\.jsonl; or set C2C_DATA_DIR=DIR; or pip install 'c2c\[hub\]' and run "
+              r"with network access")
+
+
+def test_no_data_anywhere_is_one_error_naming_all_three(monkeypatch):
+    monkeypatch.delenv("C2C_DATA_DIR", raising=False)
+    monkeypatch.setitem(sys.modules, "datasets", None)  # not installed, as in the dev environment
+    with pytest.raises(DataError, match=THREE_WAYS.format(cause=r"loading from the Hugging Face hub needs the "
+                                                                r"`datasets` package")):
+        load_benchmark("arc-challenge")
+
+
+def test_no_data_and_the_hub_unreachable(hub, monkeypatch):
+    monkeypatch.delenv("C2C_DATA_DIR", raising=False)  # `datasets` offline raises (fast) for what it has not cached
+    with pytest.raises(DataError, match=THREE_WAYS.format(cause=r"Hugging Face dataset allenai/ai2_arc \(config "
+                                                                r"ARC-Challenge, split test\) not loaded: "
+                                                                r"DatasetNotFoundError")):
+        load_benchmark("arc-challenge")
+    assert hub.calls == [("allenai/ai2_arc", "ARC-Challenge", "test")]
+    with pytest.raises(DataError, match=r"ceval split 'test' is not usable"):  # refused as such, not as no data
+        load_benchmark("ceval", "test")
+    assert len(hub.calls) == 1

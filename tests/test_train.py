@@ -11,10 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from conftest import SMALL_FUSER
+from conftest import SMALL_FUSER, real_data
 from tiny import tiny
 
 from c2c import train as training
+from c2c.data import BENCHMARKS
+from c2c.fit import fitting_texts
 from c2c.models import BUILTIN_MODELS
 from c2c.pair import C2CModel
 from c2c.train import RecipeError, TrainConfig, TrainingError, read_metrics, train, training_minutes
@@ -303,7 +305,18 @@ def test_bad_recipes_fail_before_any_model_loads(tmp_path, data, monkeypatch):
 @pytest.mark.parametrize("recipe", sorted((ROOT / "recipes").glob("*.yaml")), ids=lambda path: path.stem)
 def test_shipped_recipes_are_valid(recipe):
     config = TrainConfig.from_file(recipe)
-    assert config.method == "c2c"  # shipped recipes run offline: built-in models only
+    assert config.method in ("c2c", "lora", "translator")  # shipped recipes run offline: built-in models only
     assert {config.receiver, *config.sharers} <= set(BUILTIN_MODELS)
+    assert config.data_dir is None  # the data comes from C2C_DATA_DIR (or the hub), never a path in the recipe
+    for spec in config.data:  # files relative to the data dir, never outside the repository; skips without them
+        path = spec.get("file") if isinstance(spec, dict) else spec
+        if path is not None:
+            assert not (Path(path).is_absolute() or ".." in Path(path).parts), spec
+            real_data(path)
+        elif spec.get("benchmark") in BENCHMARKS:
+            real_data(BENCHMARKS[spec["benchmark"]].folder)
+    if config.method == "translator":
+        assert len(fitting_texts(config.data, config.data_dir, config.recipe_dir)) > config.eval_examples
+        return
     examples, held_out = training.load_examples(config)
     assert len(examples) == config.max_examples and len(held_out) == config.eval_examples

@@ -1,0 +1,238 @@
+"""The translated-context channel: a sharer's K/V of a context, mapped layer by layer into the receiver's K/V space.
+
+Per receiver layer ``l``, one linear map reads the position-free K and V of a window of sharer layers around
+``l``'s proportional partner (``spread`` layer map, ``window`` layers either side) at one sharer token and
+writes the receiver's position-free K and V for one position::
+
+    x = [K_s1, V_s1, K_s2, V_s2, ...]            # (T, D)   D = layers * 2 * H_S * d_S
+    y = ((x - mean) / scale) @ W + out_mean      # (T, O)   O = 2 * H_R * d_R, split into K and V
+
+The maps are fitted in closed form (``TranslatorFit``): ridge regression toward the receiver's own K/V of the
+same text, which needs no labels and no backward pass. Statistics stream in float64, so any number of tokens
+fits in bounded memory; the ridge strength is chosen per layer and per K/V on held-out texts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Iterable, Sequence
+
+import torch
+from torch import nn
+
+from . import cache as kvcache
+from .align import layer_map
+from .context import context_block, sharer_context_tokens
+from .align import render
+from .models import LoadedModel
+from .rotary import Rotary
+
+STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class TranslatorConfig:
+    window: int = 1  # sharer layers read on each side of the partner layer (1: three layers)
+    ridge: list[float] = field(default_factory=lambda: [1e-3, 1e-2, 1e-1, 1.0])  # candidate strengths (x tokens)
+    storage_dtype: str = "float16"  # how the maps are saved; they always compute in float32
+    max_context_tokens: int = 2048  # sharer tokens of one context
+
+    def __post_init__(self):
+        if not isinstance(self.window, int) or self.window < 0:
+            raise ValueError(f"translator window must be an integer >= 0, got {self.window!r}")
+        if not self.ridge or any(not isinstance(r, (int, float)) or r <= 0 for r in self.ridge):
+            raise ValueError(f"translator ridge must be a non-empty list of positive strengths, got {self.ridge!r}")
+        if self.storage_dtype not in STORAGE_DTYPES:
+            raise ValueError(f"translator storage_dtype {self.storage_dtype!r} is unknown; expected one of "
+                             f"{sorted(STORAGE_DTYPES)}")
+        if not isinstance(self.max_context_tokens, int) or self.max_context_tokens < 1:
+            raise ValueError(f"translator max_context_tokens must be a positive integer, got {self.max_context_tokens!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TranslatorConfig":
+        unknown = sorted(set(data) - {f for f in cls.__dataclass_fields__})
+        if unknown:
+            raise ValueError(f"unknown translator keys {unknown}; known: {sorted(cls.__dataclass_fields__)}")
+        return cls(**data)
+
+
+def source_layers(receiver_layers: int, sharer_layers: int, window: int) -> list[list[int]]:
+    """Per receiver layer, the sharer layers its map reads: ``2 * window + 1`` consecutive layers around the
+    proportional partner, shifted inward at the ends so that every map has the same input size."""
+    width = min(2 * window + 1, sharer_layers)
+    sources = []
+    for partner in layer_map("spread", receiver_layers, sharer_layers):
+        first = min(max(partner - window, 0), sharer_layers - width)
+        sources.append(list(range(first, first + width)))
+    return sources
+
+
+class ContextTranslator(nn.Module):
+    """One sharer's translator into the receiver: a linear map per receiver layer (see module docstring)."""
+
+    def __init__(self, sharer_shape, receiver_shape, config: TranslatorConfig):
+        super().__init__()
+        self.config = config
+        self.sources = source_layers(receiver_shape.num_layers, sharer_shape.num_layers, config.window)
+        self.receiver_heads, self.receiver_dim = receiver_shape.num_kv_heads, receiver_shape.head_dim
+        inputs = len(self.sources[0]) * 2 * sharer_shape.num_kv_heads * sharer_shape.head_dim
+        outputs = 2 * receiver_shape.num_kv_heads * receiver_shape.head_dim
+        self.maps = nn.ModuleList(nn.Linear(inputs, outputs, bias=False) for _ in self.sources)
+        for linear in self.maps:
+            nn.init.zeros_(linear.weight)  # an unfitted translator writes each layer's mean (zero) K/V
+        self.register_buffer("input_mean", torch.zeros(len(self.sources), inputs))
+        self.register_buffer("input_scale", torch.ones(len(self.sources), inputs))
+        self.register_buffer("output_mean", torch.zeros(len(self.sources), outputs))
+
+    def forward(self, sharer_kv: Sequence[kvcache.KV]) -> list[kvcache.KV]:
+        """Position-free sharer K/V per sharer layer (B, H_S, T, d_S) -> per receiver layer (B, H_R, T, d_R)."""
+        flat = [torch.cat([k, v], dim=1).transpose(1, 2).flatten(2).float() for k, v in sharer_kv]  # (B, T, 2 H_S d_S)
+        out = []
+        for layer, (sources, linear) in enumerate(zip(self.sources, self.maps)):
+            x = torch.cat([flat[s] for s in sources], dim=-1)  # (B, T, D)
+            y = linear((x - self.input_mean[layer]) / self.input_scale[layer]) + self.output_mean[layer]  # (B, T, O)
+            batch, tokens, _ = y.shape
+            y = y.view(batch, tokens, 2 * self.receiver_heads, self.receiver_dim).transpose(1, 2)  # (B, 2 H_R, T, d_R)
+            out.append((y[:, :self.receiver_heads], y[:, self.receiver_heads:]))
+        return out
+
+
+# ------------------------------------------------------------------------------------------------ K/V of text
+def plain_kv(model: LoadedModel, ids: torch.Tensor, mask: torch.Tensor) -> list[kvcache.KV]:
+    """A model's position-free K/V of left-padded ``ids`` (B, N): per layer (B, H, N, d), rotary removed.
+
+    Runs the base model (no LM head: only K/V are needed) over a cache that keeps every position."""
+    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    output = model.model.base_model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                                    cache=kvcache.full_length_cache(), use_cache=True)
+    rotary = Rotary(model.model)
+    return [(rotary.remove(k, layer, positions), v) for layer, (k, v) in enumerate(kvcache.all_kv(output.cache))]
+
+
+def token_pairs(receiver: LoadedModel, sharer: LoadedModel, text: str) -> tuple[list[int], list[int], list[int], list[int]]:
+    """The same ``context_block(text)`` read by both models: (receiver ids, sharer ids, sharer positions of the
+    context's tokens, the receiver position each one's target comes from: the receiver token that holds the
+    sharer token's last character)."""
+    block = context_block(text)
+    r_view = render(receiver.tokenizer, [{"role": "user", "content": block}], chat=False)
+    s_view = render(sharer.tokenizer, [{"role": "user", "content": block}], chat=False)
+    sharer_positions = sharer_context_tokens(s_view)
+    ends = [(i, end) for i, (start, end) in enumerate(r_view.offsets) if end > start]
+    targets = []
+    for position in sharer_positions:
+        last = s_view.offsets[position][1] - 1
+        targets.append(next(i for i, end in ends if end > last))
+    return r_view.ids, s_view.ids, sharer_positions, targets
+
+
+def _pad_left(rows: list[list[int]], value: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([[value] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    return ids, mask, [width - len(r) for r in rows]
+
+
+@torch.no_grad()
+def translation_examples(receiver: LoadedModel, sharer: LoadedModel, texts: Sequence[str], batch_size: int = 8
+                         ) -> Iterable[tuple[list[torch.Tensor], list[torch.Tensor]]]:
+    """Per batch of texts: (per sharer layer (N, 2 H_S d_S) inputs, per receiver layer (N, 2 H_R d_R) targets)
+    over the N sharer tokens of their contexts."""
+    for start in range(0, len(texts), batch_size):
+        pairs = [token_pairs(receiver, sharer, text) for text in texts[start:start + batch_size]]
+        r_ids, r_mask, r_pad = _pad_left([p[0] for p in pairs], receiver.tokenizer.pad_token_id)
+        s_ids, s_mask, s_pad = _pad_left([p[1] for p in pairs], sharer.tokenizer.pad_token_id)
+        device = receiver.model.device
+        r_kv = plain_kv(receiver, r_ids.to(device), r_mask.to(device))
+        s_kv = plain_kv(sharer, s_ids.to(sharer.model.device), s_mask.to(sharer.model.device))
+        s_rows = torch.tensor([row for row, p in enumerate(pairs) for _ in p[2]])
+        s_cols = torch.tensor([s_pad[row] + pos for row, p in enumerate(pairs) for pos in p[2]])
+        r_cols = torch.tensor([r_pad[row] + pos for row, p in enumerate(pairs) for pos in p[3]])
+        flat = lambda kv, rows, cols: [torch.cat([k, v], 1)[rows, :, cols].flatten(1).float().cpu()  # noqa: E731
+                                       for k, v in kv]  # (N, 2 H d)
+        yield flat(s_kv, s_rows, s_cols), flat(r_kv, s_rows, r_cols)
+
+
+# ------------------------------------------------------------------------------------------------ fitting
+class TranslatorFit:
+    """Streamed ridge regression for every map of a ``ContextTranslator``.
+
+    ``add`` accumulates X^T X, X^T Y and sums in float64 (training texts) or keeps the tokens (held-out texts);
+    ``solve`` picks each layer's K and V ridge strength on the held-out tokens and writes the maps."""
+
+    def __init__(self, translator: ContextTranslator):
+        self.translator = translator
+        self.windows = sorted({tuple(s) for s in translator.sources})
+        self.count = 0
+        self.xx = {w: None for w in self.windows}  # (D, D)
+        self.x_sum = {w: None for w in self.windows}  # (D,)
+        self.xy = [None] * len(translator.sources)  # per receiver layer (D, O)
+        self.y_sum = [None] * len(translator.sources)  # (O,)
+        self.held_x: list[list[torch.Tensor]] = []  # per batch, per sharer layer
+        self.held_y: list[list[torch.Tensor]] = []
+
+    def add(self, sharer_features: list[torch.Tensor], receiver_targets: list[torch.Tensor], held_out: bool = False):
+        if held_out:
+            self.held_x.append(sharer_features)
+            self.held_y.append(receiver_targets)
+            return
+        self.count += sharer_features[0].shape[0]
+        inputs = {w: torch.cat([sharer_features[s] for s in w], dim=1) for w in self.windows}  # (N, D)
+        for w, x in inputs.items():
+            self.xx[w] = _accumulate(self.xx[w], x.T @ x)
+            self.x_sum[w] = _accumulate(self.x_sum[w], x.sum(0))
+        for layer, sources in enumerate(self.translator.sources):
+            x = inputs[tuple(sources)]
+            self.xy[layer] = _accumulate(self.xy[layer], x.T @ receiver_targets[layer])
+            self.y_sum[layer] = _accumulate(self.y_sum[layer], receiver_targets[layer].sum(0))
+
+    @torch.no_grad()
+    def solve(self) -> dict:
+        """Fit every map; returns per layer the chosen strengths and held-out R^2 of K and V."""
+        if self.count < 2:
+            raise ValueError("the translator saw fewer than 2 training tokens; give it more text")
+        if not self.held_x:
+            raise ValueError("the translator has no held-out texts to choose its ridge strength on")
+        n = self.count
+        translator = self.translator
+        half = translator.maps[0].weight.shape[0] // 2
+        report = {"tokens": n, "held_out_tokens": sum(x[0].shape[0] for x in self.held_x), "layers": []}
+        held_inputs = {w: torch.cat([torch.cat([b[s] for s in w], 1) for b in self.held_x]).double()
+                       for w in self.windows}
+        for layer, sources in enumerate(translator.sources):
+            w = tuple(sources)
+            mean = self.x_sum[w] / n
+            variance = (torch.diagonal(self.xx[w]) / n - mean ** 2).clamp(min=0)
+            scale = variance.sqrt() + 1e-6
+            covariance = (self.xx[w] / n - torch.outer(mean, mean)) / torch.outer(scale, scale)
+            y_mean = self.y_sum[layer] / n
+            cross = (self.xy[layer] / n - torch.outer(mean, y_mean)) / scale[:, None]  # (D, O)
+            x_held = (held_inputs[w] - mean) / scale
+            y_held = torch.cat([b[layer] for b in self.held_y]).double()
+            best = {}
+            eye = torch.eye(covariance.shape[0], dtype=covariance.dtype)
+            for strength in translator.config.ridge:
+                solution = torch.linalg.solve(covariance + strength * eye, cross)  # (D, O)
+                error = (x_held @ solution + y_mean - y_held) ** 2
+                for slot, columns in (("k", slice(0, half)), ("v", slice(half, None))):
+                    sse = float(error[:, columns].sum())
+                    if slot not in best or sse < best[slot][0]:
+                        best[slot] = (sse, strength, solution[:, columns])
+            weight = torch.cat([best["k"][2], best["v"][2]], dim=1)  # (D, O)
+            translator.maps[layer].weight.copy_(weight.T.float())
+            translator.input_mean[layer] = mean.float()
+            translator.input_scale[layer] = scale.float()
+            translator.output_mean[layer] = y_mean.float()
+            total = ((y_held - y_held.mean(0)) ** 2)
+            r2 = {slot: round(1 - best[slot][0] / max(float(total[:, cols].sum()), 1e-12), 4)
+                  for slot, cols in (("k", slice(0, half)), ("v", slice(half, None)))}
+            report["layers"].append({"sources": sources, "ridge_k": best["k"][1], "ridge_v": best["v"][1],
+                                     "r2_k": r2["k"], "r2_v": r2["v"]})
+        return report
+
+
+def _accumulate(total: torch.Tensor | None, value: torch.Tensor) -> torch.Tensor:
+    value = value.double()
+    return value if total is None else total + value
