@@ -18,10 +18,12 @@ CONTEXT_HEADER = "Context:"
 
 
 def check_context(context: str) -> str:
+    """The context without surrounding whitespace (a file's last newline is not part of what it says: every
+    channel and the benchmarks' contexts read the text stripped); a ValueError when nothing is left."""
     if not isinstance(context, str) or not context.strip():
         raise ValueError(f"the sharer context is empty ({context!r}); give the text the sharer should read, "
                          "or no context at all")
-    return context
+    return context.strip()
 
 
 def context_block(context: str) -> str:
@@ -52,7 +54,7 @@ def last_user_message(messages: list[Message]) -> int:
 def context_span(view: Rendered, messages: list[Message], context: str) -> tuple[int, int]:
     """Characters of `` {context}`` (its leading space included) in a rendering of ``with_context(...)``."""
     span = view.spans[last_user_message(messages)]
-    expected = " " + context
+    expected = " " + check_context(context)
     start = span[0] + len(CONTEXT_HEADER) if span else -1
     if span is None or view.text[start:start + len(expected)] != expected:
         raise ValueError("the chat template rewrites the message text, so the context's place in the prompt cannot "

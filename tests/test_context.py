@@ -83,6 +83,21 @@ def test_a_row_without_context_is_the_receiver_alone_and_fusion_off_ignores_cont
         pair.prefill(batch, fuse=False)
 
 
+@pytest.mark.parametrize("channel", ["translated", "fused"])
+def test_a_context_is_read_without_its_surrounding_whitespace(channel):
+    """A context file's last newline (`c2c generate --sharer-context`) is not part of what the sharer reads."""
+    pair = fitted()
+    if channel == "fused":
+        torch.manual_seed(0)
+        pair = C2CModel.create(tiny("llama"), [tiny("gemma")], SMALL_FUSER, chat_template=False)
+        with torch.no_grad():
+            for fuser in pair.layer_fusers():
+                fuser.gate_logits.fill_(1.0)
+    padded = scores(pair, [QUESTION], [f"\n {CONTEXT}\n\n"], channel)[0]
+    assert torch.equal(padded, scores(pair, [QUESTION], [CONTEXT], channel)[0])
+    assert not torch.equal(padded, scores(pair, [QUESTION], ["Mira's pet is a cat."], channel)[0])
+
+
 def test_translated_section_stands_where_the_context_would():
     pair = fitted()
     batch = pair.prepare([QUESTION], sharer_contexts=[CONTEXT])

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from c2c import cache as kvcache
+from c2c.data import cloze_continuations, load_benchmark, mc_prompt
 from c2c.inspection import inspect_pair
 from c2c.models import load_model
 from c2c.pair import C2CModel
@@ -13,6 +14,7 @@ from c2c.pair import C2CModel
 pytestmark = pytest.mark.real_pair
 SHIPPED = Path(__file__).parents[1] / "fusers" / "default_pair"
 SHIPPED_CHAT = Path(__file__).parents[1] / "fusers" / "default_pair_chat"
+SHIPPED_HANDOFF = Path(__file__).parents[1] / "fusers" / "context_handoff"
 
 
 @pytest.fixture(scope="module")
@@ -75,3 +77,23 @@ def test_shipped_chat_fuser_answers_in_free_text(models):
     fused = pair.generate(question, max_new_tokens=16)[0]
     assert "carbon dioxide" in fused.lower()
     assert fused != pair.generate(question, max_new_tokens=16, fuse=False)[0]
+
+
+def test_shipped_translator_answers_from_a_context_the_receiver_never_read(models):
+    """The README's context-handoff example; and on 24 seeded synthetic test items (names and values never seen
+    in fitting) the receiver picks the right choice far more often from the item's own context than from another
+    item's (19 vs 9 here; the full test in results/context_handoff: 67.0% vs 39.0% of 500)."""
+    pair = C2CModel.from_pretrained(SHIPPED_HANDOFF, receiver=models[0], sharers=[models[1]])
+    question = "Question: What is Zelda's pet?\nAnswer:"
+    assert "turtle" in pair.generate(question, sharer_contexts="Zelda's pet is a turtle.\n", max_new_tokens=8)[0]
+    assert "turtle" not in pair.generate(question, max_new_tokens=8, fuse=False)[0]
+    items = load_benchmark("synthetic-1fact", "test", limit=24, seed=0).items
+    prompts, choices = [mc_prompt(item, "cloze") for item in items], [cloze_continuations(item) for item in items]
+
+    def correct(contexts):
+        batches = [pair.prepare(prompts[s:s + 8], sharer_contexts=contexts[s:s + 8]) for s in range(0, 24, 8)]
+        scores = [row for s, batch in zip(range(0, 24, 8), batches) for row in pair.choice_scores(batch, choices[s:s + 8])]
+        return sum(int(row.argmax()) == item.answer for row, item in zip(scores, items))
+    own = correct([item.context for item in items])
+    shuffled = correct([items[(k + 1) % 24].context for k in range(24)])
+    assert own >= 16 and own >= shuffled + 6, (own, shuffled)

@@ -1,0 +1,85 @@
+"""The context-handoff ladder and its targets (issue 16), read from the summaries `c2c eval` wrote.
+
+    python benchmarks/context_handoff_table.py [results/context_handoff]
+
+Writes `ladder.md` and `targets.json` beside the summaries: one row per rung (the Identical pair, the default
+pair's translated context, its fused prompt) with every control, the communication gain (the channel minus its
+shuffled control, paired 95% interval), the share of the gap from `receiver` to `receiver-with-context` that the
+channel closes, and whether each of the issue's targets holds. Chance is the mean of 1/#choices over the items.
+"""
+import json
+import sys
+from pathlib import Path
+
+BENCH = "synthetic-1fact"
+RUNGS = [  # (label, folder under the results root, channel method)
+    ("Identical pair (SmolLM2 <- SmolLM2), translated context", "identical", "c2c-translated"),
+    ("Default pair (SmolLM2 <- Gemma-3), translated context", ".", "c2c-translated"),
+    ("Default pair (SmolLM2 <- Gemma-3), fused prompt (paper's channel)", "fused_prompt", "c2c"),
+    ("Default pair, translated context fitted on 4x the text (ablation)", "more_text", "c2c-translated"),
+]
+
+
+def chance(folder: Path) -> float:
+    records = [json.loads(line) for line in (folder / BENCH / "receiver.jsonl").read_text().splitlines()]
+    return sum(1 / len(r["scores"]) for r in records) / len(records)
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def interval(ci: list[float], signed: bool = False) -> str:
+    fmt = "{:+.1f}" if signed else "{:.1f}"
+    return "[" + ", ".join(fmt.format(100 * v) for v in ci) + "]"
+
+
+def cell(method: dict | None) -> str:
+    return f"{pct(method['accuracy'])} {interval(method['ci95'])}" if method else "-"
+
+
+def rung(root: Path, folder: str, channel: str) -> dict:
+    bench = json.loads((root / folder / "summary.json").read_text())["benchmarks"][BENCH]
+    methods, paired = bench["methods"], bench["paired"]
+    # the Identical and fused-prompt runs reuse the main run's receiver-with-context records (same model, items)
+    ceiling = (methods.get("receiver-with-context")
+               or json.loads((root / "summary.json").read_text())["benchmarks"][BENCH]["methods"]["receiver-with-context"])
+    receiver, shuffled = methods["receiver"], methods[f"{channel}-shuffled"]
+    gain = paired[f"{channel} - {channel}-shuffled"]
+    closed = (methods[channel]["accuracy"] - receiver["accuracy"]) / (ceiling["accuracy"] - receiver["accuracy"])
+    return {"n": bench["n"], "chance": chance(root / folder), "receiver": receiver, "ceiling": ceiling,
+            "channel": methods[channel], "shuffled": shuffled, "lora": methods.get("lora-receiver"),
+            "gain": gain, "gap_closed": closed}
+
+
+def main(root: Path) -> None:
+    rows = {label: rung(root, folder, channel) for label, folder, channel in RUNGS
+            if (root / folder / "summary.json").is_file()}
+    lines = [f"`{BENCH}` test, cloze scoring, seed 0: accuracy % [95% CI]; gain = channel - its shuffled control "
+             "(paired, same items); gap closed = (channel - receiver) / (receiver-with-context - receiver).", "",
+             "| rung | n | receiver | receiver-with-context | channel | shuffled control | lora-receiver "
+             "| gain | gap closed |", "|---|---|---|---|---|---|---|---|---|"]
+    for label, r in rows.items():
+        lines.append(f"| {label} | {r['n']} | {cell(r['receiver'])} | {cell(r['ceiling'])} | {cell(r['channel'])} "
+                     f"| {cell(r['shuffled'])} | {cell(r['lora'])} | {100 * r['gain']['difference']:+.1f} "
+                     f"{interval(r['gain']['ci95'], signed=True)} | {100 * r['gap_closed']:.0f}% |")
+    identical, default = rows[RUNGS[0][0]], rows[RUNGS[1][0]]
+    lora = default["lora"]
+    targets = {
+        "translated gain >= +15 points, 95% CI above 0":
+            default["gain"]["difference"] >= 0.15 and default["gain"]["ci95"][0] > 0,
+        "translated closes >= 50% of the receiver -> receiver-with-context gap": default["gap_closed"] >= 0.5,
+        "lora-receiver within its 95% CI of chance": lora["ci95"][0] <= default["chance"] <= lora["ci95"][1],
+        "Identical pair closes >= 90% of the gap": identical["gap_closed"] >= 0.9,
+    }
+    lines += ["", f"Chance: {pct(default['chance'])}%. Targets (issue 16):", ""]
+    lines += [f"- {'met' if ok else 'MISSED'}: {name}" for name, ok in targets.items()]
+    (root / "ladder.md").write_text("\n".join(lines) + "\n")
+    (root / "targets.json").write_text(json.dumps(
+        {"benchmark": BENCH, "chance": round(default["chance"], 4), "targets": targets,
+         "gap_closed": {label: round(r["gap_closed"], 4) for label, r in rows.items()}}, indent=2) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1] if len(sys.argv) > 1 else "results/context_handoff"))
