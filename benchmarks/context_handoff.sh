@@ -12,7 +12,7 @@ OUT=results/context_handoff
 step=${1:-all}
 run() { [[ $step == all || $step == "$1" ]]; }
 
-if run fit; then  # about 19 + 18 + 7 + 6 + 30 minutes
+if run fit; then  # about 19 + 18 + 7 + 6 + 20 minutes
   $C2C train recipes/context_handoff.yaml &            # -> runs/context_handoff, shipped as fusers/context_handoff
   $C2C train recipes/context_handoff_identical.yaml    # -> runs/context_handoff_identical
   wait
@@ -26,7 +26,7 @@ fi
 
 if run default; then  # the default pair, every method and control; about 3 hours on one thread
   $C2C eval --fuser fusers/context_handoff --lora runs/context_handoff_lora --scoring cloze --seed 0 --skip-bad \
-    --bench synthetic-1fact:test:500,synthetic-3fact:test:500,arc-easy-evidence:test:500,tipsheets:test:500 \
+    --bench synthetic-1fact:test:500,synthetic-3fact:test:500,arc-easy-evidence:test:500,tipsheets:test:100 \
     --methods receiver,receiver-with-context,c2c-translated,c2c-translated-shuffled,lora-receiver,sharer-with-context,receiver-enriched,t2t \
     --method-limit t2t=40 --out $OUT
 fi

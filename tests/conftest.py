@@ -32,6 +32,12 @@ def make_pair(receiver: str = "llama", sharers=("gemma",), fuser: FuserConfig = 
 
 
 @pytest.fixture
+def isolated_cache(tmp_path, monkeypatch):
+    """Model conversions of a test go to its own folder, not to the user's ~/.cache/c2c."""
+    monkeypatch.setenv("C2C_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@pytest.fixture
 def pair_factory():
     return make_pair
 

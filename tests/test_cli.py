@@ -9,6 +9,8 @@ from c2c.cli import main
 from c2c.models import load_model
 from c2c.pair import C2CModel
 
+pytestmark = pytest.mark.usefixtures("isolated_cache")  # conversions go to a temporary cache
+
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
@@ -20,11 +22,6 @@ def folders(tmp_path_factory):
         model.tokenizer.save_pretrained(root / kind)
         paths[kind] = str(root / kind)
     return paths
-
-
-@pytest.fixture(autouse=True)
-def isolated_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("C2C_CACHE_DIR", str(tmp_path / "cache"))
 
 
 def test_inspect(folders, capsys):

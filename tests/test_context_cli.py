@@ -18,6 +18,8 @@ from c2c.pair import C2CModel
 from c2c.serve import Job, Sampling, chat, create_app, generate_jobs, running
 from c2c.translator import TranslatorConfig
 
+pytestmark = pytest.mark.usefixtures("isolated_cache")  # conversions go to a temporary cache
+
 QUESTION = "What is the capital of France?"
 OTHER = "Which planet is closest to the sun?"
 CONTEXT = "The capital of France is Paris. Water boils at 100 degrees."
@@ -47,11 +49,6 @@ def pair(checkpoint):
     loaded = C2CModel.from_pretrained(checkpoint)
     assert loaded.translators is not None
     return loaded
-
-
-@pytest.fixture(autouse=True)
-def isolated_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("C2C_CACHE_DIR", str(tmp_path / "cache"))
 
 
 @pytest.fixture

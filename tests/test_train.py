@@ -21,16 +21,13 @@ from c2c.models import BUILTIN_MODELS
 from c2c.pair import C2CModel
 from c2c.train import RecipeError, TrainConfig, TrainingError, read_metrics, train, training_minutes
 
+pytestmark = pytest.mark.usefixtures("isolated_cache")  # conversions go to a temporary cache
+
 TESTS = Path(__file__).parent
 ROOT = TESTS.parent
 QA = [("What is the capital of France?", "Paris."), ("Water boils at what temperature?", "100 degrees Celsius."),
       ("Which planet is closest to the sun?", "Mercury."), ("Name an animal.", "The dog."),
       ("What melts at zero degrees?", "Ice."), ("Which animal jumps over the lazy dog?", "The quick brown fox.")]
-
-
-@pytest.fixture(autouse=True)
-def isolated_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("C2C_CACHE_DIR", str(tmp_path / "cache"))
 
 
 @pytest.fixture
