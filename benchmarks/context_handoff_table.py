@@ -11,18 +11,24 @@ import json
 import sys
 from pathlib import Path
 
+from c2c.evaluate import paired_difference
+
 BENCH = "synthetic-1fact"
 RUNGS = [  # (label, folder under the results root, channel method)
     ("Identical pair (SmolLM2 <- SmolLM2), translated context", "identical", "c2c-translated"),
     ("Default pair (SmolLM2 <- Gemma-3), translated context", ".", "c2c-translated"),
     ("Default pair (SmolLM2 <- Gemma-3), fused prompt (paper's channel)", "fused_prompt", "c2c"),
-    ("Default pair, translated context fitted on 4x the text (ablation)", "more_text", "c2c-translated"),
+    ("Default pair, translated context fitted on 3x the general text (ablation)", "more_text", "c2c-translated"),
 ]
 
 
+def records(folder: Path, method: str) -> list[dict]:
+    return [json.loads(line) for line in (folder / BENCH / f"{method}.jsonl").read_text().splitlines()]
+
+
 def chance(folder: Path) -> float:
-    records = [json.loads(line) for line in (folder / BENCH / "receiver.jsonl").read_text().splitlines()]
-    return sum(1 / len(r["scores"]) for r in records) / len(records)
+    receiver = records(folder, "receiver")
+    return sum(1 / len(r["scores"]) for r in receiver) / len(receiver)
 
 
 def pct(x: float) -> str:
@@ -74,6 +80,17 @@ def main(root: Path) -> None:
     }
     lines += ["", f"Chance: {pct(default['chance'])}%. Targets (issue 16):", ""]
     lines += [f"- {'met' if ok else 'MISSED'}: {name}" for name, ok in targets.items()]
+    translated = [(label, r) for label, r in rows.items() if r["channel"].get("per_subject")]
+    attributes = sorted(translated[0][1]["channel"]["per_subject"])
+    lines += ["", "Accuracy % by the attribute asked (channel; the shuffled control in brackets):", "",
+              "| rung | " + " | ".join(attributes) + " |", "|---|" + "---|" * len(attributes)]
+    lines += [f"| {label} | " + " | ".join(f"{pct(r['channel']['per_subject'][a])} ({pct(r['shuffled']['per_subject'][a])})"
+                                           for a in attributes) + " |" for label, r in translated]
+    ablation = root / RUNGS[3][1]
+    if (ablation / BENCH / "c2c-translated.jsonl").is_file():
+        change = paired_difference(records(ablation, "c2c-translated"), records(root, "c2c-translated"))
+        lines += ["", f"Ablation - shipped translator, paired on the same items: {100 * change['difference']:+.1f} "
+                      f"{interval(change['ci95'], signed=True)} points ({change['n']} items)."]
     (root / "ladder.md").write_text("\n".join(lines) + "\n")
     (root / "targets.json").write_text(json.dumps(
         {"benchmark": BENCH, "chance": round(default["chance"], 4), "targets": targets,
