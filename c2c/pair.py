@@ -1,9 +1,10 @@
 """The public model: a frozen receiver, one or more frozen sharers, and the fusers that join them.
 
-One request (see docs/architecture.md): the receiver prefills the prompt minus its last token; each sharer
-prefills its own rendering of the prompt; per receiver layer, the fuser turns the aligned sharer K/V and
-the receiver K/V into a residual added to the receiver cache (residuals of several sharers are summed);
-the receiver then runs the last prompt token and decodes from the fused cache, unfused.
+One request (see docs/architecture.md): each sharer prefills its own rendering of the prompt; the receiver
+prefills the prompt minus its last token section by section, and at the end of each run of fused tokens, per
+receiver layer, the fuser turns the aligned sharer K/V and the receiver K/V into a residual added to the
+receiver cache (residuals of several sharers are summed), so every later token reads the fused cache; the
+receiver then runs the last prompt token and decodes from the fused cache, unfused.
 """
 
 from __future__ import annotations
@@ -404,32 +405,65 @@ class C2CModel(nn.Module):
     def prefill(self, batch: Batch, fuse: bool = True) -> DynamicCache:
         """Receiver cache of the prompt minus its last token, fused with the sharers' unless ``fuse`` is False.
 
-        Translated sections are written between the receiver's passes over the columns before and after them."""
+        As the reference runs its sections: the receiver computes each run of fused columns over the cache so
+        far, the run is fused when it ends, and every later token (the chat template after a message, the next
+        message) is computed over the fused cache. Rows whose runs end at different columns are fused at their
+        own ends. Translated sections are written between the receiver's passes over the columns around them.
+        """
         fusing = fuse and self.fusion_enabled
-        sections = [(j, s) for j, s in enumerate(batch.sections) if s is not None]
+        sections = {s.start: (j, s) for j, s in enumerate(batch.sections) if s is not None}
         if sections and not fusing:
             raise ValueError("this batch carries translated sharer contexts; for the receiver alone prepare it "
                              "without sharer_contexts")
         end = batch.prompt_length - 1
         mask = batch.attention_mask[:, :end]
         positions = position_ids(mask)
-        # A frozen receiver needs no graph for its own prompt K/V; a LoRA-trained one (the baseline) does.
-        receiver_trains = torch.is_grad_enabled() and any(p.requires_grad for p in self.receiver.model.parameters())
+        fuse_prompt = fusing and end > 0 and batch.fuse_prompt and self._fusion_can_change_the_cache()
+        runs = self._fused_runs(batch, end) if fuse_prompt else {}
+        sharer_kv = self.sharer_caches(batch) if runs else None
+        stops = sorted({end, *runs, *(s.start for _, s in sections.values()), *(s.end for _, s in sections.values())})
+        # A frozen receiver needs no graph for its own prompt K/V before the first fusion; a LoRA-trained one (the
+        # baseline) does, and so does every pass after a fusion (it reads, and concatenates onto, fused K/V).
+        needs_graph = torch.is_grad_enabled() and any(p.requires_grad for p in self.receiver.model.parameters())
         cache = kvcache.full_length_cache()
         cursor = 0
-        for j, section in sections + [(None, None)]:
-            stop = section.start if section is not None else end
-            if stop > cursor:
-                with torch.set_grad_enabled(receiver_trains):
+        for stop in stops:
+            if stop > cursor and cursor in sections:
+                j, section = sections[cursor]
+                kvcache.append_kv(cache, self.translated_kv(j, section, positions[:, section.start:section.end]))
+            elif stop > cursor:
+                with torch.set_grad_enabled(needs_graph):
                     self.receiver.model(input_ids=batch.input_ids[:, cursor:stop], attention_mask=mask[:, :stop],
                                         position_ids=positions[:, cursor:stop], cache=cache, use_cache=True,
                                         logits_to_keep=1)
-            if section is not None:
-                kvcache.append_kv(cache, self.translated_kv(j, section, positions[:, section.start:section.end]))
-                cursor = section.end
-        if fusing and end > 0 and batch.fuse_prompt:
-            self.fuse_(cache, batch)
+            cursor = max(cursor, stop)
+            if cursor in runs:
+                self._fuse(cache, batch, sharer_kv, runs[cursor])
+                needs_graph = torch.is_grad_enabled()
         return cache
+
+    def _fusion_can_change_the_cache(self) -> bool:
+        """False when no fuser could add anything (none, or every gate shut at inference): the prefill then runs
+        in one pass and stays bit-identical to the receiver alone."""
+        if not any(len(fusers) for fusers in self.fusers):
+            return False
+        return self.fusers.training or bool((self.gate_logits() > 0).any())
+
+    @staticmethod
+    def _fused_runs(batch: Batch, end: int) -> dict[int, torch.Tensor]:
+        """Where each row's runs of fused columns (fused by any sharer) end, among the first ``end`` columns:
+        {column after a run: (B, end) bool, the columns of the runs that end there}."""
+        fused = torch.stack([p[:, :end] >= 0 for p in batch.positions]).any(0)  # (B, end)
+        if not fused.any():
+            return {}
+        starts = fused & ~F.pad(fused, (1, 0))[:, :-1]  # first column of each run
+        run_id = starts.long().cumsum(1) * fused  # (B, end): 1, 2, ... per run, 0 outside
+        last = fused & ~F.pad(fused, (0, 1))[:, 1:]  # last column of each run
+        runs = {}
+        for column in sorted(set(last.nonzero()[:, 1].tolist())):
+            rows = last[:, column]
+            runs[column + 1] = (run_id == run_id[:, column:column + 1]) & fused & rows[:, None]
+        return runs
 
     def translated_kv(self, index: int, section: TranslatedSection, positions: torch.Tensor) -> list[kvcache.KV]:
         """Sharer ``index``'s context translated into receiver K/V per layer (B, H_R, W, d_R), keys rotated to
@@ -447,17 +481,18 @@ class C2CModel(nn.Module):
             out.append((torch.where(keep, keys, 0).to(dtype), torch.where(keep, values, 0).to(dtype)))
         return out
 
-    def fuse_(self, cache: DynamicCache, batch: Batch) -> None:
-        """Add every sharer's fused residual to the receiver cache, in place, on the prompt prefix."""
+    def _fuse(self, cache: DynamicCache, batch: Batch, sharer_kv: list[list[kvcache.KV]], select: torch.Tensor
+              ) -> None:
+        """Add every sharer's residual to the receiver cache, in place, at the fused columns in ``select``
+        (B, length): one run of fused columns per row that has one, already in the cache."""
         length = kvcache.seq_length(cache)
-        sharer_kv = self.sharer_caches(batch)
         residuals: list[list[torch.Tensor | None]] = [[None, None] for _ in range(len(cache.layers))]
         for index, (fusers, sharer_config, kv, positions) in enumerate(
                 zip(self.fusers, self.config.sharers, sharer_kv, batch.positions)):
             if len(fusers) == 0:
                 continue
             # The fuser runs on the T fused tokens only (not on padding or template tokens), as one sequence.
-            rows, columns = (positions[:, :length] >= 0).nonzero(as_tuple=True)  # (T,) each
+            rows, columns = ((positions[:, :length] >= 0) & select[:, :length]).nonzero(as_tuple=True)  # (T,) each
             if rows.numel() == 0:
                 continue
             sources = positions[rows, columns]  # (T,) the sharer position of each fused token
@@ -522,8 +557,8 @@ class C2CModel(nn.Module):
     def forward(self, batch: Batch, fuse: bool = True, reduction: str = "mean") -> tuple[torch.Tensor, torch.Tensor]:
         """Logits over the response section and the cross-entropy on its labelled tokens (mean, or sum).
 
-        The prompt prefix is fused (gradients reach the fusers through the receiver's attention); the last
-        prompt token and the response run on the receiver, unfused, over the fused cache.
+        The prompt prefix is fused (gradients reach the fusers through the receiver's attention of every later
+        token); the last prompt token and the response run on the receiver, unfused, over the fused cache.
         """
         if batch.labels is None:
             raise ValueError("forward needs a batch prepared with responses")

@@ -244,10 +244,15 @@ def test_closed_gates_are_bit_identical_to_the_receiver_alone(receiver, sharer):
 
 def test_zero_init_fuser_with_open_gates_is_the_receiver_alone():
     pair = make_pair(fuser=FuserConfig(hidden_size=16, intermediate_size=16, zero_init=True), open_gates=True)
+    fuser = next(pair.layer_fusers())
+    key, value = fuser(torch.randn(1, 1, 5, 16), torch.randn(1, 1, 5, 16), torch.randn(1, 2, 5, 8),
+                       torch.randn(1, 2, 5, 8))
+    assert not key.any() and not value.any()  # exactly nothing added ...
     fused = _last_logits(pair, PROMPTS)
     with pair.disable_fusion():
         alone = _last_logits(pair, PROMPTS)
-    assert torch.equal(fused, alone)
+    # ... though the open gates run the prompt in sections (float rounding apart from the one-pass receiver)
+    torch.testing.assert_close(fused, alone, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("receiver,sharer", PAIRS)
@@ -266,6 +271,47 @@ def test_batch_equals_one_at_a_time(receiver, sharer):
     for row, prompt in enumerate(PROMPTS):
         torch.testing.assert_close(batched[row], _last_logits(pair, [prompt])[0], rtol=1e-4, atol=1e-5)
     assert pair.generate(PROMPTS, max_new_tokens=5) == [pair.generate(p, max_new_tokens=5)[0] for p in PROMPTS]
+
+
+CONVERSATIONS = [[{"role": "system", "content": "You answer in one word."},
+                  {"role": "user", "content": "What is the capital of France?"}],
+                 "hi 你好 🙂", [{"role": "user", "content": "Water boils at what temperature?"}]]
+
+
+@pytest.mark.parametrize("receiver,sharer", [p for p in PAIRS if p[0] != "gemma"])  # receivers with a chat template
+def test_tokens_after_a_fused_run_are_computed_over_the_fused_cache(receiver, sharer):
+    """The reference runs its sections in order: the template tokens after the fused message are the receiver's
+    K/V computed over the fused cache, so they equal a pass over those tokens with the fused prefix as past."""
+    pair = make_pair(receiver, (sharer,))
+    batch = pair.prepare(["What is the capital of France?"])
+    fused = batch.positions[0][0] >= 0
+    end = int(fused.nonzero().max()) + 1  # the column after the (single) fused run
+    assert end < batch.prompt_length - 1, "the chat template leaves tokens between the message and the last"
+    cache = pair.prefill(batch)
+    prefix = kvcache.cache_from_kv([(k[:, :, :end], v[:, :, :end]) for k, v in kvcache.all_kv(cache)])
+    tail = slice(end, batch.prompt_length - 1)
+    pair.receiver.model(input_ids=batch.input_ids[:, tail], attention_mask=batch.attention_mask[:, :tail.stop],
+                        position_ids=position_ids(batch.attention_mask)[:, tail], cache=prefix, use_cache=True)
+    with pair.disable_fusion():
+        alone = pair.prefill(batch)
+    for (k, v), (k_again, v_again), (k_alone, _) in zip(kvcache.all_kv(cache), kvcache.all_kv(prefix),
+                                                        kvcache.all_kv(alone)):
+        torch.testing.assert_close(k[:, :, tail], k_again[:, :, tail], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(v[:, :, tail], v_again[:, :, tail], rtol=1e-5, atol=1e-6)
+    # ... and differ from the receiver's own tail K/V (in the first layer, keys depend on the tokens alone)
+    deepest = kvcache.all_kv(cache)[-1][0][:, :, tail]
+    assert (deepest - kvcache.all_kv(alone)[-1][0][:, :, tail]).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("receiver,sharer", PAIRS)
+def test_rows_whose_fused_runs_end_at_different_columns_equal_one_at_a_time(receiver, sharer):
+    """A system message ends its own fused run, earlier than the user's, in one row only."""
+    pair = make_pair(receiver, (sharer,))
+    batch = pair.prepare(CONVERSATIONS)
+    assert len(pair._fused_runs(batch, batch.prompt_length - 1)) > 1  # several run ends in this batch
+    batched = _last_logits(pair, CONVERSATIONS)
+    for row, prompt in enumerate(CONVERSATIONS):
+        torch.testing.assert_close(batched[row], _last_logits(pair, [prompt])[0], rtol=1e-4, atol=1e-5)
 
 
 def test_padding_and_template_positions_are_not_fused_per_row():
