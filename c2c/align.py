@@ -9,9 +9,14 @@ Strategies:
   ``[a, b)`` of a message reads the sharer token covering character ``b - 1`` of the same message (or, in a
   gap, the last sharer token starting before it). Exact for CJK, emoji and byte-level pieces, because it
   works on characters rather than on decoded token strings.
-- ``first`` / ``longest`` (the reference implementation's rule): decode each receiver token alone and
-  re-encode it with the sharer tokenizer, keeping the first or the longest sharer token; the sharer then
-  reads that re-encoded sequence, one token per receiver token.
+- ``receiver_ids`` (the reference's layout for pairs that share a vocabulary, e.g. its Qwen3 <- Qwen2.5 fusers):
+  the sharer reads the receiver's own token ids, chat template included, one position per receiver position,
+  and every prompt position but the last is fused. Needs a sharer whose vocabulary covers the receiver's ids.
+- ``reencode_first`` / ``reencode_longest``: the reference's token-level rule without its chat-level layout.
+  Each receiver token of the message text is decoded alone and re-encoded with the sharer tokenizer, keeping
+  the first or the longest sharer token; the sharer reads only that sequence (its BOS, then one token per
+  message token), not its own template. The reference also gives the sharer its own template sections, padded
+  to the receiver's length; this does not.
 - ``identity``: both tokenizers are the same; the sharer reads the receiver's ids, template included.
 """
 
@@ -22,7 +27,8 @@ from dataclasses import dataclass, field
 
 from transformers import PreTrainedTokenizerBase
 
-TOKEN_ALIGNMENTS = ("offsets", "first", "longest", "identity")
+TOKEN_ALIGNMENTS = ("offsets", "receiver_ids", "reencode_first", "reencode_longest", "identity")
+RENAMED_ALIGNMENTS = {"first": "reencode_first", "longest": "reencode_longest"}
 LAYER_MAPS = ("last_aligned", "spread")
 
 Message = dict[str, str]
@@ -55,7 +61,9 @@ def render(tokenizer: PreTrainedTokenizerBase, messages: list[Message], chat: bo
     if not messages or not any(m["content"].strip() for m in messages):
         raise ValueError("the prompt is empty: give at least one message with some text")
     if chat and tokenizer.chat_template:
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+        # enable_thinking=False: as the reference renders Qwen3's template (other templates ignore it)
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
+                                             enable_thinking=False)
         spans, cursor = [], 0
         for message in messages:
             content = message["content"]
@@ -114,14 +122,24 @@ class TokenAligner:
     receiver: PreTrainedTokenizerBase
     sharer: PreTrainedTokenizerBase
     strategy: str = "offsets"
+    sharer_vocab_size: int | None = None  # the sharer's embedding rows (default: its tokenizer's length)
     _cache: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
+        if self.strategy in RENAMED_ALIGNMENTS:
+            raise ValueError(f"token alignment {self.strategy!r} is now called {RENAMED_ALIGNMENTS[self.strategy]!r} "
+                             "(the same rule); use that name (in a checkpoint: edit c2c_config.json)")
         if self.strategy not in TOKEN_ALIGNMENTS:
             raise ValueError(f"token alignment {self.strategy!r} is unknown; expected one of {TOKEN_ALIGNMENTS}")
         if self.strategy == "identity" and not same_tokenizer(self.receiver, self.sharer):
             raise ValueError("token alignment 'identity' needs the same tokenizer on both models; "
                              "use 'offsets' for different tokenizers")
+        self.sharer_vocab_size = self.sharer_vocab_size or len(self.sharer)
+        if self.strategy == "receiver_ids" and len(self.receiver) > self.sharer_vocab_size:
+            raise ValueError(f"token alignment 'receiver_ids' feeds the sharer the receiver's token ids, but the "
+                             f"receiver has {len(self.receiver)} ids and the sharer's vocabulary only "
+                             f"{self.sharer_vocab_size}; it needs a sharer with the receiver's vocabulary (e.g. the "
+                             "same model family). Use 'offsets' for different vocabularies")
 
     def align(self, messages: list[Message], receiver_view: Rendered, chat: bool,
               sharer_messages: list[Message] | None = None, shifted: dict[int, tuple[int, int]] | None = None
@@ -142,7 +160,7 @@ class TokenAligner:
                 if a >= r:
                     moved.append((index, message, a - r + s, b - r + s))
             return self._align_offsets(sharer_messages, receiver_view, moved, chat)
-        if self.strategy == "identity":
+        if self.strategy in ("identity", "receiver_ids"):
             positions = list(range(len(receiver_view.ids) - 1)) + [-1]
             return Alignment(list(receiver_view.ids), positions, exact=len(positions) - 1)
         if self.strategy == "offsets":
@@ -180,7 +198,7 @@ class TokenAligner:
             if token_id not in self._cache:
                 text = self.receiver.decode([token_id])
                 pieces = self.sharer.encode(text, add_special_tokens=False) or [self.sharer.unk_token_id or 0]
-                if self.strategy == "first":
+                if self.strategy == "reencode_first":
                     choice = pieces[0]
                 else:  # longest decoded string, earliest on ties
                     choice = max(pieces, key=lambda p: (len(self.sharer.decode([p])), -pieces.index(p)))

@@ -10,29 +10,44 @@ from pathlib import Path
 from .models import DEFAULT_RECEIVER, DEFAULT_SHARER
 
 
+def _model_arguments(parser: argparse.ArgumentParser, default_dtype: str | None = "float32") -> None:
+    """--dtype and --device: where and in what precision the frozen models run (fusers keep float32 weights)."""
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=default_dtype,
+                        help=f"the models' dtype (default: {default_dtype or 'the recipe’s, else float32'}); bfloat16 "
+                             "on a GPU halves memory and time")
+    parser.add_argument("--device", default=None if default_dtype is None else "auto",
+                        help="auto (a GPU when there is one, else the CPU), cpu, cuda or cuda:N")
+
+
 def _pair_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fuser", help="a trained fuser folder (c2c_config.json + fuser.safetensors)")
     parser.add_argument("--receiver", help=f"receiver spec when no --fuser is given (default {DEFAULT_RECEIVER})")
     parser.add_argument("--sharer", action="append", help=f"sharer spec(s) when no --fuser is given "
                                                           f"(default {DEFAULT_SHARER}); repeat for several")
+    _model_arguments(parser)
 
 
 def _load_pair(args):
     from .pair import C2CModel
     if args.fuser:
-        return C2CModel.from_pretrained(args.fuser)
+        return C2CModel.from_pretrained(args.fuser, dtype=args.dtype, device=args.device)
     print("note: no --fuser given: an untrained fuser changes nothing, so this is the receiver alone",
           file=sys.stderr)
-    return C2CModel.create(args.receiver or DEFAULT_RECEIVER, args.sharer or [DEFAULT_SHARER])
+    return C2CModel.create(args.receiver or DEFAULT_RECEIVER, args.sharer or [DEFAULT_SHARER], dtype=args.dtype,
+                           device=args.device)
 
 
 def cmd_inspect(args) -> None:
     from .fuser import FuserConfig
     from .inspection import SAMPLE_TEXT, format_report, inspect_pair
     from .pair import C2CModel
-    pair = C2CModel.create(args.receiver, args.sharer or [DEFAULT_SHARER],
-                           FuserConfig(hidden_size=args.fuser_hidden, intermediate_size=args.fuser_hidden),
-                           args.layer_map, args.token_alignment, chat_template=not args.no_chat_template)
+    if args.fuser:  # a trained or converted fuser: its own pair, layer map and token alignment
+        pair = C2CModel.from_pretrained(args.fuser, dtype=args.dtype, device=args.device)
+    else:
+        pair = C2CModel.create(args.receiver, args.sharer or [DEFAULT_SHARER],
+                               FuserConfig(hidden_size=args.fuser_hidden, intermediate_size=args.fuser_hidden),
+                               args.layer_map, args.token_alignment, chat_template=not args.no_chat_template,
+                               dtype=args.dtype, device=args.device)
     report = inspect_pair(pair, args.text or SAMPLE_TEXT)
     print(json.dumps(report, indent=2, ensure_ascii=False) if args.json else format_report(report))
 
@@ -74,7 +89,8 @@ def cmd_train(args) -> None:
     for assignment in args.set or []:
         key, _, value = assignment.partition("=")
         overrides[key] = yaml.safe_load(value)
-    for key in ("output", "method", "steps", "epochs", "batch_size", "grad_accum", "lr", "seed", "max_examples"):
+    for key in ("output", "method", "steps", "epochs", "batch_size", "grad_accum", "lr", "seed", "max_examples",
+                "dtype", "device"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
     if args.steps is not None:
@@ -106,14 +122,15 @@ def cmd_eval(args) -> None:
     pair = None
     if args.fuser:
         from .pair import C2CModel
-        pair = C2CModel.from_pretrained(args.fuser)
+        pair = C2CModel.from_pretrained(args.fuser, dtype=args.dtype, device=args.device)
         receiver, sharer = pair.receiver, pair.sharers[0]
     else:
-        receiver, sharer = load_model(args.receiver or DEFAULT_RECEIVER), load_model((args.sharer or [DEFAULT_SHARER])[0])
+        receiver, sharer = (load_model(spec, args.dtype, args.device)
+                            for spec in (args.receiver or DEFAULT_RECEIVER, (args.sharer or [DEFAULT_SHARER])[0]))
     lora = None
     if args.lora:
         from .train import load_lora_receiver
-        lora = load_lora_receiver(args.lora)
+        lora = load_lora_receiver(args.lora, args.dtype, args.device)
     chat = pair.config.chat_template if pair else not args.no_chat_template
     setup = EvalSetup(pair, receiver, sharer, lora, fuser_path=args.fuser, chat=chat, t2t_tokens=args.t2t_tokens,
                       max_new_tokens=args.max_new_tokens)
@@ -135,19 +152,29 @@ def cmd_serve(args) -> None:
           max_context_chars=args.max_context_chars)
 
 
+def cmd_convert_reference(args) -> None:
+    from .reference import convert_reference
+    output = convert_reference(args.dir, args.out, args.receiver, [args.sharer] if args.sharer else None,
+                               args.token_alignment, dtype=args.dtype, device=args.device)
+    print(f"saved to {output}; use it with: c2c generate --fuser {output} \"...\"")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="c2c", description="Cache-to-Cache: LLMs talking through their KV-caches")
     commands = parser.add_subparsers(dest="command", required=True)
 
     inspect = commands.add_parser("inspect", help="shapes, layer map, fuser size and token alignment of a pair")
+    inspect.add_argument("--fuser", help="inspect a trained or converted fuser folder (its pair and settings)")
     inspect.add_argument("--receiver", default=DEFAULT_RECEIVER)
     inspect.add_argument("--sharer", action="append")
     inspect.add_argument("--fuser-hidden", type=int, default=128)
     inspect.add_argument("--layer-map", default="last_aligned")
-    inspect.add_argument("--token-alignment", default="offsets")
+    inspect.add_argument("--token-alignment", default="offsets",
+                         help="offsets, receiver_ids, reencode_first, reencode_longest (identity is automatic)")
     inspect.add_argument("--no-chat-template", action="store_true")
     inspect.add_argument("--text", help="sample text for the alignment report")
     inspect.add_argument("--json", action="store_true")
+    _model_arguments(inspect)
     inspect.set_defaults(run=cmd_inspect)
 
     generate = commands.add_parser("generate", help="answer prompts with the fused pair")
@@ -180,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float)
     train.add_argument("--seed", type=int)
     train.add_argument("--max-examples", type=int)
+    _model_arguments(train, default_dtype=None)
     train.set_defaults(run=cmd_train)
 
     evaluate = commands.add_parser("eval", help="evaluate methods and baselines on benchmarks")
@@ -235,6 +263,21 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-context-chars", type=int, default=20000, metavar="N",
                        help="longest sharer_context a request may send, in characters (default 20000; longer: 400)")
     serve.set_defaults(run=cmd_serve)
+
+    convert = commands.add_parser("convert-reference", help="convert a fuser trained with the reference "
+                                                            "implementation (thu-nics/C2C) to a c2c checkpoint")
+    convert.add_argument("dir", metavar="DIR", help="the reference's run folder (config.json + final/), or its "
+                                                    "final/ or checkpoint-N/ folder (projector_{i}.pt, "
+                                                    "projector_config.json)")
+    convert.add_argument("--out", required=True, help="output folder for the c2c checkpoint")
+    convert.add_argument("--receiver", metavar="SPEC",
+                         help="receiver spec (default: model.base_model of the run's config.json)")
+    convert.add_argument("--sharer", metavar="SPEC",
+                         help="sharer spec (default: model.teacher_model of the run's config.json)")
+    convert.add_argument("--token-alignment", metavar="MODE", help="default: receiver_ids when the reference did "
+                                                                   "not align tokens, else its alignment_strategy")
+    _model_arguments(convert)
+    convert.set_defaults(run=cmd_convert_reference)
     return parser
 
 

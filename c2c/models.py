@@ -138,8 +138,35 @@ def resolve(spec: str) -> Path | str:
     return spec  # a hub id: transformers downloads it when online, or finds it in its own cache
 
 
-def load_model(spec: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> LoadedModel:
-    """Load a frozen causal LM and its tokenizer from a spec (see module docstring)."""
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """A torch dtype from its name (``--dtype``): float32, bfloat16 or float16."""
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not supported; expected one of {sorted(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def parse_device(device: str | torch.device = "auto") -> torch.device:
+    """A torch device from ``--device``: ``auto`` is the first GPU when there is one, else the CPU."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"device {device!r} is not a device; give auto, cpu, cuda or cuda:N") from error
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for a GPU, but torch sees none (torch {torch.__version__}, "
+                         f"CUDA build: {torch.version.cuda is not None}); use --device cpu")
+    return parsed
+
+
+def load_model(spec: str, dtype: str | torch.dtype = torch.float32, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load a frozen causal LM and its tokenizer from a spec (see module docstring), in ``dtype`` on ``device``."""
+    dtype, device = parse_dtype(dtype), parse_device(device)
     source = resolve(spec)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)

@@ -181,7 +181,8 @@ class C2CModel(nn.Module):
         self.translators = nn.ModuleList(ContextTranslator(s.shape, r, config.translator) for s in sharers) \
             if config.translator is not None else None
         self.receiver_rotary = Rotary(receiver.model) if config.translator is not None else None
-        self.aligners = [TokenAligner(receiver.tokenizer, s.tokenizer, c.token_alignment)
+        self.aligners = [TokenAligner(receiver.tokenizer, s.tokenizer, c.token_alignment,
+                                      s.model.get_input_embeddings().num_embeddings)
                          for s, c in zip(sharers, config.sharers)]
         self.fusion_enabled = True
         # Inference on up to this many fused tokens runs all open branches of a sharer as one vmapped call:
@@ -190,20 +191,23 @@ class C2CModel(nn.Module):
         # looped; 609 tokens 3145 vs 2941 ms). 0 disables.
         self.vectorize_max_tokens = 512
         self.branch_stacks = [BranchStack() for _ in sharers]
+        self.to(receiver.model.device)  # float32 master weights; they compute in the receiver's dtype (_fuse)
 
     # ----------------------------------------------------------------------------------------- building
     @classmethod
     def create(cls, receiver: LoadedModel | str, sharers: Sequence[LoadedModel | str],
                fuser: FuserConfig | None = None, layer_maps: str | list = "last_aligned",
                token_alignment: str = "offsets", chat_template: bool = True,
-               translator: TranslatorConfig | None = None) -> "C2CModel":
+               translator: TranslatorConfig | None = None, dtype: str | torch.dtype = "float32",
+               device: str | torch.device = "auto") -> "C2CModel":
         """A fresh (untrained) C2C model for any pair.
 
         ``layer_maps``: a strategy name or an explicit map (list of sharer layers) for every sharer, or a list
         with one of those per sharer. ``translator`` adds the translated-context channel; with a translator and
-        no ``fuser`` the model has no fusers at all (otherwise ``fuser`` defaults to ``FuserConfig()``)."""
-        receiver = load_model(receiver) if isinstance(receiver, str) else receiver
-        sharers = [load_model(s) if isinstance(s, str) else s for s in sharers]
+        no ``fuser`` the model has no fusers at all (otherwise ``fuser`` defaults to ``FuserConfig()``).
+        ``dtype`` and ``device`` apply to the models given as specs."""
+        receiver = load_model(receiver, dtype, device) if isinstance(receiver, str) else receiver
+        sharers = [load_model(s, dtype, device) if isinstance(s, str) else s for s in sharers]
         per_sharer = isinstance(layer_maps, list) and bool(layer_maps) and isinstance(layer_maps[0], (list, str))
         maps = layer_maps if per_sharer else [layer_maps] * len(sharers)
         sharer_configs = []
@@ -233,11 +237,13 @@ class C2CModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, receiver: LoadedModel | None = None,
-                        sharers: Sequence[LoadedModel] | None = None) -> "C2CModel":
-        """Load a checkpoint; models not given are loaded from the specs stored in its config."""
+                        sharers: Sequence[LoadedModel] | None = None, dtype: str | torch.dtype = "float32",
+                        device: str | torch.device = "auto") -> "C2CModel":
+        """Load a checkpoint; models not given are loaded from the specs stored in its config, in ``dtype`` on
+        ``device``. The fusers keep their float32 weights and compute in the receiver's dtype."""
         config = load_config(directory)
-        receiver = receiver or load_model(config.receiver)
-        sharers = sharers or [load_model(s.model) for s in config.sharers]
+        receiver = receiver or load_model(config.receiver, dtype, device)
+        sharers = sharers or [load_model(s.model, dtype, device) for s in config.sharers]
         model = cls(receiver, sharers, config)
         model.load_fuser_weights(Path(directory) / WEIGHTS_NAME)
         return model.eval()  # as transformers' from_pretrained: hard gates, no dropout; call .train() to train
@@ -282,7 +288,7 @@ class C2CModel(nn.Module):
         if template and self.config.chat_template and tokenizer.chat_template:
             prompt_text = render(tokenizer, messages, True).text
             full = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": response}],
-                                                 tokenize=False)
+                                                 tokenize=False, enable_thinking=False)
             text = full[len(prompt_text):] if full.startswith(prompt_text) else response + (tokenizer.eos_token or "")
         else:
             prompt_text = render(tokenizer, messages, False).text
@@ -486,6 +492,21 @@ class C2CModel(nn.Module):
         """Add every sharer's residual to the receiver cache, in place, at the fused columns in ``select``
         (B, length): one run of fused columns per row that has one, already in the cache."""
         length = kvcache.seq_length(cache)
+        like = kvcache.layer_kv(cache, 0)[0]
+        # The fusers keep float32 weights (the master weights in training) and compute in the cache's dtype.
+        with torch.autocast(like.device.type, dtype=like.dtype, enabled=like.dtype != torch.float32):
+            residuals = self._residuals(cache, batch, sharer_kv, select, length)
+        for layer, (key, value) in enumerate(residuals):
+            if key is None and value is None:
+                continue  # every gate shut: this layer stays bit-identical to the receiver's
+            receiver_key, receiver_value = kvcache.layer_kv(cache, layer)
+            kvcache.set_layer_kv(cache, layer, receiver_key if key is None else receiver_key + key,
+                                 receiver_value if value is None else receiver_value + value)
+
+    def _residuals(self, cache: DynamicCache, batch: Batch, sharer_kv: list[list[kvcache.KV]], select: torch.Tensor,
+                   length: int) -> list[list[torch.Tensor | None]]:
+        """Per receiver layer, the (K, V) residuals summed over the sharers, (B, H_R, length, d_R); None where
+        no gate is open."""
         residuals: list[list[torch.Tensor | None]] = [[None, None] for _ in range(len(cache.layers))]
         for index, (fusers, sharer_config, kv, positions) in enumerate(
                 zip(self.fusers, self.config.sharers, sharer_kv, batch.positions)):
@@ -525,15 +546,11 @@ class C2CModel(nn.Module):
                                                               receiver_inputs))
             for (layer, slot), residual in outputs:
                 if residual is not None:
-                    residual = kvcache.scatter_tokens(residual, rows, columns, kvcache.layer_kv(cache, layer)[slot])
+                    like = kvcache.layer_kv(cache, layer)[slot]
+                    residual = kvcache.scatter_tokens(residual.to(like.dtype), rows, columns, like)
                     total = residuals[layer][slot]
                     residuals[layer][slot] = residual if total is None else total + residual
-        for layer, (key, value) in enumerate(residuals):
-            if key is None and value is None:
-                continue  # every gate shut: this layer stays bit-identical to the receiver's
-            receiver_key, receiver_value = kvcache.layer_kv(cache, layer)
-            kvcache.set_layer_kv(cache, layer, receiver_key if key is None else receiver_key + key,
-                                 receiver_value if value is None else receiver_value + value)
+        return residuals
 
     def set_gate_temperature(self, step: int, total_steps: int) -> float | None:
         if self.config.fuser is None:

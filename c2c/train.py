@@ -38,7 +38,7 @@ from .data import Conversation, DataError, load_training_data
 from .evaluate import read_jsonl
 from .fuser import FuserConfig
 from .kvstore import SharerKVStore
-from .models import DEFAULT_RECEIVER, DEFAULT_SHARER, LoadedModel, load_model
+from .models import DEFAULT_RECEIVER, DEFAULT_SHARER, DTYPES, LoadedModel, load_model, parse_device
 from .pair import Batch, C2CModel, atomic_write
 from .translator import TranslatorConfig
 
@@ -70,6 +70,8 @@ class TrainConfig:
     layer_map: str | list = "last_aligned"
     token_alignment: str = "offsets"
     chat_template: bool = True
+    dtype: str = "float32"  # the frozen models' dtype; the trained weights and the optimizer stay float32
+    device: str = "auto"  # auto: this process's GPU (LOCAL_RANK under torchrun) when there is one, else the CPU
     data: list = field(default_factory=list)  # data.load_training_data specs
     data_dir: str | None = None
     recipe_dir: str | None = None  # set by from_file: relative data files resolve against it after the data dir
@@ -98,6 +100,8 @@ class TrainConfig:
     eval_data: list = field(default_factory=list)  # method translator: held-out texts (else eval_examples of data)
 
     def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise RecipeError(f"dtype {self.dtype!r} is not supported; expected one of {sorted(DTYPES)}")
         if self.method not in METHODS:
             raise RecipeError(f"method {self.method!r} is unknown; expected one of {METHODS}")
         if self.objective not in OBJECTIVES:
@@ -211,8 +215,8 @@ def build_model(config: TrainConfig, receiver: LoadedModel | None = None,
     """The pair and the module that trains (the fusers, or the LoRA-wrapped receiver).
 
     Models are loaded from the recipe's specs unless given (tests pass tiny models)."""
-    receiver = receiver or load_model(config.receiver)
-    sharers = sharers or [load_model(s) for s in config.sharers]
+    receiver = receiver or load_model(config.receiver, config.dtype)
+    sharers = sharers or [load_model(s, config.dtype) for s in config.sharers]
     torch.manual_seed(config.seed)
     if config.method == "lora":  # adapt a private copy: the caller's receiver stays frozen and untouched
         from peft import LoraConfig, get_peft_model
@@ -256,11 +260,13 @@ class Runtime:
         return self.rank == 0
 
 
-def init_distributed() -> Runtime:
-    """torchrun sets WORLD_SIZE/RANK: gloo on CPU, nccl on GPU. One process otherwise."""
+def init_distributed(device: str = "auto") -> Runtime:
+    """torchrun sets WORLD_SIZE/RANK: gloo on CPU, nccl on GPU. One process otherwise. A GPU ``device`` without
+    an index means this process's GPU (LOCAL_RANK)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if torch.cuda.is_available() \
-        else torch.device("cpu")
+    device = parse_device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     if world == 1:
         return Runtime(device=device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
@@ -275,7 +281,7 @@ def train(config: TrainConfig, resume: bool = False, stop_after: int | None = No
     """
     if config.method == "translator":
         return fit_translators(config, receiver, sharers)
-    runtime = init_distributed()
+    runtime = init_distributed(config.device)
     output = Path(config.output)
     train_set, held_out = load_examples(config)
     pair, trainable = build_model(config, receiver, sharers)
@@ -401,13 +407,17 @@ def one_hot_targets(answers: list[int], choices: list[list[str]], device: torch.
     return [F.one_hot(torch.tensor(a, device=device), len(c)).float() for a, c in zip(answers, choices)]
 
 
-def mixed_precision(micro: MicroBatch):
-    """bf16 autocast on a GPU (the trained weights and the optimizer stay float32); nothing on a CPU."""
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=micro.batch.input_ids.is_cuda)
+def mixed_precision(pair: C2CModel):
+    """Autocast to the models' dtype, bf16 for float32 models on a GPU; nothing for float32 models on a CPU.
+    The trained weights and the optimizer stay float32."""
+    device, dtype = pair.device, pair.receiver.model.dtype
+    if device.type == "cuda" and dtype == torch.float32:
+        dtype = torch.bfloat16
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
 
 
 def choice_scores(pair: C2CModel, micro: MicroBatch, method: str) -> list[torch.Tensor]:
-    with mixed_precision(micro):
+    with mixed_precision(pair):
         return pair.choice_scores(micro.batch, micro.choices, fuse=method == "c2c")
 
 
@@ -415,7 +425,7 @@ def objective_sum(pair: C2CModel, micro: MicroBatch, method: str) -> torch.Tenso
     """Sum of the loss over the micro-batch's units (the caller divides by the global count)."""
     if micro.choices is not None:
         return choice_loss_sum(choice_scores(pair, micro, method), micro.targets)
-    with mixed_precision(micro):
+    with mixed_precision(pair):
         return pair(micro.batch, fuse=method == "c2c", reduction="sum")[1]
 
 
@@ -563,7 +573,8 @@ def save_checkpoint(output: Path, pair: C2CModel, trainable: torch.nn.Module, op
             {"receiver": config.receiver, "adapter": "lora", "step": step}) + "\n"))
 
 
-def load_lora_receiver(run: str | Path) -> LoadedModel:
+def load_lora_receiver(run: str | Path, dtype: str | torch.dtype = "float32", device: str | torch.device = "auto"
+                       ) -> LoadedModel:
     """The receiver with the LoRA adapter of a ``method: lora`` run merged in (the fine-tuned baseline)."""
     run = Path(run)
     if not (run / "lora_receiver.json").is_file():
@@ -571,7 +582,7 @@ def load_lora_receiver(run: str | Path) -> LoadedModel:
                           "`c2c train RECIPE --method lora`")
     from peft import PeftModel
     info = json.loads((run / "lora_receiver.json").read_text())
-    receiver = load_model(info["receiver"])
+    receiver = load_model(info["receiver"], dtype, device)
     merged = PeftModel.from_pretrained(receiver.model, run / "lora").merge_and_unload().eval()
     return LoadedModel(f"{info['receiver']}+lora", merged, receiver.tokenizer)
 
@@ -629,8 +640,8 @@ def fit_translators(config: TrainConfig, receiver: LoadedModel | None = None,
         if config.max_examples is not None:
             texts = texts[:config.max_examples + config.eval_examples]
         fitting, held_out = split_texts(texts, config.eval_examples / len(texts), config.seed)
-    receiver = receiver or load_model(config.receiver)
-    sharers = sharers or [load_model(s) for s in config.sharers]
+    receiver = receiver or load_model(config.receiver, config.dtype, config.device)
+    sharers = sharers or [load_model(s, config.dtype, config.device) for s in config.sharers]
     pair = C2CModel.create(receiver, sharers, None, config.layer_map, config.token_alignment, config.chat_template,
                            translator=TranslatorConfig.from_dict(config.translator))
     started = time.time()

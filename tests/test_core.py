@@ -1,5 +1,6 @@
 """Core: token and layer alignment, the fuser, the fused runtime and checkpoints, on tiny models."""
 
+import copy
 import dataclasses
 import json
 
@@ -11,6 +12,7 @@ from tiny import tiny
 from c2c import cache as kvcache
 from c2c.align import TokenAligner, as_messages, content_tokens, layer_map, render
 from c2c.fuser import FuserConfig, LayerFuser, temperature_at
+from c2c.models import LoadedModel
 from c2c.pair import C2CModel, CheckpointError, position_ids
 
 TRICKY = [
@@ -79,7 +81,7 @@ def test_chat_templates_differ_and_only_message_text_is_fused():
     assert sum(p >= 0 for p in alignment.positions) > 8
 
 
-@pytest.mark.parametrize("strategy", ["first", "longest"])
+@pytest.mark.parametrize("strategy", ["reencode_first", "reencode_longest"])
 def test_reference_strategies_give_one_sharer_token_per_receiver_token(strategy):
     r, s = tiny("llama").tokenizer, tiny("gemma").tokenizer
     messages = as_messages(TRICKY[0])
@@ -94,12 +96,32 @@ def test_longest_keeps_the_longest_piece_and_first_the_first():
     r, s = tiny("llama").tokenizer, tiny("qwen").tokenizer
     messages = as_messages("capital")
     view = render(r, messages, chat=False)
-    first = TokenAligner(r, s, "first").align(messages, view, chat=False)
-    longest = TokenAligner(r, s, "longest").align(messages, view, chat=False)
+    first = TokenAligner(r, s, "reencode_first").align(messages, view, chat=False)
+    longest = TokenAligner(r, s, "reencode_longest").align(messages, view, chat=False)
     for index, _, _, _ in content_tokens(view)[:-1]:
         pieces = s.encode(r.decode([view.ids[index]]), add_special_tokens=False)
         assert first.sharer_ids[first.positions[index]] == pieces[0]
         assert len(s.decode([longest.sharer_ids[longest.positions[index]]])) == max(len(s.decode([p])) for p in pieces)
+
+
+def test_receiver_ids_feed_the_sharer_the_receiver_ids_whatever_its_chat_template():
+    """The reference's layout for a shared vocabulary: same ids, another template (as Qwen3 <- Qwen2.5)."""
+    llama = tiny("llama")
+    other_template = copy.deepcopy(llama.tokenizer)
+    other_template.chat_template = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+    sharer = LoadedModel("tiny-llama-other-template", llama.model, other_template)
+    pair = C2CModel.create(llama, [sharer], SMALL_FUSER, token_alignment="receiver_ids")
+    batch = pair.prepare(PROMPTS)
+    assert pair.config.sharers[0].token_alignment == "receiver_ids"
+    assert torch.equal(batch.sharer_ids[0], batch.input_ids)  # the receiver's ids, its template included
+    real = batch.attention_mask.bool()
+    real[:, -1] = False  # the last prompt token reads the fused cache, unfused
+    assert (batch.positions[0] >= 0).eq(real).all()  # every other real position is fused, template included
+    assert len(pair.generate(PROMPTS, max_new_tokens=3)) == len(PROMPTS)
+    with pytest.raises(ValueError, match="receiver has 400 ids and the sharer's vocabulary only 300"):
+        C2CModel.create(tiny("llama"), [tiny("gemma")], SMALL_FUSER, token_alignment="receiver_ids")
+    with pytest.raises(ValueError, match="now called 'reencode_first'"):
+        TokenAligner(llama.tokenizer, tiny("gemma").tokenizer, "first")
 
 
 def test_same_tokenizer_uses_the_identity_fast_path():

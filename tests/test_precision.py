@@ -1,0 +1,115 @@
+"""bf16 and fp16 on the CPU: the fusers keep float32 weights and compute in the receiver's dtype; inference,
+choice scores and a training step run and stay close to float32; shut gates still equal the receiver exactly."""
+
+import copy
+import json
+import math
+
+import pytest
+import torch
+from conftest import SMALL_FUSER
+from tiny import tiny
+
+from c2c.models import LoadedModel, parse_device, parse_dtype
+from c2c.pair import C2CModel
+
+PROMPTS = ["What is the capital of France?", "hi 你好 🙂 Water boils at what temperature?"]
+CHOICES = [[" Paris", " Rome", " Oslo"], [" 100 degrees", " zero"]]
+
+
+def in_dtype(kind: str, dtype: torch.dtype) -> LoadedModel:
+    model = tiny(kind)
+    return LoadedModel(model.name, copy.deepcopy(model.model).to(dtype), model.tokenizer)
+
+
+def pair_in(dtype: torch.dtype, receiver="llama", sharer="gemma", open_gates=True) -> C2CModel:
+    models = in_dtype(receiver, dtype), in_dtype(sharer, dtype)
+    torch.manual_seed(0)  # after the models: building a tiny model reseeds
+    pair = C2CModel.create(models[0], [models[1]], SMALL_FUSER)
+    with torch.no_grad():
+        for fuser in pair.layer_fusers():
+            fuser.gate_logits.fill_(1.0 if open_gates else -1.0)
+    return pair.eval()
+
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("receiver,sharer", [("llama", "gemma"), ("qwen", "llama")])
+def test_half_precision_inference_runs_and_stays_close_to_float32(dtype, receiver, sharer):
+    full, half = pair_in(torch.float32, receiver, sharer), pair_in(dtype, receiver, sharer)
+    assert all(p.dtype == torch.float32 for p in half.fusers.parameters())  # master weights stay float32
+    with torch.no_grad():
+        scores = [torch.cat(pair.choice_scores(pair.prepare(PROMPTS), CHOICES)) for pair in (full, half)]
+        shift = [torch.cat(pair.choice_scores(pair.prepare(PROMPTS), CHOICES)) -
+                 torch.cat(pair.choice_scores(pair.prepare(PROMPTS), CHOICES, fuse=False)) for pair in (full, half)]
+    torch.testing.assert_close(scores[1].float(), scores[0], rtol=0.01, atol=0.02)
+    assert shift[1].abs().max() > 1e-2  # the fusion acts in half precision too ...
+    torch.testing.assert_close(shift[1].float(), shift[0], rtol=0.05, atol=0.02)  # ... as it does in float32
+    assert len(half.generate(PROMPTS, max_new_tokens=4)) == 2
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_shut_gates_equal_the_receiver_bit_for_bit_in_half_precision(dtype):
+    pair = pair_in(dtype, open_gates=False)
+    with torch.no_grad():
+        fused = torch.cat(pair.choice_scores(pair.prepare(PROMPTS), CHOICES))
+        alone = torch.cat(pair.choice_scores(pair.prepare(PROMPTS), CHOICES, fuse=False))
+    assert torch.equal(fused, alone)
+    assert pair.generate(PROMPTS, max_new_tokens=5) == pair.generate(PROMPTS, max_new_tokens=5, fuse=False)
+
+
+def test_a_bf16_training_step_gives_float32_gradients_close_to_float32():
+    losses, grads = [], []
+    for dtype in (torch.float32, torch.bfloat16):
+        pair = pair_in(dtype).train()
+        batch = pair.prepare(PROMPTS, responses=["Paris.", "Hot!"])
+        torch.manual_seed(1)  # the same gate noise
+        _, loss = pair(batch)
+        loss.backward()
+        first = next(pair.layer_fusers()).key.input.weight
+        assert first.dtype == torch.float32 and first.grad.dtype == torch.float32
+        losses.append(loss.item())
+        grads.append(torch.cat([p.grad.flatten() for p in pair.fusers.parameters() if p.grad is not None]))
+    assert abs(losses[1] - losses[0]) < 0.05 * abs(losses[0])
+    assert torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0) > 0.95
+
+
+def test_dtype_and_device_names_are_checked():
+    assert parse_dtype("bfloat16") is torch.bfloat16 and parse_device("cpu").type == "cpu"
+    assert parse_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="expected one of"):
+        parse_dtype("float8")
+    with pytest.raises(ValueError, match="not a device"):
+        parse_device("tpu-ish:x")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="--device cpu"):
+            parse_device("cuda")
+
+
+def test_a_bf16_training_run_keeps_float32_weights_in_its_checkpoint(tmp_path):
+    from safetensors.torch import load_file
+
+    from c2c.train import TrainConfig, train
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": q},
+                                                     {"role": "assistant", "content": a}]}) + "\n"
+                            for q, a in [("What is the capital of France?", "Paris."), ("Name an animal.", "The dog."),
+                                         ("Water boils at what temperature?", "100 degrees.")]))
+    config = TrainConfig(output=str(tmp_path / "run"), data=[str(data)], steps=6, batch_size=2, eval_examples=0,
+                         lr=1e-2, save_every=3, log_every=1, dtype="bfloat16", sharer_cache=False,
+                         fuser={"hidden_size": 16, "intermediate_size": 16})
+    output = train(config, receiver=in_dtype("llama", torch.bfloat16), sharers=[in_dtype("gemma", torch.bfloat16)])
+    losses = [json.loads(line)["loss"] for line in (output / "metrics.jsonl").read_text().splitlines()
+              if "loss" in json.loads(line)]
+    assert len(losses) == 6 and all(math.isfinite(loss) for loss in losses) and losses[-1] < losses[0]
+    assert {t.dtype for t in load_file(str(output / "fuser.safetensors")).values()} == {torch.float32}
+    with pytest.raises(ValueError, match="dtype 'half' is not supported"):
+        TrainConfig(data=[str(data)], steps=1, dtype="half")
+
+
+@pytest.mark.parametrize("command", [["inspect"], ["generate", "hi"], ["eval", "--bench", "arc-easy"], ["chat"],
+                                     ["serve"], ["train", "recipe.yaml"], ["convert-reference", "run", "--out", "o"]])
+def test_every_command_that_loads_models_takes_dtype_and_device(command):
+    from c2c.cli import build_parser
+    args = build_parser().parse_args(command + ["--dtype", "bfloat16", "--device", "cpu"])
+    assert (args.dtype, args.device) == ("bfloat16", "cpu")
