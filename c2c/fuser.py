@@ -33,6 +33,10 @@ class FuserConfig:
     # then no longer compute a function of the receiver's own cache (act as a plain adapter), so whatever
     # it adds is computed from what the sharer read.
     receiver_input: bool = True
+    # The paper feeds keys as each model cached them, rotated by the positions they sit at. True removes each
+    # model's rotary first and applies the receiver's to the key residual, so the fuser maps position-free keys
+    # (the translator's space) and does not have to learn two models' rotations.
+    position_free: bool = False
     zero_init: bool = True  # zero the projection's output layer: the untrained fuser changes nothing
     gate_noise: str = "logistic"  # "logistic" (binary Concrete), "gumbel" (the reference's) or "none"
     straight_through: bool = True  # forward with the hard gate, backward through the relaxed one

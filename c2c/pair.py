@@ -180,7 +180,9 @@ class C2CModel(nn.Module):
             for s in sharers)
         self.translators = nn.ModuleList(ContextTranslator(s.shape, r, config.translator) for s in sharers) \
             if config.translator is not None else None
-        self.receiver_rotary = Rotary(receiver.model) if config.translator is not None else None
+        position_free = config.fuser is not None and config.fuser.position_free
+        self.receiver_rotary = Rotary(receiver.model) if config.translator is not None or position_free else None
+        self.sharer_rotaries = [Rotary(s.model) for s in sharers] if position_free else None
         self.aligners = [TokenAligner(receiver.tokenizer, s.tokenizer, c.token_alignment,
                                       s.model.get_input_embeddings().num_embeddings)
                          for s, c in zip(sharers, config.sharers)]
@@ -518,15 +520,25 @@ class C2CModel(nn.Module):
                 continue
             sources = positions[rows, columns]  # (T,) the sharer position of each fused token
             gathered: dict[tuple[int, int], torch.Tensor] = {}
+            # Position-free keys: each model's rotary removed at its own positions (1, T); the key residual then
+            # gets the receiver's rotary at the receiver's positions.
+            free = self.config.fuser.position_free
+            if free:
+                sharer_at = position_ids(batch.sharer_mask[index])[rows, sources][None]
+                receiver_at = position_ids(batch.attention_mask)[rows, columns][None]
 
             def sharer_input(layer: int, slot: int) -> torch.Tensor:  # (1, H_S, T, d_S), gathered once per layer
                 source = (sharer_config.layer_map[layer], slot)
                 if source not in gathered:
-                    gathered[source] = kvcache.select_tokens(kv[source[0]][slot], rows, sources)
+                    tokens = kvcache.select_tokens(kv[source[0]][slot], rows, sources)
+                    if free and slot == 0:
+                        tokens = self.sharer_rotaries[index].remove(tokens, source[0], sharer_at)
+                    gathered[source] = tokens
                 return gathered[source]
 
             def receiver_input(layer: int, slot: int) -> torch.Tensor:  # (1, H_R, T, d_R)
-                return kvcache.select_tokens(kvcache.layer_kv(cache, layer)[slot], rows, columns)
+                tokens = kvcache.select_tokens(kvcache.layer_kv(cache, layer)[slot], rows, columns)
+                return self.receiver_rotary.remove(tokens, layer, receiver_at) if free and slot == 0 else tokens
 
             if fusers.training or rows.numel() > self.vectorize_max_tokens:
                 outputs = []
@@ -546,6 +558,8 @@ class C2CModel(nn.Module):
                                                               receiver_inputs))
             for (layer, slot), residual in outputs:
                 if residual is not None:
+                    if free and slot == 0:
+                        residual = self.receiver_rotary.apply(residual, layer, receiver_at)
                     like = kvcache.layer_kv(cache, layer)[slot]
                     residual = kvcache.scatter_tokens(residual.to(like.dtype), rows, columns, like)
                     total = residuals[layer][slot]

@@ -14,6 +14,7 @@ from c2c.align import TokenAligner, as_messages, content_tokens, layer_map, rend
 from c2c.fuser import FuserConfig, LayerFuser, temperature_at
 from c2c.models import LoadedModel
 from c2c.pair import C2CModel, CheckpointError, position_ids
+from c2c.rotary import Rotary
 
 TRICKY = [
     "Hello world, 你好 🙂! What's the capital of France?",
@@ -461,10 +462,12 @@ def test_small_fuser_fixture_is_not_zero_init():
     assert SMALL_FUSER.zero_init is False
 
 
-@pytest.mark.parametrize("receiver,sharers,receiver_input",
-                         [("llama", ("gemma",), True), ("gemma", ("llama", "qwen"), True), ("qwen", ("gemma",), False)])
-def test_vectorised_inference_equals_the_per_layer_loop(receiver, sharers, receiver_input):
-    pair = make_pair(receiver, sharers, fuser=dataclasses.replace(SMALL_FUSER, receiver_input=receiver_input))
+@pytest.mark.parametrize("receiver,sharers,receiver_input,position_free",
+                         [("llama", ("gemma",), True, False), ("gemma", ("llama", "qwen"), True, False),
+                          ("qwen", ("gemma",), False, False), ("llama", ("qwen",), True, True)])
+def test_vectorised_inference_equals_the_per_layer_loop(receiver, sharers, receiver_input, position_free):
+    pair = make_pair(receiver, sharers, fuser=dataclasses.replace(SMALL_FUSER, receiver_input=receiver_input,
+                                                                  position_free=position_free))
     with torch.no_grad():
         for fuser in list(pair.layer_fusers())[::3]:
             fuser.gate_logits[0] = -1.0  # a mix of open and shut gates
@@ -478,3 +481,31 @@ def test_vectorised_inference_equals_the_per_layer_loop(receiver, sharers, recei
     assert not torch.allclose(changed, vectorised)
     pair.vectorize_max_tokens = 0
     torch.testing.assert_close(changed, _last_logits(pair, PROMPTS), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("receiver,sharer", PAIRS)
+def test_a_position_free_fuser_reads_keys_without_rotary_and_writes_its_key_residual_rotated(receiver, sharer):
+    pair = make_pair(receiver, (sharer,), fuser=dataclasses.replace(SMALL_FUSER, position_free=True))
+    pair.vectorize_max_tokens = 0  # the per-layer loop, so a hook sees each fuser's inputs and outputs
+    layer = pair.receiver.shape.num_layers - 1
+    seen = []
+    pair.fusers[0][layer].register_forward_hook(lambda module, inputs, output: seen.append((inputs, output)))
+    batch = pair.prepare(["What is the capital of France?"])
+    with torch.no_grad():
+        fused = pair.prefill(batch)
+        with pair.disable_fusion():
+            alone = pair.prefill(batch)
+    ((sharer_key, _, receiver_key, _), (key_residual, _)), = seen  # one row, one fused run
+    columns = (batch.positions[0][0] >= 0).nonzero()[:, 0]
+    sources = batch.positions[0][0, columns]
+    receiver_at = position_ids(batch.attention_mask)[0, columns][None]
+    sharer_at = position_ids(batch.sharer_mask[0])[0, sources][None]
+    source_layer = pair.config.sharers[0].layer_map[layer]
+    raw_sharer = pair.sharer_caches(batch)[0][source_layer][0][:, :, sources]
+    torch.testing.assert_close(sharer_key, Rotary(pair.sharers[0].model).remove(raw_sharer, source_layer, sharer_at))
+    assert (sharer_key - raw_sharer).abs().max() > 1e-3  # the rotary really was removed
+    rotary = Rotary(pair.receiver.model)
+    own = kvcache.layer_kv(alone, layer)[0][:, :, columns]
+    torch.testing.assert_close(receiver_key, rotary.remove(own, layer, receiver_at), rtol=1e-4, atol=1e-5)
+    written = kvcache.layer_kv(fused, layer)[0][:, :, columns] - own
+    torch.testing.assert_close(written, rotary.apply(key_residual, layer, receiver_at), rtol=1e-4, atol=1e-5)
