@@ -27,9 +27,8 @@ from dataclasses import dataclass, field
 
 from transformers import PreTrainedTokenizerBase
 
-TOKEN_ALIGNMENTS = ("offsets", "receiver_ids", "reencode_first", "reencode_longest", "identity")
-RENAMED_ALIGNMENTS = {"first": "reencode_first", "longest": "reencode_longest"}
-LAYER_MAPS = ("last_aligned", "spread")
+from .names import LAYER_MAPS, RENAMED_ALIGNMENTS, TOKEN_ALIGNMENTS  # noqa: F401 (re-exported)
+
 
 Message = dict[str, str]
 

@@ -7,11 +7,13 @@ import json
 import sys
 from pathlib import Path
 
-from .models import DEFAULT_RECEIVER, DEFAULT_SHARER
+from .names import DEFAULT_RECEIVER, DEFAULT_SHARER, LAYER_MAPS, METHODS, SCORINGS, TOKEN_ALIGNMENTS
 
 
 def _model_arguments(parser: argparse.ArgumentParser, default_dtype: str | None = "float32") -> None:
-    """--dtype and --device: where and in what precision the frozen models run (fusers keep float32 weights)."""
+    """--dtype and --device: where and in what precision the frozen models run (fusers keep float32 weights);
+    --verbose shows transformers' per-model loading bars."""
+    parser.add_argument("--verbose", action="store_true", help="show the models' loading progress bars")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=default_dtype,
                         help=f"the models' dtype (default: {default_dtype or 'the recipe’s, else float32'}); bfloat16 "
                              "on a GPU halves memory and time")
@@ -28,6 +30,8 @@ def _pair_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _load_pair(args):
+    """The pair for generate, chat and serve (all write text)."""
+    _fuser_purpose(args.fuser)
     from .pair import C2CModel
     if args.fuser:
         return C2CModel.from_pretrained(args.fuser, dtype=args.dtype, device=args.device)
@@ -63,20 +67,55 @@ def _sharer_context(path: str | None) -> str | None:
         raise SystemExit(f"error: --sharer-context: {error}") from None
 
 
+def _sampling(args) -> dict:
+    """--sample and its settings, checked before any model loads (defaults: temperature 0.7, top-p 0.9)."""
+    given = [f"--{name.replace('_', '-')}" for name in ("temperature", "top_p", "top_k") if getattr(args, name) is not None]
+    if given and not args.sample:
+        raise SystemExit(f"error: {', '.join(given)} only apply with --sample (decoding is greedy without it); "
+                         "add --sample or drop them")
+    temperature = 0.7 if args.temperature is None else args.temperature
+    top_p = 0.9 if args.top_p is None else args.top_p
+    if temperature <= 0:
+        raise SystemExit(f"error: --temperature must be > 0, got {temperature}")
+    if not 0 < top_p <= 1:
+        raise SystemExit(f"error: --top-p must be in (0, 1], got {top_p}")
+    if args.top_k is not None and args.top_k < 1:
+        raise SystemExit(f"error: --top-k must be >= 1, got {args.top_k}")
+    return dict(do_sample=args.sample, temperature=temperature, top_p=top_p, top_k=args.top_k)
+
+
+def _fuser_purpose(fuser: str | None) -> None:
+    """A fuser trained only to rank choices writes no sensible text: say so before generating with it."""
+    config = Path(fuser or "") / "train_config.json"
+    if fuser and config.is_file():
+        try:
+            objective = json.loads(config.read_text()).get("objective")
+        except (json.JSONDecodeError, AttributeError):
+            return
+        if objective == "choices":
+            print(f"warning: {fuser} was trained with objective: choices, to rank the answers of multiple-choice "
+                  "questions (c2c eval), not to write text; its free text may be garbled. For text, use a fuser "
+                  "trained on instructions, e.g. fusers/default_pair_chat", file=sys.stderr)
+
+
 def cmd_generate(args) -> None:
-    context = _sharer_context(args.sharer_context)  # a bad file fails before any model loads
+    context = _sharer_context(args.sharer_context)  # bad input fails before any model loads
+    sampling = _sampling(args)
+    if args.max_new_tokens < 1:
+        raise SystemExit(f"error: --max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    prompts = args.prompt if args.prompt else [sys.stdin.read()]
+    if not all(prompt.strip() for prompt in prompts):
+        raise SystemExit("error: a prompt is empty; give the prompt as an argument or on standard input")
     import torch
     from transformers import TextStreamer
     if context is not None and args.no_fuse:
         print("note: --no-fuse: the receiver answers alone; the sharer context is not read", file=sys.stderr)
     pair = _load_pair(args)
     torch.manual_seed(args.seed)
-    prompts = args.prompt if args.prompt else [sys.stdin.read()]
     stream = len(prompts) == 1 and not args.no_stream
     streamer = TextStreamer(pair.receiver.tokenizer, skip_prompt=True, skip_special_tokens=True) if stream else None
-    outputs = pair.generate(prompts, max_new_tokens=args.max_new_tokens, do_sample=args.sample,
-                            temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, stop=args.stop,
-                            streamer=streamer, fuse=not args.no_fuse, sharer_contexts=context)
+    outputs = pair.generate(prompts, max_new_tokens=args.max_new_tokens, stop=args.stop, streamer=streamer,
+                            fuse=not args.no_fuse, sharer_contexts=context, **sampling)
     if not stream:
         for output in outputs:
             print(output)
@@ -106,18 +145,31 @@ def cmd_train(args) -> None:
     elif args.recipe:
         config = TrainConfig.from_file(args.recipe, overrides)
     else:
-        config = TrainConfig.from_dict(overrides)
-    output = train(config, resume=bool(args.resume))
+        raise SystemExit("error: give a recipe (e.g. c2c train recipes/default_pair_choices.yaml) or --resume DIR "
+                         "(an interrupted run's output folder)")
+    output = train(config, resume=bool(args.resume), overwrite=args.overwrite)
     print(f"saved to {output}")
 
 
+def _method_limits(values: list[str] | None) -> dict[str, int]:
+    limits = {}
+    for value in values or []:
+        method, _, count = value.partition("=")
+        if not method or not count.isdigit() or int(count) < 1:
+            raise SystemExit(f"error: --method-limit {value!r}: expected METHOD=N with N >= 1, e.g. t2t=50")
+        limits[method] = int(count)
+    return limits
+
+
 def cmd_eval(args) -> None:
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise SystemExit(f"error: --out {args.out} is a file; give a folder for the records and summary")
+    limits = _method_limits(args.method_limit)
     from .evaluate import EvalConfig, EvalSetup, run_eval
     from .models import load_model
     config = EvalConfig(benchmarks=args.bench.split(","), methods=args.methods.split(","), scoring=args.scoring,
                         split=args.split, limit=args.limit, seed=args.seed, out=args.out, data_dir=args.data_dir,
-                        skip_bad=args.skip_bad, recompute=args.recompute,
-                        method_limits={m: int(n) for m, n in (v.split("=") for v in args.method_limit or [])},
+                        skip_bad=args.skip_bad, recompute=args.recompute, method_limits=limits,
                         throughput_batch=args.throughput_batch, t2t_batch=args.t2t_batch)
     pair = None
     if args.fuser:
@@ -168,9 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--receiver", default=DEFAULT_RECEIVER)
     inspect.add_argument("--sharer", action="append")
     inspect.add_argument("--fuser-hidden", type=int, default=128)
-    inspect.add_argument("--layer-map", default="last_aligned")
-    inspect.add_argument("--token-alignment", default="offsets",
-                         help="offsets, receiver_ids, reencode_first, reencode_longest (identity is automatic)")
+    inspect.add_argument("--layer-map", default="last_aligned", help=f"one of {', '.join(LAYER_MAPS)} (default "
+                                                                     "last_aligned, the paper's terminal alignment)")
+    inspect.add_argument("--token-alignment", default="offsets", choices=TOKEN_ALIGNMENTS,
+                         help="default offsets; identity is chosen by itself for the same tokenizer")
     inspect.add_argument("--no-chat-template", action="store_true")
     inspect.add_argument("--text", help="sample text for the alignment report")
     inspect.add_argument("--json", action="store_true")
@@ -182,9 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("prompt", nargs="*", help="prompt(s); read from standard input if none")
     generate.add_argument("--max-new-tokens", type=int, default=128)
     generate.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
-    generate.add_argument("--temperature", type=float, default=0.7)
-    generate.add_argument("--top-p", type=float, default=0.9)
-    generate.add_argument("--top-k", type=int)
+    generate.add_argument("--temperature", type=float, help="with --sample: > 0 (default 0.7)")
+    generate.add_argument("--top-p", type=float, help="with --sample: in (0, 1] (default 0.9)")
+    generate.add_argument("--top-k", type=int, help="with --sample: keep the k likeliest tokens (default: all)")
     generate.add_argument("--stop", action="append", help="stop string (repeatable)")
     generate.add_argument("--no-stream", action="store_true")
     generate.add_argument("--no-fuse", action="store_true", help="the receiver alone (it ignores --sharer-context)")
@@ -197,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a fuser (or the LoRA baseline) from a recipe")
     train.add_argument("recipe", nargs="?", help="YAML recipe (see recipes/)")
     train.add_argument("--resume", metavar="DIR", help="continue an interrupted run from its output folder")
+    train.add_argument("--overwrite", action="store_true",
+                       help="start afresh in an output folder that holds an earlier run (it is deleted)")
     train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any recipe key (YAML value)")
     train.add_argument("--output")
     train.add_argument("--method", choices=["c2c", "lora"])
@@ -215,9 +270,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--bench", required=True, help="comma-separated names or generic MC .jsonl paths; "
                                                          "NAME:SPLIT overrides --split for one (e.g. ceval:val), "
                                                          "NAME:SPLIT:N also --limit (e.g. synthetic-3fact:test:200)")
-    evaluate.add_argument("--methods", default="receiver,sharer,c2c")
-    evaluate.add_argument("--scoring", default="cloze-options")
-    evaluate.add_argument("--split", default="test")
+    evaluate.add_argument("--methods", default="receiver,sharer,c2c",
+                          help=f"comma-separated, from: {', '.join(METHODS)} (default receiver,sharer,c2c)")
+    evaluate.add_argument("--scoring", default="cloze-options", choices=SCORINGS, help="default cloze-options")
+    evaluate.add_argument("--split", default="test", help="test (default), dev, train or val, as the benchmark has")
     evaluate.add_argument("--limit", type=int, help="a seeded sample of N items per benchmark; a larger N extends "
                                                     "a smaller one, and finished items are reused from --out")
     evaluate.add_argument("--seed", type=int, default=0)
@@ -283,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    if hasattr(args, "verbose"):  # a command that loads models: "Loading weights" bars only with --verbose
+        from transformers.utils import logging as transformers_logging
+        (transformers_logging.enable_progress_bar if args.verbose else transformers_logging.disable_progress_bar)()
     from .data import DataError
     from .models import ModelLoadError
     from .pair import CheckpointError

@@ -12,6 +12,7 @@ import json
 import math
 import random
 import statistics
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,27 +25,20 @@ from transformers import DynamicCache
 from . import cache as kvcache
 from .align import as_messages, render
 from .context import context_span, cut_context, with_context
-from .data import MCItem, cloze_continuations, extract_choice_letter, load_benchmark, mc_prompt
+from .data import DataError, MCItem, cloze_continuations, extract_choice_letter, load_benchmark, mc_prompt
 from .models import LoadedModel
+from .names import DERIVED_METHODS, METHODS, RUN_METHODS, SCORINGS
 from .pair import C2CModel
 from .pair import continuation_logprobs as pair_continuation_logprobs
 from .pair import pad_rows
 from .rotary import Rotary
 
-SCORINGS = ("generate", "letter", "cloze", "cloze-options")
-RUN_METHODS = ("receiver", "sharer", "t2t", "c2c", "c2c-shuffled", "lora-receiver")
-# On items with a context that only the sharer reads (context handoff):
-CONTEXT_METHODS = ("receiver-with-context", "sharer-with-context", "c2c-translated", "c2c-translated-shuffled",
-                   "receiver-enriched")
 # Paired differences reported per benchmark: each channel's communication gain first, then over each baseline.
 PAIRED_COMPARISONS = (("c2c", "c2c-shuffled"), ("c2c", "receiver"), ("c2c", "sharer"), ("c2c", "lora-receiver"),
                       ("c2c", "t2t"), ("c2c-translated", "c2c-translated-shuffled"), ("c2c-translated", "receiver"),
                       ("c2c-translated", "lora-receiver"), ("c2c-translated", "t2t"),
                       ("c2c-translated", "receiver-with-context"), ("c2c-translated", "c2c"),
                       ("receiver-enriched", "receiver"))
-DERIVED_METHODS = {"ensemble": ("receiver", "sharer"), "routing": ("receiver", "sharer"),
-                   "routing-oracle": ("receiver", "sharer")}
-METHODS = RUN_METHODS + CONTEXT_METHODS + tuple(DERIVED_METHODS)
 T2T_BACKGROUND_PROMPT = "Question: {question}\nUseful background knowledge for answering this question:"
 
 
@@ -361,6 +355,13 @@ def run_eval(config: EvalConfig, setup: EvalSetup) -> dict:
             raise ValueError(f"benchmark {spec!r}: the limit after the split must be a number (NAME:SPLIT:LIMIT)")
         benchmark = load_benchmark(name, split or config.split, config.data_dir, config.skip_bad,
                                    int(limit) if limit else config.limit, config.seed)
+        report = benchmark.report
+        if not benchmark.items:
+            raise DataError(f"{spec}: no usable items in {', '.join(report['files'])} ({report['rows_read']} rows read, "
+                            f"dropped: {report['dropped'] or 'none'}); nothing to evaluate")
+        if benchmark.report["bad_rows"]:
+            print(f"note: {benchmark.name}: --skip-bad skipped {len(benchmark.report['bad_rows'])} malformed rows "
+                  f"(listed in summary.json), first: {benchmark.report['bad_rows'][0]}", file=sys.stderr)
         folder = out / benchmark.name
         folder.mkdir(parents=True, exist_ok=True)
         limits = config.method_limits or {}

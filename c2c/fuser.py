@@ -22,6 +22,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .validate import check_types
+
 
 @dataclass
 class FuserConfig:
@@ -44,6 +46,7 @@ class FuserConfig:
     temperature_end: float = 0.001
 
     def __post_init__(self):
+        check_types(self, ValueError, "fuser ")
         for name in ("hidden_size", "intermediate_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"fuser {name} must be a positive integer, got {getattr(self, name)}")

@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from .names import DEFAULT_RECEIVER, DEFAULT_SHARER  # noqa: F401 (re-exported)
+
 
 class ModelLoadError(RuntimeError):
     """A model spec that cannot be turned into a model; the message says what to do."""
@@ -52,8 +54,6 @@ BUILTIN_MODELS = {
     "smollm2-135m-instruct": _smollm2_gguf,
     "gemma3-270m": _gemma3_gguf,
 }
-DEFAULT_RECEIVER = "smollm2-135m-instruct"
-DEFAULT_SHARER = "gemma3-270m"
 
 
 def cache_dir() -> Path:

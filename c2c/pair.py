@@ -32,6 +32,7 @@ from .fuser import BranchStack, FuserConfig, LayerFuser, temperature_at
 from .models import LoadedModel, load_model
 from .rotary import Rotary
 from .translator import STORAGE_DTYPES, ContextTranslator, TranslatorConfig, plain_kv
+from .validate import check_types
 
 FORMAT_VERSION = 2  # 2: optional context translators, optional fusers
 CONFIG_NAME = "c2c_config.json"
@@ -52,6 +53,13 @@ class SharerConfig:
     layer_map: list[int]
     token_alignment: str = "offsets"
 
+    def __post_init__(self):
+        check_types(self, CheckpointError, "sharer ")
+        layers = self.shape.get("num_layers")
+        if not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < (layers or 0) for s in self.layer_map):
+            raise CheckpointError(f"sharer {self.model!r}: layer_map {self.layer_map!r} must list sharer layers in "
+                                  f"[0, {layers}), one per receiver layer")
+
 
 @dataclass
 class C2CConfig:
@@ -65,6 +73,14 @@ class C2CConfig:
     format_version: int = FORMAT_VERSION
     translator: TranslatorConfig | None = None  # the translated-context channel, one translator per sharer
 
+    def __post_init__(self):
+        check_types(self, CheckpointError)
+        receiver_layers = self.receiver_shape.get("num_layers")
+        for sharer in self.sharers:
+            if len(sharer.layer_map) != receiver_layers:
+                raise CheckpointError(f"sharer {sharer.model!r}: layer_map has {len(sharer.layer_map)} entries, the "
+                                      f"receiver {receiver_layers} layers; one sharer layer per receiver layer")
+
     def to_dict(self) -> dict:
         data = asdict(self)
         data["fuser"] = self.fuser.to_dict() if self.fuser else None
@@ -73,6 +89,8 @@ class C2CConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "C2CConfig":
+        if not isinstance(data, dict):
+            raise CheckpointError(f"config must be a JSON object, got a {type(data).__name__}; it is not a c2c config")
         version = data.get("format_version")
         if not isinstance(version, int):
             raise CheckpointError(f"config has no integer format_version (got {version!r}); it is not a c2c config")
@@ -80,6 +98,8 @@ class C2CConfig:
             raise CheckpointError(f"checkpoint format version {version} is newer than this c2c understands "
                                   f"({FORMAT_VERSION}); upgrade c2c (pip install -U c2c)")
         try:
+            if not isinstance(data["sharers"], list) or not all(isinstance(x, dict) for x in data["sharers"]):
+                raise ValueError(f"sharers must be a list of objects, got {data['sharers']!r}")
             sharers = [SharerConfig(**s) for s in data["sharers"]]
             fuser = FuserConfig.from_dict(data["fuser"]) if data["fuser"] is not None else None
             translator = data.get("translator")
@@ -698,8 +718,11 @@ def atomic_write(path: Path, write) -> None:
     """Write to a temporary file in the same folder, then rename: a crash never leaves a half-written file."""
     handle, temporary = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     os.close(handle)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
         write(temporary)
+        os.chmod(temporary, 0o666 & ~umask)  # as open() would create it; mkstemp makes files private (0600)
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):

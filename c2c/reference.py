@@ -26,8 +26,8 @@ from typing import Sequence
 import torch
 
 from .fuser import FuserConfig
-from .align import RENAMED_ALIGNMENTS
 from .models import LoadedModel, load_model
+from .names import RENAMED_ALIGNMENTS
 from .pair import C2CConfig, C2CModel, CheckpointError, SharerConfig
 
 PROJECTOR_CLASS = "C2CProjector"

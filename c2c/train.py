@@ -41,6 +41,7 @@ from .kvstore import SharerKVStore
 from .models import DEFAULT_RECEIVER, DEFAULT_SHARER, DTYPES, LoadedModel, load_model, parse_device
 from .pair import Batch, C2CModel, atomic_write
 from .translator import TranslatorConfig
+from .validate import check_types
 
 METHODS = ("c2c", "lora", "translator")  # translator: closed-form fit of context translators (c2c.fit)
 OBJECTIVES = ("tokens", "choices")
@@ -100,6 +101,7 @@ class TrainConfig:
     eval_data: list = field(default_factory=list)  # method translator: held-out texts (else eval_examples of data)
 
     def __post_init__(self):
+        check_types(self, RecipeError)
         if self.dtype not in DTYPES:
             raise RecipeError(f"dtype {self.dtype!r} is not supported; expected one of {sorted(DTYPES)}")
         if self.method not in METHODS:
@@ -145,7 +147,15 @@ class TrainConfig:
         path = Path(path)
         if not path.is_file():
             raise RecipeError(f"recipe {path} does not exist")
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text()
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            tabs = " (YAML indents with spaces, not tabs)" if "\t" in text else ""
+            raise RecipeError(f"recipe {path} is not valid YAML{where}: {getattr(error, 'problem', None) or error}"
+                              f"{tabs}") from None
         if not isinstance(data, dict):
             raise RecipeError(f"recipe {path} must be a YAML mapping of keys to values")
         return cls.from_dict({"recipe_dir": str(path.resolve().parent), **data, **(overrides or {})})
@@ -273,12 +283,37 @@ def init_distributed(device: str = "auto") -> Runtime:
     return Runtime(dist.get_rank(), world, device)
 
 
+def check_output(output: Path, resume: bool, overwrite: bool, main: bool = True) -> None:
+    """A run never overwrites another's folder by accident: a non-empty output folder needs ``resume`` (continue
+    that run) or ``overwrite`` (start it afresh; only a c2c run folder is ever removed)."""
+    if resume or not output.exists():
+        return
+    if not output.is_dir():
+        raise RecipeError(f"output {output} is a file, not a folder; give a new or empty folder as output")
+    present = sorted(p.name for p in output.iterdir())
+    if not present:
+        return
+    if not overwrite:
+        raise RecipeError(f"output folder {output} already holds {', '.join(present[:4])}"
+                          f"{' ...' if len(present) > 4 else ''}: a finished or interrupted run is never overwritten. "
+                          f"Continue it with --resume {output}, choose another --output, or start afresh with "
+                          "--overwrite")
+    if not (output / "train_config.json").is_file():
+        raise RecipeError(f"--overwrite replaces only a c2c run folder (one with train_config.json); {output} is "
+                          "not one: choose another --output")
+    if main:
+        shutil.rmtree(output)
+
+
 def train(config: TrainConfig, resume: bool = False, stop_after: int | None = None,
-          receiver: LoadedModel | None = None, sharers: list[LoadedModel] | None = None) -> Path:
+          receiver: LoadedModel | None = None, sharers: list[LoadedModel] | None = None,
+          overwrite: bool = False) -> Path:
     """Run (or resume) a recipe; returns the output folder, which ``C2CModel.from_pretrained`` loads.
 
-    ``stop_after`` ends the run early after that many optimizer steps (tests of resumption use it).
+    ``stop_after`` ends the run early after that many optimizer steps (tests of resumption use it). An existing
+    non-empty output folder is refused unless ``resume`` or ``overwrite`` (see ``check_output``).
     """
+    check_output(Path(config.output), resume, overwrite, main=int(os.environ.get("RANK", "0")) == 0)
     if config.method == "translator":
         return fit_translators(config, receiver, sharers)
     runtime = init_distributed(config.device)

@@ -21,11 +21,11 @@ import torch
 from torch import nn
 
 from . import cache as kvcache
-from .align import layer_map
+from .align import layer_map, render
 from .context import context_block, sharer_context_tokens
-from .align import render
 from .models import LoadedModel
 from .rotary import Rotary
+from .validate import check_types
 
 STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -38,14 +38,15 @@ class TranslatorConfig:
     max_context_tokens: int = 2048  # sharer tokens of one context
 
     def __post_init__(self):
-        if not isinstance(self.window, int) or self.window < 0:
+        check_types(self, ValueError, "translator ")
+        if self.window < 0:
             raise ValueError(f"translator window must be an integer >= 0, got {self.window!r}")
         if not self.ridge or any(not isinstance(r, (int, float)) or r <= 0 for r in self.ridge):
             raise ValueError(f"translator ridge must be a non-empty list of positive strengths, got {self.ridge!r}")
         if self.storage_dtype not in STORAGE_DTYPES:
             raise ValueError(f"translator storage_dtype {self.storage_dtype!r} is unknown; expected one of "
                              f"{sorted(STORAGE_DTYPES)}")
-        if not isinstance(self.max_context_tokens, int) or self.max_context_tokens < 1:
+        if self.max_context_tokens < 1:
             raise ValueError(f"translator max_context_tokens must be a positive integer, got {self.max_context_tokens!r}")
 
     def to_dict(self) -> dict:

@@ -65,3 +65,51 @@ def test_errors_exit_with_a_message(folders, tmp_path):
         main(["train", str(bad)])
     with pytest.raises(SystemExit, match="not a training run folder"):
         main(["train", "--resume", str(tmp_path)])
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["generate", "hi", "--top-p", "5", "--sample"], r"--top-p must be in \(0, 1\], got 5"),
+    (["generate", "hi", "--temperature", "0.3"], "--temperature only apply with --sample"),
+    (["generate", "hi", "--sample", "--temperature", "0"], "--temperature must be > 0"),
+    (["generate", "hi", "--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
+    (["generate", "  "], "a prompt is empty"),
+    (["eval", "--bench", "arc-easy", "--method-limit", "t2t"], "expected METHOD=N"),
+])
+def test_bad_arguments_are_refused_before_any_model_loads(argv, message, tmp_path):
+    # a fuser folder that does not exist: the argument error must come first
+    with pytest.raises(SystemExit, match=message):
+        main(argv + ["--fuser", str(tmp_path / "no-such-fuser")])
+
+
+def test_eval_refuses_a_file_as_out_and_an_empty_benchmark(folders, tmp_path, capsys):
+    (tmp_path / "taken").write_text("x")
+    with pytest.raises(SystemExit, match="--out .* is a file"):
+        main(["eval", "--bench", "arc-easy", "--out", str(tmp_path / "taken")])
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    spec = ["--receiver", folders["llama"], "--sharer", folders["gemma"], "--out", str(tmp_path / "e")]
+    with pytest.raises(SystemExit, match=r"empty\.jsonl: no usable items .* nothing to evaluate"):
+        main(["eval", "--bench", str(empty), "--methods", "receiver", "--scoring", "cloze", *spec])
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text(json.dumps({"question": "Capital of France?", "choices": ["Paris", "Rome"], "answer": 0}) + "\n"
+                     + json.dumps({"question": "Broken", "choices": ["a"], "answer": 5}) + "\n")
+    main(["eval", "--bench", str(mixed), "--methods", "receiver", "--scoring", "cloze", "--skip-bad", *spec])
+    assert "--skip-bad skipped 1 malformed rows" in capsys.readouterr().err  # said on the terminal too
+
+
+def test_a_choice_fuser_warns_before_writing_text_and_loading_bars_are_quiet(folders, tmp_path, capsys):
+    fuser = tmp_path / "fuser"
+    C2CModel.create(load_model(folders["llama"]), [load_model(folders["gemma"])]).save_pretrained(fuser)
+    (fuser / "train_config.json").write_text(json.dumps({"objective": "choices"}))
+    main(["generate", "--fuser", str(fuser), "hi", "--max-new-tokens", "2", "--no-stream"])
+    err = capsys.readouterr().err
+    assert "trained with objective: choices" in err and "Loading weights" not in err
+    main(["generate", "--fuser", str(fuser), "hi", "--max-new-tokens", "2", "--no-stream", "--verbose"])
+    assert "Loading weights" in capsys.readouterr().err
+
+
+def test_help_comes_back_without_importing_torch():
+    import subprocess
+    import sys
+    code = "import sys; from c2c.cli import build_parser; build_parser(); print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"

@@ -1,0 +1,107 @@
+"""Bad input gets one line that says what was given, what was expected and what to do, before any model loads;
+and no run ever overwrites another's work (issue 18)."""
+
+import json
+import os
+import stat
+
+import pytest
+from conftest import make_pair
+
+from c2c.cli import main
+from c2c.pair import CheckpointError, load_config
+from c2c.train import RecipeError, TrainConfig, train
+
+
+def recipe(tmp_path, text: str):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("text,message", [
+    ("steps: 3\ndata: [a.jsonl\n", r"not valid YAML at line 3"),
+    ("steps: 3\ndata:\n\t- a.jsonl\n", r"not valid YAML at line 3.*spaces, not tabs"),
+    ('steps: "ten"\ndata: [a.jsonl]\n', r"steps must be an integer or null, got 'ten' \(str\)"),
+    ('steps: 3\nbatch_size: "2"\ndata: [a.jsonl]\n', r"batch_size must be an integer, got '2'"),
+    ("steps: 3\nlr: fast\ndata: [a.jsonl]\n", r"lr must be a number"),
+    ("steps: 3\nchat_template: maybe\ndata: [a.jsonl]\n", r"chat_template must be true/false"),
+    ("steps: 3\nfuser: {hidden_size: big}\ndata: [a.jsonl]\n", r"fuser hidden_size must be an integer"),
+])
+def test_bad_recipes_name_the_line_or_the_field(tmp_path, text, message):
+    with pytest.raises(RecipeError, match=message):
+        TrainConfig.from_file(recipe(tmp_path, text))
+    with pytest.raises(SystemExit, match=message):
+        main(["train", str(recipe(tmp_path, text))])
+
+
+def test_train_without_a_recipe_says_to_give_one():
+    with pytest.raises(SystemExit, match="give a recipe"):
+        main(["train"])
+
+
+def damaged(tmp_path, edit) -> str:
+    folder = tmp_path / "fuser"
+    make_pair().save_pretrained(folder)
+    config = json.loads((folder / "c2c_config.json").read_text())
+    (folder / "c2c_config.json").write_text(json.dumps(edit(config)))
+    return str(folder)
+
+
+def _set(config, path, value):
+    target = config
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    return config
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda c: [c], "must be a JSON object, got a list"),
+    (lambda c: _set(c, ["sharers", 0, "layer_map"], "abc"), "layer_map must be a list"),
+    (lambda c: _set(c, ["sharers", 0, "layer_map"], [0, 0, 1, 99]), r"layer_map \[0, 0, 1, 99\] must list sharer "
+                                                                    r"layers in \[0, 3\)"),
+    (lambda c: _set(c, ["sharers", 0, "layer_map"], [0, 1]), "layer_map has 2 entries, the receiver 4 layers"),
+    (lambda c: _set(c, ["chat_template"], "yes"), "chat_template must be true/false"),
+    (lambda c: _set(c, ["receiver"], 5), "receiver must be a text"),
+    (lambda c: _set(c, ["fuser", "dropout"], "none"), "dropout must be a number"),
+    (lambda c: _set(c, ["sharers"], {"model": "x"}), "sharers must be a list of objects"),
+])
+def test_a_damaged_checkpoint_config_is_refused_before_any_model_loads(tmp_path, edit, message):
+    folder = damaged(tmp_path, edit)
+    with pytest.raises(CheckpointError, match=message):
+        load_config(folder)  # C2CModel.from_pretrained reads this first, before it loads the models
+    with pytest.raises(SystemExit, match=message):
+        main(["generate", "--fuser", folder, "hi"])
+
+
+def test_an_earlier_run_is_never_overwritten(tmp_path):
+    finished = tmp_path / "run"
+    finished.mkdir()
+    (finished / "train_config.json").write_text("{}")
+    (finished / "fuser.safetensors").write_bytes(b"68 minutes of training")
+    config = TrainConfig(output=str(finished), steps=1, data=[str(tmp_path / "qa.jsonl")])
+    with pytest.raises(RecipeError, match=r"already holds fuser.safetensors, train_config.json.*--resume .*--overwrite"):
+        train(config)
+    assert (finished / "fuser.safetensors").read_bytes() == b"68 minutes of training"
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "mine.txt").write_text("not a run")
+    with pytest.raises(RecipeError, match="not one: choose another --output"):
+        train(TrainConfig(output=str(other), steps=1, data=["x.jsonl"]), overwrite=True)
+    assert (other / "mine.txt").is_file()
+    with pytest.raises(RecipeError, match="is a file"):
+        train(TrainConfig(output=str(other / "mine.txt"), steps=1, data=["x.jsonl"]))
+    with pytest.raises(RecipeError, match="not found"):  # --overwrite clears a run folder, then the run starts
+        train(config, overwrite=True)
+    assert not finished.exists()
+
+
+def test_saved_files_keep_the_permissions_the_umask_gives(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        make_pair().save_pretrained(tmp_path / "fuser")
+    finally:
+        os.umask(previous)
+    for name in ("fuser.safetensors", "c2c_config.json"):
+        assert stat.S_IMODE((tmp_path / "fuser" / name).stat().st_mode) == 0o644
