@@ -53,6 +53,7 @@ try:  # the HTTP server is the optional extra c2c[serve]; chat() needs none of i
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, Response, StreamingResponse
     from starlette.exceptions import HTTPException
+    from starlette.requests import ClientDisconnect
 except ImportError:  # pragma: no cover
     FastAPI = None
 
@@ -69,11 +70,13 @@ class Sampling:
     temperature: float = 0.0
     top_p: float = 1.0
     fuse: bool = True
+    seed: int | None = None  # a sampled request's seed: it runs as its own batch, after torch.manual_seed(seed)
 
     @classmethod
-    def of(cls, temperature: float, top_p: float, fuse: bool) -> "Sampling":
-        """Greedy ignores top_p, so that every greedy request can join the same batch."""
-        return cls(float(temperature), float(top_p) if temperature > 0 else 1.0, fuse)
+    def of(cls, temperature: float, top_p: float, fuse: bool, seed: int | None = None) -> "Sampling":
+        """Greedy ignores top_p and seed, so that every greedy request can join the same batch."""
+        sampled = temperature > 0
+        return cls(float(temperature), float(top_p) if sampled else 1.0, fuse, seed if sampled else None)
 
     def generate_kwargs(self) -> dict:
         if self.temperature == 0:
@@ -98,6 +101,7 @@ class Job:
     stop: tuple[str, ...] = ()
     context: str | None = None  # what only the sharers read (``sharer_contexts``); None: no context
     cancel: threading.Event = field(default_factory=threading.Event)
+    request: object = None  # the jobs of one request share it: a seeded request is batched with nothing else
 
 
 class Row:
@@ -373,7 +377,8 @@ class Engine:
                     job = self.queue.get(timeout=max(deadline - time.monotonic(), 0))
                 except queue.Empty:
                     break
-            if job is not None and job.sampling == first.sampling:
+            seeded_elsewhere = first.sampling.seed is not None and job is not None and job.request is not first.request
+            if job is not None and job.sampling == first.sampling and not seeded_elsewhere:
                 batch.append(job)
             else:
                 self.held.append(job)
@@ -386,6 +391,8 @@ class Engine:
             (gone if job.cancel.is_set() else live).append(job)
         for job in gone:  # its client left while it waited; it still gets its one done event
             job.post("done", Finish("cancelled", 0))
+        if live and live[0].sampling.seed is not None:
+            torch.manual_seed(live[0].sampling.seed)  # the same seed, prompts and settings give the same text
         reasons = generate_jobs(self.pair, live) if live else []
         self.stats["batches"] += bool(live)
         self.stats["largest_batch"] = max(self.stats["largest_batch"], len(live))
@@ -548,10 +555,14 @@ async def _complete(request: Request, server: Server, endpoint: Endpoint) -> Res
                             "(see GET /v1/models)", param="model", code="model_not_found")
     prompts = endpoint.prompts(body)
     options = _options(body, server.limits)
+    if len(prompts) > server.engine.max_queue:
+        raise APIError(400, f"the request has {len(prompts)} prompts; this server takes at most "
+                            f"{server.engine.max_queue} per request (its queue): send them in several requests",
+                       param=endpoint.param, code="too_many_prompts")
     prompt_tokens = sum(_prompt_tokens(server, prompt, options, endpoint.param) for prompt in prompts)
-    inbox = Inbox()
-    jobs = [Job(prompt, options.max_tokens, options.sampling, inbox.poster(index), options.stop, options.context)
-            for index, prompt in enumerate(prompts)]
+    inbox, request_id = Inbox(), object()
+    jobs = [Job(prompt, options.max_tokens, options.sampling, inbox.poster(index), options.stop, options.context,
+                request=request_id) for index, prompt in enumerate(prompts)]
     server.engine.submit(jobs)
     head = {"id": f"{endpoint.id_prefix}-{uuid.uuid4().hex}", "created": int(time.time()),
             "model": server.model_name}
@@ -666,10 +677,14 @@ async def _read_json(request: Request, limit: int) -> dict:
     if declared.isdigit() and int(declared) > limit:
         raise _too_large(f"{declared} bytes", limit)
     body = bytearray()
-    async for part in request.stream():
-        body += part
-        if len(body) > limit:
-            raise _too_large(f"more than {limit} bytes", limit)
+    try:
+        async for part in request.stream():
+            body += part
+            if len(body) > limit:
+                raise _too_large(f"more than {limit} bytes", limit)
+    except ClientDisconnect:
+        log.info("a client left while sending its request body (%d bytes read); nothing was answered", len(body))
+        raise APIError(400, "the request body ended early: the client disconnected") from None
     try:
         data = json.loads(body)
     except ValueError as error:
@@ -714,9 +729,17 @@ def _options(body: dict, limits: Limits) -> Options:
     stream_options = _field(body, "stream_options", (dict,), 'an object such as {"include_usage": true}', {})
     _field(body, "n", (int,), "1 (this server gives one answer per prompt)", 1, lambda v: v == 1)
     fuse = _field(body, "c2c", (bool,), "true (fused answer) or false (the receiver alone)", True)
+    seed = _field(body, "seed", (int,), "an integer (the same seed and request give the same sampled text)", None)
+    for name in UNSUPPORTED:
+        if body.get(name) is not None:
+            raise APIError(400, f"'{name}' is not supported by this server (it answers with text only); leave it out",
+                           param=name, code="unsupported_parameter")
     context = _sharer_context(body, limits.max_context_chars)
-    return Options(max_tokens, Sampling.of(temperature, top_p, fuse), (stop,) if isinstance(stop, str) else tuple(stop),
+    return Options(max_tokens, Sampling.of(temperature, top_p, fuse, seed), (stop,) if isinstance(stop, str) else tuple(stop),
                    stream, bool(stream_options.get("include_usage")), context if fuse else None)
+
+
+UNSUPPORTED = ("tools", "tool_choice", "functions", "function_call", "response_format")
 
 
 def _sharer_context(body: dict, limit: int) -> str | None:

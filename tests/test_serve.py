@@ -257,3 +257,40 @@ def test_chat_reset_forgets_and_end_of_input_ends(pair):
     recording = RecordingPair(pair)
     chat(recording, max_new_tokens=2, input=io.StringIO("Hi\n/reset\nHi\n"), output=io.StringIO())
     assert [prompt for prompt, _ in recording.calls] == [[{"role": "user", "content": "Hi"}]] * 2
+
+
+# ------------------------------------------------------------------------------------------------ issue 18
+def test_more_prompts_than_the_queue_holds_get_400_not_retry_later(pair):
+    with running(create_app(pair, max_queue=4)) as base:
+        response = httpx.post(f"{base}/v1/completions", json={"model": "c2c", "prompt": ["Hi"] * 5, "max_tokens": 2})
+    error = response.json()["error"]
+    assert response.status_code == 400 and error["code"] == "too_many_prompts" and "at most 4 per request" in error["message"]
+
+
+def test_a_seed_gives_the_same_sampled_text(client):
+    def answer(seed):
+        return client.chat.completions.create(model="c2c", messages=HELLO, max_tokens=12, temperature=1.0,
+                                              seed=seed).choices[0].message.content
+    first = answer(7)
+    assert answer(7) == first
+    assert any(answer(seed) != first for seed in (8, 9, 10))
+
+
+@pytest.mark.parametrize("field,value", [("tools", [{"type": "function", "function": {"name": "f"}}]),
+                                         ("response_format", {"type": "json_object"})])
+def test_unsupported_parameters_are_refused_not_ignored(url, field, value):
+    response = httpx.post(f"{url}/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
+                          json={"model": "c2c", "messages": HELLO, field: value})
+    assert response.status_code == 400 and response.json()["error"]["param"] == field
+
+
+def test_a_client_that_stops_mid_body_leaves_one_log_line(url, caplog):
+    import socket
+    from urllib.parse import urlparse
+    where = urlparse(url)
+    with socket.create_connection((where.hostname, where.port)) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Authorization: Bearer " + KEY.encode() + b"\r\nContent-Length: 500\r\n\r\n{\"model\": ")
+    with caplog.at_level("INFO", logger="c2c.serve"):
+        wait_until(lambda: any("left while sending" in r.message for r in caplog.records))
+    assert not any(r.exc_info for r in caplog.records)
