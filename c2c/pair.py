@@ -127,6 +127,14 @@ class Batch:
     sections: list["TranslatedSection | None"] = field(default_factory=list)  # per sharer: its translated context
     fuse_prompt: bool = True  # False: only the translated channel (the fusers leave the prompt alone)
 
+    def prompt_tokens(self) -> list[int]:
+        """Per row, the receiver tokens of its prompt: its real columns less those of translated contexts."""
+        counts = self.attention_mask[:, :self.prompt_length].sum(1)
+        for section in self.sections:
+            if section is not None:
+                counts = counts - (section.positions >= 0).sum(1)
+        return counts.tolist()
+
     def to(self, device: torch.device) -> "Batch":
         move = lambda t: t.to(device) if t is not None else None  # noqa: E731
         return Batch(move(self.input_ids), move(self.attention_mask), self.prompt_length,
@@ -654,12 +662,13 @@ class C2CModel(nn.Module):
                  temperature: float = 1.0, top_p: float = 1.0, top_k: int | None = None,
                  stop: Sequence[str] | None = None, streamer=None, fuse: bool = True,
                  sharer_prompts: Sequence[Prompt] | None = None, sharer_contexts: Sequence | str | None = None,
-                 **generate_kwargs) -> list[str]:
+                 prepared: Batch | None = None, **generate_kwargs) -> list[str]:
         """Fused prefill, then the receiver's stock ``generate`` decodes from the fused cache.
 
         ``sharer_contexts``: a context only the sharers read, per prompt (see ``prepare``); with fusion off the
         receiver answers without it, exactly as alone. ``generate_kwargs`` go to ``transformers`` ``generate``
-        (e.g. ``stopping_criteria``)."""
+        (e.g. ``stopping_criteria``). ``prepared``: the batch ``prepare`` made of these prompts (and contexts), so
+        that they are not tokenized again (the server prepares each batch once, on its model thread)."""
         single = isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], dict))
         prompts = [prompts] if single else list(prompts)
         if max_new_tokens < 1:
@@ -667,8 +676,9 @@ class C2CModel(nn.Module):
         if isinstance(sharer_contexts, str):
             sharer_contexts = [sharer_contexts] * len(prompts)
         contexts = sharer_contexts if fuse and self.fusion_enabled else None
-        batch = self.prepare(prompts, sharer_prompts=sharer_prompts, max_new_tokens=max_new_tokens,
-                             sharer_contexts=contexts).to(self.device)
+        batch = prepared if prepared is not None else self.prepare(
+            prompts, sharer_prompts=sharer_prompts, max_new_tokens=max_new_tokens, sharer_contexts=contexts)
+        batch = batch.to(self.device)
         cache = self.prefill(batch, fuse=fuse)
         tokenizer = self.receiver.tokenizer
         sampling = dict(temperature=temperature, top_p=top_p, top_k=top_k) if do_sample else {}

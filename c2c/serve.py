@@ -10,8 +10,10 @@ Server: a handler validates a request, turns each of its prompts into a `Job` an
 `Engine`, a bounded queue drained by the one thread that runs the model (torch must not run one model from
 several threads at once). The engine takes the oldest waiting job plus the waiting jobs with the same
 `Sampling` (all greedy requests share one), waiting up to ``batch_window_ms`` for more when it was idle, up to
-``max_batch``. Handlers read their jobs' events from an asyncio queue and either stream them as server-sent
-events or join them into one answer; a client that disconnects sets its jobs' cancel flags.
+``max_batch``. The engine's thread is also the only one that tokenizes (fast tokenizers are not safe across threads):
+it prepares each batch once and answers each job "accepted" or refused (a 400) before its first token; the
+handler waits for that word, then reads its jobs' events from an asyncio queue and either streams them as
+server-sent events or joins them into one answer; a client that disconnects sets its jobs' cancel flags.
 
 A ``/v1/completions`` prompt is fused as one user message (the receiver's chat template is applied, as for
 chat): fusion is trained on chat-formatted prompts, and a raw-text mode would answer differently from chat.
@@ -46,7 +48,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 
 from .align import Message
 from .context import read_context_file
-from .pair import C2CModel, Prompt
+from .pair import Batch, C2CModel, Prompt
 
 try:  # the HTTP server is the optional extra c2c[serve]; chat() needs none of it
     import uvicorn
@@ -59,7 +61,8 @@ except ImportError:  # pragma: no cover
 
 log = logging.getLogger("c2c.serve")
 
-Post = Callable[[str, object], None]  # ("delta", str) | ("done", Finish) | ("error", Exception)
+# ("accepted", prompt tokens) | ("delta", str) | ("done", Finish) | ("error", Exception)
+Post = Callable[[str, object], None]
 
 
 # ============================================================================================ shared core
@@ -102,6 +105,16 @@ class Job:
     context: str | None = None  # what only the sharers read (``sharer_contexts``); None: no context
     cancel: threading.Event = field(default_factory=threading.Event)
     request: object = None  # the jobs of one request share it: a seeded request is batched with nothing else
+    param: str | None = None  # the request field holding the prompt, named by a refusal
+    max_prompt_tokens: int | None = None  # the server's limit, checked where the prompt is tokenized
+
+
+class Refused(ValueError):
+    """A job's input refused before its first token: the server answers 400 naming ``param``."""
+
+    def __init__(self, message: str, param: str | None, code: str | None = None):
+        super().__init__(message)
+        self.param, self.code = param, code
 
 
 class Row:
@@ -178,28 +191,65 @@ class Rows(StoppingCriteria):
 
 
 def generate_jobs(pair: C2CModel, jobs: list[Job]) -> list[str]:
-    """Answer jobs of the same sampling as one batch; each job gets its deltas, then one done or error event.
-    Returns the finish reasons.
+    """Answer jobs of the same sampling as one batch; each job gets ("accepted", its prompt tokens), its deltas,
+    then one done event, or one error event. Returns the finish reasons, in the jobs' order.
 
-    Each job's context travels with its row (the per-row form of ``sharer_contexts``). A ``ValueError`` raised
-    before the first token (``prepare`` refusing one row's input) splits the batch, so that it reaches only the
-    job it is about."""
+    This is the one place the prompts are tokenized (``prepare``, once per batch; ``generate`` reuses the batch).
+    A job whose input is refused (``prepare`` raising, or over ``max_prompt_tokens``) gets a `Refused` error before
+    any token, and the rest of the batch runs without it."""
+    batch, refused = _prepare(pair, jobs)
+    if batch is None:
+        for job, error in refused.items():
+            job.post("error", error)
+        rest = [job for job in jobs if job not in refused]
+        if len(rest) == len(jobs):  # no single job is at fault: run them one at a time
+            return [reason for job in jobs for reason in generate_jobs(pair, [job])]
+        answered = iter(generate_jobs(pair, rest) if rest else [])
+        return ["error" if job in refused else next(answered) for job in jobs]
+    for job, tokens in zip(jobs, batch.prompt_tokens()):
+        job.post("accepted", tokens)
     rows = Rows(jobs, pair)
     contexts = {"sharer_contexts": [job.context for job in jobs]} if any(job.context for job in jobs) else {}
     try:
         pair.generate([job.prompt for job in jobs], max_new_tokens=max(job.max_tokens for job in jobs),
-                      stopping_criteria=StoppingCriteriaList([rows]), **contexts,
+                      stopping_criteria=StoppingCriteriaList([rows]), prepared=batch, **contexts,
                       **jobs[0].sampling.generate_kwargs())
-    except ValueError as error:
-        if len(jobs) > 1 and all(row.finish is None and not row.ids for row in rows.rows):
-            return [reason for job in jobs for reason in generate_jobs(pair, [job])]
-        _fail(rows, error)
     except Exception as error:  # reported to every waiting client; the server keeps running
         _fail(rows, error)
     for row in rows.rows:
         if row.finish is None:  # generate stopped for a reason of its own (none is expected)
             row.end("stop", row.text())
     return [row.finish for row in rows.rows]
+
+
+def _prepare(pair: C2CModel, jobs: list[Job]) -> tuple[Batch | None, dict[Job, Refused]]:
+    """The jobs as one prepared batch, or (None, the jobs that cannot run with why). Only when the batch is
+    refused is each job prepared alone (with and without its context, to name the field at fault)."""
+    contexts = [job.context for job in jobs] if any(job.context for job in jobs) else None
+    try:
+        batch = pair.prepare([job.prompt for job in jobs], max_new_tokens=max(job.max_tokens for job in jobs),
+                             sharer_contexts=contexts)
+    except ValueError:
+        batch = None
+    refused = {}
+    if batch is not None:
+        for job, tokens in zip(jobs, batch.prompt_tokens()):
+            if job.max_prompt_tokens is not None and tokens > job.max_prompt_tokens:
+                refused[job] = Refused(f"the prompt is {tokens} tokens, over this server's limit of "
+                                       f"{job.max_prompt_tokens}; shorten it", job.param, "context_length_exceeded")
+        return (None, refused) if refused else (batch, {})
+    for job in jobs:
+        try:
+            pair.prepare([job.prompt], max_new_tokens=job.max_tokens)
+        except ValueError as error:
+            refused[job] = Refused(str(error), job.param)
+            continue
+        if job.context is not None:
+            try:  # the translator's max_context_tokens, context + prompt over the receiver's positions or window
+                pair.prepare([job.prompt], max_new_tokens=job.max_tokens, sharer_contexts=[job.context])
+            except ValueError as error:
+                refused[job] = Refused(f"sharer_context: {error}", "sharer_context")
+    return None, refused
 
 
 def _fail(rows: Rows, error: Exception) -> None:
@@ -559,14 +609,22 @@ async def _complete(request: Request, server: Server, endpoint: Endpoint) -> Res
         raise APIError(400, f"the request has {len(prompts)} prompts; this server takes at most "
                             f"{server.engine.max_queue} per request (its queue): send them in several requests",
                        param=endpoint.param, code="too_many_prompts")
-    prompt_tokens = sum(_prompt_tokens(server, prompt, options, endpoint.param) for prompt in prompts)
     inbox, request_id = Inbox(), object()
     jobs = [Job(prompt, options.max_tokens, options.sampling, inbox.poster(index), options.stop, options.context,
-                request=request_id) for index, prompt in enumerate(prompts)]
+                request=request_id, param=endpoint.param, max_prompt_tokens=server.limits.max_prompt_tokens)
+            for index, prompt in enumerate(prompts)]
     server.engine.submit(jobs)
+    watcher = asyncio.create_task(_watch_disconnect(request, jobs))
+    try:  # the engine tokenizes and checks the prompts (the handler never touches a tokenizer): wait for its word
+        prompt_tokens = await inbox.accepted(len(jobs))
+    except BaseException:
+        watcher.cancel()
+        for job in jobs:
+            job.cancel.set()
+        raise
     head = {"id": f"{endpoint.id_prefix}-{uuid.uuid4().hex}", "created": int(time.time()),
             "model": server.model_name}
-    events = _events(request, inbox, jobs)
+    events = _events(inbox, jobs, watcher)
     if options.stream:
         return StreamingResponse(_stream(events, head, endpoint, prompt_tokens, options.include_usage),
                                  media_type="text/event-stream")
@@ -579,18 +637,36 @@ class Inbox:
     def __init__(self) -> None:
         self.loop = asyncio.get_running_loop()
         self.events: asyncio.Queue[tuple[int, str, object]] = asyncio.Queue()
+        self.early: deque[tuple[int, str, object]] = deque()  # read while waiting for acceptance
 
     def poster(self, index: int) -> Post:
         return lambda kind, value: self.loop.call_soon_threadsafe(self.events.put_nowait, (index, kind, value))
 
+    async def accepted(self, jobs: int) -> int:
+        """The request's prompt tokens once the engine has accepted every job; the first refusal as a 400.
+        Events that arrive meanwhile (another batch's deltas, a cancelled job's done) are kept for `_events`."""
+        tokens, waiting = 0, set(range(jobs))
+        while waiting:
+            index, kind, value = await self.events.get()
+            if kind == "error" and isinstance(value, Refused):
+                raise APIError(400, str(value), param=value.param, code=value.code)
+            if index in waiting and kind != "delta":
+                waiting.discard(index)
+                tokens += value if kind == "accepted" else 0
+            if kind != "accepted":
+                self.early.append((index, kind, value))
+        return tokens
 
-async def _events(request: Request, inbox: Inbox, jobs: list[Job]) -> AsyncIterator[tuple[int, str, object]]:
-    """(job index, kind, value) until every job is done; leaving early, or the client leaving, cancels the jobs."""
-    watcher = asyncio.create_task(_watch_disconnect(request, jobs))
+
+async def _events(inbox: Inbox, jobs: list[Job], watcher: asyncio.Task) -> AsyncIterator[tuple[int, str, object]]:
+    """(job index, kind, value) until every job is done; leaving early, or the client leaving (``watcher``),
+    cancels the jobs."""
     try:
         remaining = len(jobs)
         while remaining:
-            index, kind, value = await inbox.events.get()
+            index, kind, value = inbox.early.popleft() if inbox.early else await inbox.events.get()
+            if kind == "accepted":
+                continue
             remaining -= kind != "delta"
             yield index, kind, value
     finally:
@@ -752,26 +828,6 @@ def _sharer_context(body: dict, limit: int) -> str | None:
                             "(its --max-context-chars); shorten it", param="sharer_context",
                        code="sharer_context_too_long")
     return context
-
-
-def _prompt_tokens(server: Server, prompt: Prompt, options: Options, param: str) -> int:
-    """The prompt's receiver tokens; a 400 when it is empty or too long for this server or the models, or when
-    the models refuse the request's sharer context with it (``param`` ``sharer_context``)."""
-    try:
-        tokens = len(server.pair.render_prompt(prompt).ids)
-        if tokens > server.limits.max_prompt_tokens:
-            raise APIError(400, f"the prompt is {tokens} tokens, over this server's limit of "
-                                f"{server.limits.max_prompt_tokens}; shorten it", param=param,
-                           code="context_length_exceeded")
-        server.pair.prepare([prompt], max_new_tokens=options.max_tokens)  # the models' own position limits
-    except ValueError as error:
-        raise APIError(400, str(error), param=param) from error
-    if options.context is not None:
-        try:  # the translator's max_context_tokens, context + prompt over the receiver's positions or window
-            server.pair.prepare([prompt], max_new_tokens=options.max_tokens, sharer_contexts=[options.context])
-        except ValueError as error:
-            raise APIError(400, f"sharer_context: {error}", param="sharer_context") from error
-    return tokens
 
 
 ROLES = ("system", "user", "assistant")

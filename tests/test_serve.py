@@ -294,3 +294,34 @@ def test_a_client_that_stops_mid_body_leaves_one_log_line(url, caplog):
     with caplog.at_level("INFO", logger="c2c.serve"):
         wait_until(lambda: any("left while sending" in r.message for r in caplog.records))
     assert not any(r.exc_info for r in caplog.records)
+
+
+def test_prompts_are_tokenized_only_on_the_model_thread():
+    """Fast tokenizers are not safe across threads ("Already borrowed"): the handlers never tokenize."""
+    pair = make_pair("qwen", ("llama",))
+    threads = []
+
+    def spied(base, name):
+        method = getattr(base, name)
+
+        def record(self, *args, **kwargs):
+            threads.append(threading.current_thread().name)
+            return method(self, *args, **kwargs)
+        return record
+
+    tokenizers = [pair.receiver.tokenizer, pair.sharers[0].tokenizer]
+    classes = [type(t) for t in tokenizers]
+    for tokenizer, base in zip(tokenizers, classes):  # the tiny models are shared: restored below
+        tokenizer.__class__ = type(base.__name__, (base,), {name: spied(base, name) for name in
+                                                            ("__call__", "encode", "decode", "apply_chat_template")})
+    try:
+        with running(create_app(pair, max_prompt_tokens=64)) as base, ThreadPoolExecutor(4) as pool:
+            requests = [{"model": "c2c", "prompt": p, "max_tokens": 3, "temperature": 0} for p in PROMPTS]
+            requests.append({"model": "c2c", "prompt": "word " * 80, "max_tokens": 3})  # refused: over 64 tokens
+            answers = list(pool.map(lambda r: httpx.post(f"{base}/v1/completions", json=r, timeout=30), requests))
+    finally:
+        for tokenizer, base in zip(tokenizers, classes):
+            tokenizer.__class__ = base
+    assert [a.status_code for a in answers] == [200, 200, 200, 400]
+    assert answers[3].json()["error"]["code"] == "context_length_exceeded"
+    assert threads and set(threads) == {"c2c-engine"}
