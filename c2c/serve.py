@@ -17,7 +17,10 @@ server-sent events or joins them into one answer; a client that disconnects sets
 
 A ``/v1/completions`` prompt is fused as one user message (the receiver's chat template is applied, as for
 chat): fusion is trained on chat-formatted prompts, and a raw-text mode would answer differently from chat.
-As in OpenAI's API, ``temperature`` defaults to 1 (sampling); send 0 for greedy answers.
+As in OpenAI's API, ``temperature`` defaults to 1 (sampling); send 0 for greedy answers. A ``seed`` makes a
+sampled request repeatable (it then runs as its own batch). ``logprobs`` (and chat's ``top_logprobs``) return
+each token's log-probability in OpenAI's shapes, of the distribution it was drawn from (after temperature and
+top-p). ``tools`` and ``response_format`` are refused (400), not ignored.
 
 Both endpoints take an optional ``sharer_context`` (a non-empty string of at most ``max_context_chars``
 characters): a text only the sharers read, never shown to the receiver as text (``C2CModel.generate``'s
@@ -44,7 +47,7 @@ from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable, Iterator, TextIO
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from .align import Message
 from .context import read_context_file
@@ -61,7 +64,8 @@ except ImportError:  # pragma: no cover
 
 log = logging.getLogger("c2c.serve")
 
-# ("accepted", prompt tokens) | ("delta", str) | ("done", Finish) | ("error", Exception)
+# ("accepted", prompt tokens) | ("logprobs", [TokenLogprob]) (just before the delta they belong to)
+# | ("delta", str) | ("done", Finish) | ("error", Exception)
 Post = Callable[[str, object], None]
 
 
@@ -88,6 +92,16 @@ class Sampling:
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token with its log-probability and the ``top`` likeliest alternatives, of the distribution
+    it was drawn from (after temperature and top-p)."""
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True)
 class Finish:
     reason: str  # "stop" (end of sequence or stop sequence), "length", "cancelled"
     tokens: int  # tokens generated, the end-of-sequence token excluded
@@ -107,6 +121,7 @@ class Job:
     request: object = None  # the jobs of one request share it: a seeded request is batched with nothing else
     param: str | None = None  # the request field holding the prompt, named by a refusal
     max_prompt_tokens: int | None = None  # the server's limit, checked where the prompt is tokenized
+    top_logprobs: int | None = None  # None: no log-probabilities; k: each token's and its k likeliest alternatives
 
 
 class Refused(ValueError):
@@ -126,8 +141,10 @@ class Row:
         self.ids: list[int] = []
         self.sent = ""
         self.finish: str | None = None
+        self.logprobs: list[TokenLogprob] = []  # of tokens whose text is not sent yet
 
-    def step(self, token: int) -> None:
+    def step(self, token: int, logprobs: torch.Tensor | None = None) -> None:
+        """One decoding step: ``token`` and, when the job asked for them, the step's log-probabilities (V,)."""
         if self.finish:
             return
         if self.job.cancel.is_set():
@@ -135,7 +152,14 @@ class Row:
         elif token in self.eos_ids:
             self.end("stop", self.text())
         else:
+            if self.job.top_logprobs is not None and logprobs is not None:
+                self.logprobs.append(self._logprob(token, logprobs))
             self.add(token)
+
+    def _logprob(self, token: int, logprobs: torch.Tensor) -> TokenLogprob:
+        top = torch.topk(logprobs, self.job.top_logprobs) if self.job.top_logprobs else None
+        alternatives = tuple((self.tokenizer.decode([i]), float(v)) for v, i in zip(*top)) if top else ()
+        return TokenLogprob(self.tokenizer.decode([token]), float(logprobs[token]), alternatives)
 
     def add(self, token: int) -> None:
         self.ids.append(token)
@@ -153,11 +177,18 @@ class Row:
 
     def emit(self, text: str) -> None:
         if len(text) > len(self.sent):
+            self._post_logprobs()
             self.job.post("delta", text[len(self.sent):])
             self.sent = text
 
+    def _post_logprobs(self) -> None:
+        if self.logprobs:
+            self.job.post("logprobs", self.logprobs)
+            self.logprobs = []
+
     def end(self, reason: str, text: str) -> None:
         self.emit(text)
+        self._post_logprobs()  # tokens whose text never showed (a stop sequence's) still have theirs
         self.finish = reason
         self.job.post("done", Finish(reason, len(self.ids)))
 
@@ -183,11 +214,27 @@ class Rows(StoppingCriteria):
         eos = pair.receiver.model.generation_config.eos_token_id
         eos_ids = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
         self.rows = [Row(job, pair.receiver.tokenizer, eos_ids) for job in jobs]
+        self.scores = LastScores() if any(job.top_logprobs is not None for job in jobs) else None
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
-        for row, token in zip(self.rows, input_ids[:, -1].tolist()):
-            row.step(token)
+        logprobs = self.scores.logprobs if self.scores else [None] * len(self.rows)  # (B, V) or Nones
+        for row, token, row_logprobs in zip(self.rows, input_ids[:, -1].tolist(), logprobs):
+            row.step(token, row_logprobs)
         return torch.tensor([row.finish is not None for row in self.rows], device=input_ids.device)
+
+    def generate_kwargs(self) -> dict:
+        return {"logits_processor": LogitsProcessorList([self.scores])} if self.scores else {}
+
+
+class LastScores(LogitsProcessor):
+    """Keeps the log-probabilities of the last step's distribution; ``generate`` runs it after its own processors
+    (temperature, top-p), so they are those of the distribution each token is drawn from."""
+
+    logprobs: torch.Tensor | None = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        self.logprobs = torch.log_softmax(scores.float(), dim=-1).cpu()  # (B, V)
+        return scores
 
 
 def generate_jobs(pair: C2CModel, jobs: list[Job]) -> list[str]:
@@ -213,7 +260,7 @@ def generate_jobs(pair: C2CModel, jobs: list[Job]) -> list[str]:
     try:
         pair.generate([job.prompt for job in jobs], max_new_tokens=max(job.max_tokens for job in jobs),
                       stopping_criteria=StoppingCriteriaList([rows]), prepared=batch, **contexts,
-                      **jobs[0].sampling.generate_kwargs())
+                      **rows.generate_kwargs(), **jobs[0].sampling.generate_kwargs())
     except Exception as error:  # reported to every waiting client; the server keeps running
         _fail(rows, error)
     for row in rows.rows:
@@ -498,8 +545,10 @@ class Endpoint:
     id_prefix: str
     param: str  # the request field holding the prompts
     prompts: Callable[[dict], list[Prompt]]
-    choice: Callable[[int, str, str | None], dict]  # (index, text, finish_reason) -> a whole answer's choice
-    delta: Callable[[int, str, str | None], dict]  # the same for one streamed chunk
+    top_logprobs: Callable[[dict], int | None]  # the request's log-probability option: None, or top-k
+    # (index, text, finish_reason, log-probabilities or None) -> a whole answer's choice, or one streamed chunk's
+    choice: Callable[[int, str, str | None, list | None], dict]
+    delta: Callable[[int, str, str | None, list | None], dict]
 
 
 @dataclass
@@ -610,9 +659,10 @@ async def _complete(request: Request, server: Server, endpoint: Endpoint) -> Res
                             f"{server.engine.max_queue} per request (its queue): send them in several requests",
                        param=endpoint.param, code="too_many_prompts")
     inbox, request_id = Inbox(), object()
+    top_logprobs = endpoint.top_logprobs(body)
     jobs = [Job(prompt, options.max_tokens, options.sampling, inbox.poster(index), options.stop, options.context,
-                request=request_id, param=endpoint.param, max_prompt_tokens=server.limits.max_prompt_tokens)
-            for index, prompt in enumerate(prompts)]
+                request=request_id, param=endpoint.param, max_prompt_tokens=server.limits.max_prompt_tokens,
+                top_logprobs=top_logprobs) for index, prompt in enumerate(prompts)]
     server.engine.submit(jobs)
     watcher = asyncio.create_task(_watch_disconnect(request, jobs))
     try:  # the engine tokenizes and checks the prompts (the handler never touches a tokenizer): wait for its word
@@ -626,9 +676,10 @@ async def _complete(request: Request, server: Server, endpoint: Endpoint) -> Res
             "model": server.model_name}
     events = _events(inbox, jobs, watcher)
     if options.stream:
-        return StreamingResponse(_stream(events, head, endpoint, prompt_tokens, options.include_usage),
+        return StreamingResponse(_stream(events, head, endpoint, prompt_tokens, options.include_usage,
+                                         top_logprobs is not None),
                                  media_type="text/event-stream")
-    return JSONResponse(await _whole(events, head, endpoint, prompt_tokens))
+    return JSONResponse(await _whole(events, head, endpoint, prompt_tokens, top_logprobs is not None))
 
 
 class Inbox:
@@ -650,7 +701,7 @@ class Inbox:
             index, kind, value = await self.events.get()
             if kind == "error" and isinstance(value, Refused):
                 raise APIError(400, str(value), param=value.param, code=value.code)
-            if index in waiting and kind != "delta":
+            if index in waiting and kind in ("accepted", "done", "error"):
                 waiting.discard(index)
                 tokens += value if kind == "accepted" else 0
             if kind != "accepted":
@@ -667,7 +718,7 @@ async def _events(inbox: Inbox, jobs: list[Job], watcher: asyncio.Task) -> Async
             index, kind, value = inbox.early.popleft() if inbox.early else await inbox.events.get()
             if kind == "accepted":
                 continue
-            remaining -= kind != "delta"
+            remaining -= kind in ("done", "error")
             yield index, kind, value
     finally:
         watcher.cancel()
@@ -685,19 +736,22 @@ async def _watch_disconnect(request: Request, jobs: list[Job]) -> None:
 
 
 async def _stream(events: AsyncIterator, head: dict, endpoint: Endpoint, prompt_tokens: int,
-                  include_usage: bool) -> AsyncIterator[str]:
+                  include_usage: bool, asked: bool) -> AsyncIterator[str]:
     """Server-sent events in OpenAI's chunk format, ending with ``data: [DONE]``."""
     def chunk(choices: list[dict], **extra) -> str:
         return _sse({**head, "object": endpoint.chunk_object, "choices": choices, **extra})
 
     completion_tokens = 0
+    pending: dict[int, list] = defaultdict(list)  # log-probabilities of the delta that follows them
     async with contextlib.aclosing(events):
         async for index, kind, value in events:
-            if kind == "delta":
-                yield chunk([endpoint.delta(index, value, None)])
+            if kind == "logprobs":
+                pending[index] += value
+            elif kind == "delta":
+                yield chunk([endpoint.delta(index, value, None, pending.pop(index, [] if asked else None))])
             elif kind == "done":
                 completion_tokens += value.tokens
-                yield chunk([endpoint.delta(index, "", _finish_reason(value))])
+                yield chunk([endpoint.delta(index, "", _finish_reason(value), pending.pop(index, [] if asked else None))])
             else:
                 log.error("generation failed", exc_info=value)
                 yield _sse(_error_body(f"generation failed: {value}", "server_error"))
@@ -707,19 +761,24 @@ async def _stream(events: AsyncIterator, head: dict, endpoint: Endpoint, prompt_
     yield "data: [DONE]\n\n"
 
 
-async def _whole(events: AsyncIterator, head: dict, endpoint: Endpoint, prompt_tokens: int) -> dict:
+async def _whole(events: AsyncIterator, head: dict, endpoint: Endpoint, prompt_tokens: int, asked: bool) -> dict:
+    """One answer per prompt; with log-probabilities when ``asked``."""
     texts: dict[int, str] = defaultdict(str)
+    logprobs: dict[int, list] = {}
     finishes: dict[int, Finish] = {}
     async with contextlib.aclosing(events):
         async for index, kind, value in events:
-            if kind == "delta":
+            if kind == "logprobs":
+                logprobs.setdefault(index, []).extend(value)
+            elif kind == "delta":
                 texts[index] += value
             elif kind == "done":
                 finishes[index] = value
             else:
                 log.error("generation failed", exc_info=value)
                 raise APIError(500, f"generation failed: {value}", "server_error")
-    choices = [endpoint.choice(index, texts[index], _finish_reason(finishes[index])) for index in sorted(finishes)]
+    choices = [endpoint.choice(index, texts[index], _finish_reason(finishes[index]),
+                               logprobs.get(index, []) if asked else None) for index in sorted(finishes)]
     usage = _usage(prompt_tokens, sum(finish.tokens for finish in finishes.values()))
     return {**head, "object": endpoint.object, "choices": choices, "usage": usage}
 
@@ -868,13 +927,48 @@ async def _http_error(request: Request, error: HTTPException) -> Response:
     return JSONResponse(_error_body(message, "invalid_request_error"), status_code=error.status_code)
 
 
+def _chat_logprobs(body: dict) -> int | None:
+    asked = _field(body, "logprobs", (bool,), "true or false", False)
+    top = _field(body, "top_logprobs", (int,), "an integer from 0 to 20 (with logprobs: true)", None,
+                 lambda v: 0 <= v <= 20)
+    if top is not None and not asked:
+        raise APIError(400, "'top_logprobs' needs 'logprobs': true", param="top_logprobs")
+    return (top or 0) if asked else None
+
+
+def _completion_logprobs(body: dict) -> int | None:
+    return _field(body, "logprobs", (int,), "an integer from 0 to 5: the alternatives per token", None,
+                  lambda v: 0 <= v <= 5)
+
+
+def _chat_content(entries: list[TokenLogprob] | None) -> dict | None:
+    """OpenAI's chat shape: {"content": [{token, logprob, bytes, top_logprobs: [...]}], "refusal": null}."""
+    if entries is None:
+        return None
+    item = lambda token, logprob: {"token": token, "logprob": logprob, "bytes": list(token.encode())}  # noqa: E731
+    return {"content": [{**item(e.token, e.logprob), "top_logprobs": [item(t, lp) for t, lp in e.top]}
+                        for e in entries], "refusal": None}
+
+
+def _completion_content(entries: list[TokenLogprob] | None, offset: int = 0) -> dict | None:
+    """OpenAI's completions shape: {tokens, token_logprobs, top_logprobs: [{token: logprob}], text_offset}."""
+    if entries is None:
+        return None
+    offsets = [offset + sum(len(e.token) for e in entries[:i]) for i in range(len(entries))]
+    return {"tokens": [e.token for e in entries], "token_logprobs": [e.logprob for e in entries],
+            "top_logprobs": [dict(e.top) for e in entries], "text_offset": offsets}
+
+
 CHAT = Endpoint(
-    "chat.completion", "chat.completion.chunk", "chatcmpl", "messages", _messages,
-    choice=lambda index, text, finish: {"index": index, "message": {"role": "assistant", "content": text},
-                                        "finish_reason": finish, "logprobs": None},
-    delta=lambda index, text, finish: {"index": index, "delta": {"role": "assistant", "content": text} if text else {},
-                                       "finish_reason": finish, "logprobs": None})
+    "chat.completion", "chat.completion.chunk", "chatcmpl", "messages", _messages, _chat_logprobs,
+    choice=lambda index, text, finish, logprobs: {"index": index, "message": {"role": "assistant", "content": text},
+                                                  "finish_reason": finish, "logprobs": _chat_content(logprobs)},
+    delta=lambda index, text, finish, logprobs: {
+        "index": index, "delta": {"role": "assistant", "content": text} if text else {}, "finish_reason": finish,
+        "logprobs": _chat_content(logprobs)})
 COMPLETION = Endpoint(
-    "text_completion", "text_completion", "cmpl", "prompt", _prompts,
-    choice=lambda index, text, finish: {"index": index, "text": text, "finish_reason": finish, "logprobs": None},
-    delta=lambda index, text, finish: {"index": index, "text": text, "finish_reason": finish, "logprobs": None})
+    "text_completion", "text_completion", "cmpl", "prompt", _prompts, _completion_logprobs,
+    choice=lambda index, text, finish, logprobs: {"index": index, "text": text, "finish_reason": finish,
+                                                  "logprobs": _completion_content(logprobs)},
+    delta=lambda index, text, finish, logprobs: {"index": index, "text": text, "finish_reason": finish,
+                                                 "logprobs": _completion_content(logprobs)})

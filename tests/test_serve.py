@@ -325,3 +325,26 @@ def test_prompts_are_tokenized_only_on_the_model_thread():
     assert [a.status_code for a in answers] == [200, 200, 200, 400]
     assert answers[3].json()["error"]["code"] == "context_length_exceeded"
     assert threads and set(threads) == {"c2c-engine"}
+
+
+def test_logprobs_in_openais_shapes_match_the_greedy_tokens(client, pair):
+    answer = client.chat.completions.create(model="c2c", messages=HELLO, max_tokens=6, temperature=0, logprobs=True,
+                                            top_logprobs=3).choices[0]
+    content = answer.logprobs.content
+    assert "".join(t.token for t in content) == answer.message.content
+    for token in content:
+        assert len(token.top_logprobs) == 3 and token.top_logprobs[0].token == token.token  # greedy: the likeliest
+        assert token.logprob == pytest.approx(token.top_logprobs[0].logprob) and token.logprob <= 0
+        assert bytes(token.bytes).decode() == token.token
+    plain = client.chat.completions.create(model="c2c", messages=HELLO, max_tokens=6, temperature=0).choices[0]
+    assert plain.logprobs is None and plain.message.content == answer.message.content
+    completion = client.completions.create(model="c2c", prompt="Hello there", max_tokens=5, temperature=0,
+                                           logprobs=2).choices[0]
+    assert "".join(completion.logprobs.tokens) == completion.text and len(completion.logprobs.token_logprobs) == 5
+    assert all(len(top) == 2 for top in completion.logprobs.top_logprobs)
+    chunks = list(client.chat.completions.create(model="c2c", messages=HELLO, max_tokens=6, temperature=0,
+                                                 logprobs=True, stream=True))
+    streamed = [t for c in chunks if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content]
+    assert [t.logprob for t in streamed] == pytest.approx([t.logprob for t in content])
+    with pytest.raises(openai.BadRequestError, match="needs 'logprobs': true"):
+        client.chat.completions.create(model="c2c", messages=HELLO, top_logprobs=2)
