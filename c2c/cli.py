@@ -192,6 +192,8 @@ def cmd_eval(args) -> None:
 
 
 def cmd_chat(args) -> None:
+    if args.max_new_tokens < 1:
+        raise SystemExit(f"error: --max-new-tokens must be >= 1, got {args.max_new_tokens}")
     from .serve import chat
     chat(_load_pair(args), max_new_tokens=args.max_new_tokens)
 

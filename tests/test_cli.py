@@ -74,6 +74,7 @@ def test_errors_exit_with_a_message(folders, tmp_path):
     (["generate", "hi", "--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
     (["generate", "  "], "a prompt is empty"),
     (["eval", "--bench", "arc-easy", "--method-limit", "t2t"], "expected METHOD=N"),
+    (["chat", "--max-new-tokens", "-1"], "--max-new-tokens must be >= 1"),
 ])
 def test_bad_arguments_are_refused_before_any_model_loads(argv, message, tmp_path):
     # a fuser folder that does not exist: the argument error must come first
