@@ -25,6 +25,7 @@ from torch.nn import functional as F
 from transformers import DynamicCache
 
 from . import cache as kvcache
+from . import fuser_hub
 from .align import Message, Rendered, TokenAligner, as_messages, layer_map, render, same_tokenizer
 from . import layout
 from .layout import TranslatedSection, pad_rows
@@ -221,6 +222,7 @@ class C2CModel(nn.Module):
         # looped; 609 tokens 3145 vs 2941 ms). 0 disables.
         self.vectorize_max_tokens = 512
         self.branch_stacks = [BranchStack() for _ in sharers]
+        self.source: Path | None = None  # the folder it was loaded from (its recipe goes to the Hub with it)
         self.to(receiver.model.device)  # float32 master weights; they compute in the receiver's dtype (_fuse)
 
     # ----------------------------------------------------------------------------------------- building
@@ -251,8 +253,10 @@ class C2CModel(nn.Module):
                            translator=translator)
         return cls(receiver, sharers, config).eval()
 
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write the config and the fuser weights (only what trains), atomically."""
+    def save_pretrained(self, directory: str | Path, push_to_hub: bool = False, repo_id: str | None = None,
+                        **hub_options) -> Path:
+        """Write the config and the fuser weights (only what trains), atomically; ``push_to_hub`` also uploads
+        them to ``repo_id`` (default: the folder's name) with a model card (see ``push_to_hub``)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         weights = {name: tensor.detach().contiguous().cpu() for name, tensor in self.trained_state().items()}
@@ -263,19 +267,35 @@ class C2CModel(nn.Module):
         atomic_write(directory / WEIGHTS_NAME, lambda path: save_file(weights, path, metadata={"format": "c2c"}))
         atomic_write(directory / CONFIG_NAME,
                       lambda path: Path(path).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n"))
+        if push_to_hub:
+            self.source = directory
+            self.push_to_hub(repo_id or directory.resolve().name, **hub_options)
         return directory
+
+    def push_to_hub(self, repo_id: str, summary: str | Path | None = None, private: bool = False,
+                    token: str | None = None, commit_message: str = "Upload C2C fuser",
+                    revision: str | None = None) -> str:
+        """Upload the fuser (config, weights, the recipe it was trained with when it was loaded from a run folder)
+        with a generated model card: the pair, the alignment, the gates per layer, and the evaluation table of a
+        ``c2c eval`` ``summary`` with its controls. Returns the commit URL."""
+        return fuser_hub.push(self, repo_id, source=self.source, summary=summary, private=private, token=token,
+                              commit_message=commit_message, revision=revision)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, receiver: LoadedModel | None = None,
                         sharers: Sequence[LoadedModel] | None = None, dtype: str | torch.dtype = "float32",
-                        device: str | torch.device = "auto") -> "C2CModel":
-        """Load a checkpoint; models not given are loaded from the specs stored in its config, in ``dtype`` on
-        ``device``. The fusers keep their float32 weights and compute in the receiver's dtype."""
+                        device: str | torch.device = "auto", revision: str | None = None) -> "C2CModel":
+        """Load a checkpoint: a local folder, or a Hub repository ``owner/name`` (at ``revision``; fetched once,
+        then from the Hub cache, offline too; a local folder of that name wins). Models not given are loaded from
+        the specs stored in its config, in ``dtype`` on ``device``. The fusers keep their float32 weights and
+        compute in the receiver's dtype."""
+        directory = fuser_hub.resolve(directory, revision)
         config = load_config(directory)
         receiver = receiver or load_model(config.receiver, dtype, device)
         sharers = sharers or [load_model(s.model, dtype, device) for s in config.sharers]
         model = cls(receiver, sharers, config)
         model.load_fuser_weights(Path(directory) / WEIGHTS_NAME)
+        model.source = Path(directory)
         return model.eval()  # as transformers' from_pretrained: hard gates, no dropout; call .train() to train
 
     def load_fuser_weights(self, path: Path) -> None:

@@ -1,0 +1,134 @@
+"""Fusers on the Hugging Face Hub, as peft shares adapters: ``C2CModel.from_pretrained("owner/name")`` and
+``C2CModel.push_to_hub("owner/name")`` with a generated model card.
+
+Only the fuser folder travels (``c2c_config.json``, ``fuser.safetensors``, the training recipe and the evaluation
+summary when there are any, and the card); the frozen models are named in the config and loaded by their own
+specs. ``huggingface_hub`` honours its cache, ``revision`` and offline mode (HF_HUB_OFFLINE).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+FILES = ("c2c_config.json", "fuser.safetensors", "train_config.json", "fit_report.json", "eval_summary.json",
+         "README.md")
+
+
+def is_repo_id(spec: str) -> bool:
+    """``owner/name``: one slash, no path-like start (a local folder of that name is still preferred)."""
+    return spec.count("/") == 1 and not spec.startswith((".", "/", "~")) and all(spec.split("/"))
+
+
+def resolve(spec: str | Path, revision: str | None = None) -> Path:
+    """A fuser folder: ``spec`` itself when it exists locally, else its Hub snapshot (fetched, or from the cache)."""
+    from .pair import CheckpointError
+    path = Path(spec).expanduser()
+    if path.exists() or not is_repo_id(str(spec)):
+        if revision is not None:
+            raise CheckpointError(f"revision={revision!r} applies to a Hub repository, but {spec} is a local folder")
+        return path
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+    except ImportError as error:  # pragma: no cover (a dependency of transformers)
+        raise CheckpointError(f"{spec} is not a local folder, and huggingface_hub is not installed to fetch it "
+                              "from the Hub (pip install huggingface_hub)") from error
+    try:
+        return Path(snapshot_download(str(spec), revision=revision, allow_patterns=list(FILES)))
+    except LocalEntryNotFoundError as error:
+        raise CheckpointError(f"fuser {spec!r} is neither a local folder nor in the Hub cache, and the Hub cannot "
+                              f"be reached (offline: HF_HUB_OFFLINE is set, or no network): {error}. Download it "
+                              "once online, or give a local fuser folder") from None
+    except (RepositoryNotFoundError, HfHubHTTPError, ValueError) as error:
+        raise CheckpointError(f"fuser {spec!r} could not be fetched from the Hub (revision {revision or 'main'}): "
+                              f"{error}") from None
+
+
+def model_card(pair, train_config: dict | None = None, summary: dict | None = None) -> str:
+    """A README.md as peft writes one: the pair, the alignment, the recipe and data, the gates per layer, and the
+    evaluation table with its controls (from a ``c2c eval`` summary.json)."""
+    config = pair.config
+    lines = ["---", "library_name: c2c", "tags: [cache-to-cache, kv-cache, fuser]",
+             f"base_model: {config.receiver}", "---", "",
+             f"# C2C fuser: {config.receiver} <- {', '.join(s.model for s in config.sharers)}", "",
+             "A Cache-to-Cache fuser (arXiv 2510.03215): the sharer's KV-cache is projected into the receiver's, layer "
+             "by layer, and the receiver answers from the fused cache. Both models stay frozen; this repository "
+             "holds only what was trained.", "",
+             "```python", "from c2c import C2CModel",
+             "pair = C2CModel.from_pretrained(\"OWNER/NAME\")  # loads the models named below by their specs",
+             "print(pair.generate(\"Why is the sky blue?\")[0])", "```", "", "## The pair", "",
+             f"- receiver: `{config.receiver}` ({config.receiver_shape['num_layers']} layers); chat template "
+             f"{'used' if config.chat_template else 'not used'}"]
+    for sharer in config.sharers:
+        lines.append(f"- sharer: `{sharer.model}` ({sharer.shape['num_layers']} layers), token alignment "
+                     f"`{sharer.token_alignment}`, layer map (receiver <- sharer) {sharer.layer_map}")
+    if config.fuser is not None:
+        fuser = config.fuser
+        lines += [f"- fuser: hidden {fuser.hidden_size}, intermediate {fuser.intermediate_size}, {fuser.num_layers} "
+                  f"layers per branch, {sum(p.numel() for p in pair.fusers.parameters()):,} parameters; receiver "
+                  f"input {fuser.receiver_input}, position-free keys {fuser.position_free}"]
+    if config.translator is not None:
+        lines.append(f"- context translator: window {config.translator.window}, stored as "
+                     f"{config.translator.storage_dtype}")
+    if config.fuser is not None:
+        gates = pair.gate_logits()  # (sharers, layers, 2)
+        lines += ["", "## Gates (open when the logit is positive)", "", "| receiver layer | "
+                  + " | ".join(f"sharer {j} K | sharer {j} V" for j in range(gates.shape[0])) + " |",
+                  "|---|" + "---|" * (2 * gates.shape[0])]
+        for layer in range(gates.shape[1]):
+            cells = [f"{'open' if v > 0 else 'shut'} ({v:+.2f})" for j in range(gates.shape[0])
+                     for v in gates[j, layer].tolist()]
+            lines.append(f"| {layer} | " + " | ".join(cells) + " |")
+    if train_config:
+        data = train_config.get("data") or []
+        lines += ["", "## Training", "", f"- method `{train_config.get('method')}`, objective "
+                  f"`{train_config.get('objective')}`, steps {train_config.get('steps')}, epochs "
+                  f"{train_config.get('epochs')}, batch {train_config.get('batch_size')}, lr {train_config.get('lr')}, "
+                  f"seed {train_config.get('seed')}", "- data: " + ("; ".join(json.dumps(d) for d in data) or "none"),
+                  "- the whole recipe is `train_config.json` in this repository"]
+    if summary:
+        lines += ["", "## Evaluation", "", f"`c2c eval`, scoring `{summary.get('scoring')}`, split "
+                  f"`{summary.get('split')}`. Accuracy % (n). `c2c-shuffled` is the control where the sharer reads "
+                  "another item: the fuser's gain over it is what the sharer's cache carried.", ""]
+        benchmarks = summary.get("benchmarks", {})
+        methods = list(dict.fromkeys(m for b in benchmarks.values() for m in b["methods"]))
+        lines += ["| method | " + " | ".join(benchmarks) + " |", "|---|" + "---|" * len(benchmarks)]
+        for method in methods:
+            cells = [f"{100 * b['methods'][method]['accuracy']:.1f} ({b['methods'][method]['n']})"
+                     if method in b["methods"] else "-" for b in benchmarks.values()]
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        gains = [(name, b.get("paired", {}).get("c2c - c2c-shuffled")) for name, b in benchmarks.items()]
+        gains = [(name, g) for name, g in gains if g and g.get("difference") is not None]
+        if gains:
+            lines += ["", "Communication gain, c2c - c2c-shuffled, paired on the same items (points, 95% CI): "
+                      + "; ".join(f"{name} {100 * g['difference']:+.1f} [{100 * g['ci95'][0]:+.1f}, "
+                                  f"{100 * g['ci95'][1]:+.1f}]" for name, g in gains) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def push(pair, repo_id: str, *, source: Path | None = None, summary: str | Path | None = None,
+         private: bool = False, token: str | None = None, commit_message: str = "Upload C2C fuser",
+         revision: str | None = None) -> str:
+    """Upload the fuser folder with its model card; returns the commit URL. ``source``: the folder the fuser was
+    loaded from, whose train_config.json / fit_report.json travel with it; ``summary``: a c2c eval summary.json."""
+    from huggingface_hub import HfApi
+    train_config = _read_json(source / "train_config.json") if source else None
+    evaluation = _read_json(Path(summary)) if summary else None
+    with tempfile.TemporaryDirectory() as staging:
+        folder = pair.save_pretrained(Path(staging))
+        for name in ("train_config.json", "fit_report.json"):
+            if source is not None and (source / name).is_file():
+                (folder / name).write_text((source / name).read_text())
+        if evaluation is not None:
+            (folder / "eval_summary.json").write_text(json.dumps(evaluation, indent=2) + "\n")
+        (folder / "README.md").write_text(model_card(pair, train_config, evaluation))
+        api = HfApi(token=token)
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        return str(api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message,
+                                     revision=revision))
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
