@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from transformers import PreTrainedTokenizerBase
 
-from .names import LAYER_MAPS, RENAMED_ALIGNMENTS, TOKEN_ALIGNMENTS  # noqa: F401 (re-exported)
+from .names import LAYER_MAPS, RENAMED_ALIGNMENTS, TOKEN_ALIGNMENTS
 
 
 Message = dict[str, str]
