@@ -28,6 +28,7 @@ from .rotary import Rotary
 from .validate import check_types
 
 STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+CONSTANT_SCALE = 1e-4  # inputs whose fitted scale is below this share of the median are constants (see forward)
 
 
 @dataclass
@@ -89,12 +90,21 @@ class ContextTranslator(nn.Module):
         self.register_buffer("output_mean", torch.zeros(len(self.sources), outputs))
 
     def forward(self, sharer_kv: Sequence[kvcache.KV]) -> list[kvcache.KV]:
-        """Position-free sharer K/V per sharer layer (B, H_S, T, d_S) -> per receiver layer (B, H_R, T, d_R)."""
+        """Position-free sharer K/V per sharer layer (B, H_S, T, d_S) -> per receiver layer (B, H_R, T, d_R).
+
+        Sharer K/V in half precision: the inputs the fit saw as constant (a scale below ``CONSTANT_SCALE`` of the
+        layer's median; e.g. dimensions that are ~1e-8 in float32) are read as their mean. Their rounding noise,
+        divided by that scale, would otherwise swamp the map (float32 is computed exactly as fitted)."""
+        half = sharer_kv[0][0].dtype != torch.float32
         flat = [torch.cat([k, v], dim=1).transpose(1, 2).flatten(2).float() for k, v in sharer_kv]  # (B, T, 2 H_S d_S)
         out = []
         for layer, (sources, linear) in enumerate(zip(self.sources, self.maps)):
             x = torch.cat([flat[s] for s in sources], dim=-1)  # (B, T, D)
-            y = linear((x - self.input_mean[layer]) / self.input_scale[layer]) + self.output_mean[layer]  # (B, T, O)
+            scale = self.input_scale[layer]
+            z = (x - self.input_mean[layer]) / scale
+            if half:
+                z = torch.where(scale > CONSTANT_SCALE * scale.median(), z, 0)
+            y = linear(z) + self.output_mean[layer]  # (B, T, O)
             batch, tokens, _ = y.shape
             y = y.view(batch, tokens, 2 * self.receiver_heads, self.receiver_dim).transpose(1, 2)  # (B, 2 H_R, T, d_R)
             out.append((y[:, :self.receiver_heads], y[:, self.receiver_heads:]))

@@ -113,3 +113,27 @@ def test_every_command_that_loads_models_takes_dtype_and_device(command):
     from c2c.cli import build_parser
     args = build_parser().parse_args(command + ["--dtype", "bfloat16", "--device", "cpu"])
     assert (args.dtype, args.device) == ("bfloat16", "cpu")
+
+
+def test_a_translator_reads_half_precision_noise_on_constant_inputs_as_the_constant():
+    """The fitted maps divide by each input's scale: where the fit saw a constant (scale ~1e-6), bf16 rounding
+    noise would be amplified a millionfold (the shipped translator answered gibberish in bf16 before)."""
+    from c2c.models import ModelShape
+    from c2c.translator import ContextTranslator, TranslatorConfig
+    shape = ModelShape("tiny", 2, 1, 4, 10)
+    translator = ContextTranslator(shape, shape, TranslatorConfig(window=0))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for linear in translator.maps:
+            linear.weight.normal_()
+        translator.input_scale[:, 0] = 1e-6  # the fit saw input 0 (the first key dimension) as constant
+    kv = [(torch.randn(1, 1, 3, 4), torch.randn(1, 1, 3, 4)) for _ in range(2)]
+    for keys, _ in kv:
+        keys[..., 0] = 0.0  # its value, as the fit saw it
+    exact = translator(kv)
+    noisy = [(k.clone().index_fill_(-1, torch.tensor([0]), 1e-3).to(torch.bfloat16), v.to(torch.bfloat16))
+             for k, v in kv]  # rounding noise on the constant input
+    for (k, v), (k_half, v_half) in zip(exact, translator(noisy)):
+        torch.testing.assert_close(k_half, k, rtol=0.05, atol=0.1)
+        torch.testing.assert_close(v_half, v, rtol=0.05, atol=0.1)
+    assert translator(kv)[0][0].equal(exact[0][0])  # float32 is computed exactly as fitted
