@@ -280,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "a smaller one, and finished items are reused from --out")
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--out", default="results/eval")
-    evaluate.add_argument("--data-dir", help="a local folder in the shared data layout (e.g. ../shared/data; default: "
+    evaluate.add_argument("--data-dir", help="a local folder in the benchmark data layout (see the README; default: "
                                              "$C2C_DATA_DIR, else each benchmark's default Hugging Face dataset); "
                                              "hf for that hub dataset explicitly; or "
                                              "hf:OWNER/NAME[:CONFIG] or OWNER/NAME for a hub dataset "

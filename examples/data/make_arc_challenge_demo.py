@@ -1,6 +1,6 @@
 """Write arc_challenge_demo.jsonl: the ARC-Challenge test questions that examples/side_by_side.py asks offline.
 
-    C2C_DATA_DIR=../shared/data python examples/data/make_arc_challenge_demo.py   # or --data-dir DIR (or hf)
+    C2C_DATA_DIR=/path/to/data python examples/data/make_arc_challenge_demo.py   # or --data-dir DIR (or hf)
 
 50 questions of the seeded sample load_benchmark("arc-challenge", "test", limit=50, seed=1), in the generic
 JSONL format (id, question, choices, answer as a 0-based index) that load_benchmark("....jsonl") reads.
