@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from c2c.evaluate import paired_difference
+from c2c.evaluate import paired_difference, paired_text
 
 BENCH = "synthetic-1fact"
 RUNGS = [  # (label, folder under the results root, channel method)
@@ -35,13 +35,8 @@ def pct(x: float) -> str:
     return f"{100 * x:.1f}"
 
 
-def interval(ci: list[float], signed: bool = False) -> str:
-    fmt = "{:+.1f}" if signed else "{:.1f}"
-    return "[" + ", ".join(fmt.format(100 * v) for v in ci) + "]"
-
-
 def cell(method: dict | None) -> str:
-    return f"{pct(method['accuracy'])} {interval(method['ci95'])}" if method else "-"
+    return f"{pct(method['accuracy'])} [{pct(method['ci95'][0])}, {pct(method['ci95'][1])}]" if method else "-"
 
 
 def rung(root: Path, folder: str, channel: str) -> dict:
@@ -67,8 +62,7 @@ def main(root: Path) -> None:
              "| gain | gap closed |", "|---|---|---|---|---|---|---|---|---|"]
     for label, r in rows.items():
         lines.append(f"| {label} | {r['n']} | {cell(r['receiver'])} | {cell(r['ceiling'])} | {cell(r['channel'])} "
-                     f"| {cell(r['shuffled'])} | {cell(r['lora'])} | {100 * r['gain']['difference']:+.1f} "
-                     f"{interval(r['gain']['ci95'], signed=True)} | {100 * r['gap_closed']:.0f}% |")
+                     f"| {cell(r['shuffled'])} | {cell(r['lora'])} | {paired_text(r['gain'])} | {100 * r['gap_closed']:.0f}% |")
     identical, default = rows[RUNGS[0][0]], rows[RUNGS[1][0]]
     lora = default["lora"]
     targets = {
@@ -89,8 +83,8 @@ def main(root: Path) -> None:
     ablation = root / RUNGS[3][1]
     if (ablation / BENCH / "c2c-translated.jsonl").is_file():
         change = paired_difference(records(ablation, "c2c-translated"), records(root, "c2c-translated"))
-        lines += ["", f"Ablation - shipped translator, paired on the same items: {100 * change['difference']:+.1f} "
-                      f"{interval(change['ci95'], signed=True)} points ({change['n']} items)."]
+        lines += ["", f"Ablation - shipped translator, paired on the same items: {paired_text(change)} points "
+                      f"({change['n']} items)."]
     (root / "ladder.md").write_text("\n".join(lines) + "\n")
     (root / "targets.json").write_text(json.dumps(
         {"benchmark": BENCH, "chance": round(default["chance"], 4), "targets": targets,

@@ -11,17 +11,13 @@ import json
 import sys
 from pathlib import Path
 
-from c2c.evaluate import paired_difference
+from c2c.evaluate import paired_difference, paired_text
 
 BENCH = "arc-easy"
 
 
 def records(folder: Path, method: str) -> list[dict]:
     return [json.loads(line) for line in (folder / BENCH / f"{method}.jsonl").read_text().splitlines()]
-
-
-def signed(d: dict) -> str:
-    return f"{100 * d['difference']:+.1f} [{100 * d['ci95'][0]:+.1f}, {100 * d['ci95'][1]:+.1f}]"
 
 
 def score_shift(records_a: list[dict], records_b: list[dict]) -> float:
@@ -53,10 +49,10 @@ def main(root: Path) -> None:
         for method in ("c2c", "c2c-shuffled"):
             e = entry[method]
             rows.append(f"| {fuser} | {method} | {entry['n']} | {100 * entry['receiver']:.1f} | {100 * e['before']:.1f} "
-                        f"| {100 * e['after']:.1f} | {signed(e['change'])} | {e['picks_changed']} "
+                        f"| {100 * e['after']:.1f} | {paired_text(e['change'])} | {e['picks_changed']} "
                         f"| {100 * e['score_change_share']:.0f}% |")
-        rows.append(f"| {fuser} | gain (c2c - c2c-shuffled) | {entry['n']} | | {signed(entry['gain']['before'])} "
-                    f"| {signed(entry['gain']['after'])} | | | |")
+        rows.append(f"| {fuser} | gain (c2c - c2c-shuffled) | {entry['n']} | | {paired_text(entry['gain']['before'])} "
+                    f"| {paired_text(entry['gain']['after'])} | | | |")
     lines = [f"`{BENCH}` dev, cloze, seed 0. Accuracy %; paired differences in points [95% CI]. Before: only the last "
              "prompt token read the fused cache; after: every token after a fused run does.", "",
              "| fuser | method | n | receiver | before | after | after - before | picks changed | score change / "

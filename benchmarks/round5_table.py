@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from c2c.evaluate import paired_difference
+from c2c.evaluate import paired_difference, paired_text
 
 FUSERS = {  # name -> (evaluation folder under the results root, fuser folder)
     "shipped": ("cloze", "fusers/default_pair"),
@@ -28,10 +28,6 @@ def records(folder: Path, bench: str, method: str) -> list[dict]:
 
 def pct(x: float) -> str:
     return f"{100 * x:.1f}"
-
-
-def signed(d: dict) -> str:
-    return f"{100 * d['difference']:+.1f} [{100 * d['ci95'][0]:+.1f}, {100 * d['ci95'][1]:+.1f}]"
 
 
 def main(root: Path) -> None:
@@ -63,7 +59,7 @@ def main(root: Path) -> None:
         gains = [out["fusers"][name]["benchmarks"][b]["gain"] for b in benches]
         above = sum(g["ci95"][0] > 0 for g in gains)
         out["fusers"][name]["gain_ci_above_zero"] = above
-        lines.append(f"| {name} | " + " | ".join(signed(g) for g in gains) + f" | {above} of {len(benches)} |")
+        lines.append(f"| {name} | " + " | ".join(paired_text(g) for g in gains) + f" | {above} of {len(benches)} |")
     if "identical" in done:
         lines += ["", "| c2c - Identical c2c (paired) | " + " | ".join(benches) + " | mean |",
                   "|---|" + "---|" * (len(benches) + 1)]
@@ -73,7 +69,7 @@ def main(root: Path) -> None:
             mean = sum(d["difference"] for d in diffs) / len(diffs)
             out["fusers"][name]["minus_identical"] = {b: d for b, d in zip(benches, diffs)}
             out["fusers"][name]["minus_identical_mean"] = round(mean, 4)
-            lines.append(f"| {name} | " + " | ".join(signed(d) for d in diffs) + f" | {100 * mean:+.1f} |")
+            lines.append(f"| {name} | " + " | ".join(paired_text(d) for d in diffs) + f" | {100 * mean:+.1f} |")
     if "position_free" in done and "identical" in done:
         fixed = out["fusers"]["position_free"]
         out["targets"] = {"gain above 0 (95% CI) on >= 3 of 5 benchmarks": fixed["gain_ci_above_zero"] >= 3,

@@ -517,6 +517,12 @@ def paired_difference(records: list[dict], baseline: list[dict]) -> dict:
     return {"n": n, "difference": round(mean, 4), "ci95": [round(mean - half, 4), round(mean + half, 4)]}
 
 
+def paired_text(result: dict) -> str:
+    """A ``paired_difference`` in points with its 95% interval: ``+2.2 [+0.3, +4.1]``."""
+    lo, hi = result["ci95"]
+    return f"{100 * result['difference']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+
+
 def agreement(records: list[dict], reference: list[dict]) -> dict:
     """How often a method picks what ``reference`` picks on the same items (items either left unanswered are
     left out), with a Wilson 95% interval."""
@@ -566,8 +572,7 @@ def markdown_table(summary: dict) -> str:
                     cells.append("-")
                     continue
                 differences.append(result["difference"])
-                lo, hi = result["ci95"]
-                cells.append(f"{100 * result['difference']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] ({result['n']})")
+                cells.append(f"{paired_text(result)} ({result['n']})")
             mean = f"{100 * statistics.fmean(differences):+.1f}" if differences else "-"
             lines.append(f"| {comparison} | " + " | ".join(cells) + f" | {mean} |")
     agreeing = list(dict.fromkeys(m for b in summary["benchmarks"].values() for m in b.get("agreement_with_sharer", {})))

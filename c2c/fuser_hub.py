@@ -49,6 +49,7 @@ def resolve(spec: str | Path, revision: str | None = None) -> Path:
 def model_card(pair, train_config: dict | None = None, summary: dict | None = None) -> str:
     """A README.md as peft writes one: the pair, the alignment, the recipe and data, the gates per layer, and the
     evaluation table with its controls (from a ``c2c eval`` summary.json)."""
+    from .evaluate import paired_text  # evaluate imports pair, which imports this module
     config = pair.config
     lines = ["---", "library_name: c2c", "tags: [cache-to-cache, kv-cache, fuser]",
              f"base_model: {config.receiver}", "---", "",
@@ -103,8 +104,7 @@ def model_card(pair, train_config: dict | None = None, summary: dict | None = No
         gains = [(name, g) for name, g in gains if g and g.get("difference") is not None]
         if gains:
             lines += ["", "Communication gain, c2c - c2c-shuffled, paired on the same items (points, 95% CI): "
-                      + "; ".join(f"{name} {100 * g['difference']:+.1f} [{100 * g['ci95'][0]:+.1f}, "
-                                  f"{100 * g['ci95'][1]:+.1f}]" for name, g in gains) + "."]
+                      + "; ".join(f"{name} {paired_text(g)}" for name, g in gains) + "."]
     return "\n".join(lines) + "\n"
 
 
