@@ -256,10 +256,9 @@ def generate_jobs(pair: C2CModel, jobs: list[Job]) -> list[str]:
     for job, tokens in zip(jobs, batch.prompt_tokens()):
         job.post("accepted", tokens)
     rows = Rows(jobs, pair)
-    contexts = {"sharer_contexts": [job.context for job in jobs]} if any(job.context for job in jobs) else {}
     try:
         pair.generate([job.prompt for job in jobs], max_new_tokens=max(job.max_tokens for job in jobs),
-                      stopping_criteria=StoppingCriteriaList([rows]), prepared=batch, **contexts,
+                      stopping_criteria=StoppingCriteriaList([rows]), prepared=batch, sharer_contexts=_contexts(jobs),
                       **rows.generate_kwargs(), **jobs[0].sampling.generate_kwargs())
     except Exception as error:  # reported to every waiting client; the server keeps running
         _fail(rows, error)
@@ -269,13 +268,17 @@ def generate_jobs(pair: C2CModel, jobs: list[Job]) -> list[str]:
     return [row.finish for row in rows.rows]
 
 
+def _contexts(jobs: list[Job]) -> list[str | None] | None:
+    """Each job's sharer context (the per-row form of ``sharer_contexts``), or None when no job has one."""
+    return [job.context for job in jobs] if any(job.context for job in jobs) else None
+
+
 def _prepare(pair: C2CModel, jobs: list[Job]) -> tuple[Batch | None, dict[Job, Refused]]:
     """The jobs as one prepared batch, or (None, the jobs that cannot run with why). Only when the batch is
     refused is each job prepared alone (with and without its context, to name the field at fault)."""
-    contexts = [job.context for job in jobs] if any(job.context for job in jobs) else None
     try:
         batch = pair.prepare([job.prompt for job in jobs], max_new_tokens=max(job.max_tokens for job in jobs),
-                             sharer_contexts=contexts)
+                             sharer_contexts=_contexts(jobs))
     except ValueError:
         batch = None
     refused = {}
