@@ -15,7 +15,7 @@ export C2C_DATA_DIR := $(SHARED_DATA)
 endif
 endif
 
-.PHONY: setup demo test
+.PHONY: setup demo test test-fast
 
 setup: $(VENV)/.installed
 
@@ -33,3 +33,7 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The inner loop: everything but the real-pair end-to-end tests and the tests marked slow (see pyproject.toml).
+test-fast: setup
+	$(PY) -m pytest -q -m "not real_pair and not slow" $(PYTEST_ARGS)

@@ -34,13 +34,12 @@ def main() -> None:
     learned = pair.gate_logits()
     result = {"command": "python " + " ".join(sys.argv), "fuser": args.fuser, "benchmark": args.bench,
               "split": args.split, "n": len(items), "scoring": args.scoring,
-              "open_gates_learned": int((learned > 0).sum()), "gates": int(learned.numel()), "accuracy": {}}
+              "open_gates_learned": int(pair.open_gates().sum()), "gates": int(learned.numel()), "accuracy": {}}
     for name, fill in (("learned", None), ("all_open", 1.0), ("all_shut", -1.0)):
         with torch.no_grad():
             for fuser, logits in zip(pair.layer_fusers(), learned[0]):
                 fuser.gate_logits.copy_(logits if fill is None else torch.full_like(logits, fill))
-        run = method_runner("c2c", EvalSetup(pair, pair.receiver, pair.sharers[0], chat=pair.config.chat_template),
-                            items, args.scoring, args.seed)
+        run = method_runner("c2c", EvalSetup(pair), items, args.scoring, args.seed)
         result["accuracy"][name] = round(sum(run(item)["prediction"] == item.answer for item in items) / len(items), 4)
         print(name, result["accuracy"][name], flush=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

@@ -16,7 +16,8 @@ import statistics
 from pathlib import Path
 
 from c2c.data import load_benchmark
-from c2c.evaluate import read_jsonl, shuffled_partners
+from c2c.evaluate import shuffled_partners
+from c2c.runlog import read_jsonl
 
 
 def score_shift(folder: Path, items: list, seed: int) -> dict:

@@ -17,7 +17,9 @@ from pathlib import Path
 import torch
 
 from c2c.data import load_benchmark
-from c2c.evaluate import EvalSetup, read_jsonl, sharer_backgrounds
+from c2c.evaluate import EvalSetup, sharer_backgrounds
+from c2c.pair import C2CModel
+from c2c.runlog import read_jsonl
 from c2c.models import DEFAULT_SHARER, load_model
 
 
@@ -34,7 +36,9 @@ def main() -> None:
     sharer = load_model(DEFAULT_SHARER)
     if sharer.name != summary["sharer"]:
         raise SystemExit(f"{args.eval} was evaluated with sharer {summary['sharer']}, not {sharer.name}")
-    setup = EvalSetup(None, sharer, sharer, t2t_tokens=summary["t2t_tokens"])
+    # only the t2t sharer runs here; the pair around it is never fused
+    setup = EvalSetup(C2CModel.create(sharer, [sharer], chat_template=False), fused=False,
+                      t2t_tokens=summary["t2t_tokens"])
 
     compared, identical, differing = 0, 0, []
     timed_items = []

@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 
 from c2c.data import load_training_data
-from c2c.kvstore import SharerKVStore
+from c2c.kvstore import SharerKVStore, SharerRun
 from c2c.pair import C2CModel
-from c2c.train import MicroBatch, objective_sum, split
+from c2c.objectives import MicroBatch, objective_sum, split
 
 
 def floor_step(pair: C2CModel, batch) -> None:
@@ -33,7 +33,7 @@ def floor_step(pair: C2CModel, batch) -> None:
 
 
 def c2c_step(pair: C2CModel, batch, optimizer) -> None:
-    objective_sum(pair, MicroBatch(batch), "c2c").backward()
+    objective_sum(pair, MicroBatch(batch), fuse=True).backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
 
@@ -57,7 +57,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         store = SharerKVStore(Path(folder), 2**34)
         for batch in batches:
-            store.batch_kv(pair, batch)  # fill the store (an earlier epoch)
+            store.compute(pair, batch)  # fill the store (an earlier epoch)
         c2c_step(pair, batches[0], optimizer)  # warm-up
         floor_step(pair, batches[0])
         times = {"floor_ms": [], "c2c_ms": [], "c2c_reuse_ms": []}
@@ -65,12 +65,12 @@ def main() -> None:
             started = time.perf_counter()
             floor_step(pair, batch)
             times["floor_ms"].append(time.perf_counter() - started)
-            batch.sharer_kv = None
+            pair.sharer_cache_provider = SharerRun()  # the sharers run in the step
             started = time.perf_counter()
             c2c_step(pair, batch, optimizer)
             times["c2c_ms"].append(time.perf_counter() - started)
+            pair.sharer_cache_provider = SharerKVStore(store.folder, store.max_bytes)  # read from disk in the step
             started = time.perf_counter()
-            batch.sharer_kv = store.batch_kv(pair, batch)
             c2c_step(pair, batch, optimizer)
             times["c2c_reuse_ms"].append(time.perf_counter() - started)
         stored_bytes = store.bytes

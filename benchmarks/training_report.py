@@ -14,8 +14,10 @@ import sys
 from pathlib import Path
 
 from c2c.pair import C2CModel
-from c2c.train import (Runtime, TrainConfig, build_model, evaluate_held_out, load_examples, read_metrics,
-                       training_minutes)
+from c2c.distributed import Runtime
+from c2c.recipe import TrainConfig
+from c2c.runlog import read_metrics, training_minutes
+from c2c.train import build_model, evaluate_held_out, load_examples
 
 
 def curves(run: Path) -> dict:
@@ -38,8 +40,7 @@ def held_out_baseline(run: Path, compute: bool) -> dict | None:
         return logged
     config, held_out = _held_out(run)
     pair, trainable = build_model(config)
-    with pair.disable_fusion():
-        return {"step": 0, **evaluate_held_out(pair, trainable, held_out, config, Runtime())}
+    return {"step": 0, **evaluate_held_out(pair, trainable, held_out, config, Runtime(), fuse=False)}
 
 
 def shuffled_control(run: Path) -> dict:

@@ -12,10 +12,10 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "C2CModel": "pair", "C2CConfig": "pair", "CheckpointError": "pair",
+    "C2CModel": "pair", "C2CConfig": "config", "CheckpointError": "config",
     "FuserConfig": "fuser",
     "load_model": "models", "LoadedModel": "models", "ModelLoadError": "models",
-    "TrainConfig": "train",
+    "TrainConfig": "recipe", "train": "train",
     "EvalConfig": "evaluate", "EvalSetup": "evaluate", "run_eval": "evaluate",
     "inspect_pair": "inspection",
 }

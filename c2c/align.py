@@ -31,6 +31,7 @@ from .names import LAYER_MAPS, RENAMED_ALIGNMENTS, TOKEN_ALIGNMENTS
 
 
 Message = dict[str, str]
+Prompt = str | list[Message]  # a user prompt, or a conversation
 
 
 def as_messages(prompt: str | list[Message]) -> list[Message]:
@@ -110,10 +111,6 @@ class Alignment:
     positions: list[int]  # per receiver position: the sharer position fused into it, or -1 (not fused)
     exact: int = 0  # fused receiver tokens whose character span equals their sharer token's span
     approximate: int = 0  # fused receiver tokens that share a sharer token or cover part of one
-
-    @property
-    def fused(self) -> int:
-        return self.exact + self.approximate
 
 
 @dataclass

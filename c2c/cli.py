@@ -123,7 +123,8 @@ def cmd_generate(args) -> None:
 
 def cmd_train(args) -> None:
     import yaml
-    from .train import TrainConfig, train
+    from .recipe import TrainConfig
+    from .train import train
     overrides = {}
     for assignment in args.set or []:
         key, _, value = assignment.partition("=")
@@ -166,25 +167,19 @@ def cmd_eval(args) -> None:
         raise SystemExit(f"error: --out {args.out} is a file; give a folder for the records and summary")
     limits = _method_limits(args.method_limit)
     from .evaluate import EvalConfig, EvalSetup, run_eval
-    from .models import load_model
+    from .models import load_lora_receiver
+    from .pair import C2CModel
     config = EvalConfig(benchmarks=args.bench.split(","), methods=args.methods.split(","), scoring=args.scoring,
                         split=args.split, limit=args.limit, seed=args.seed, out=args.out, data_dir=args.data_dir,
                         skip_bad=args.skip_bad, recompute=args.recompute, method_limits=limits,
                         throughput_batch=args.throughput_batch, t2t_batch=args.t2t_batch)
-    pair = None
     if args.fuser:
-        from .pair import C2CModel
         pair = C2CModel.from_pretrained(args.fuser, dtype=args.dtype, device=args.device)
-        receiver, sharer = pair.receiver, pair.sharers[0]
-    else:
-        receiver, sharer = (load_model(spec, args.dtype, args.device)
-                            for spec in (args.receiver or DEFAULT_RECEIVER, (args.sharer or [DEFAULT_SHARER])[0]))
-    lora = None
-    if args.lora:
-        from .train import load_lora_receiver
-        lora = load_lora_receiver(args.lora, args.dtype, args.device)
-    chat = pair.config.chat_template if pair else not args.no_chat_template
-    setup = EvalSetup(pair, receiver, sharer, lora, fuser_path=args.fuser, chat=chat, t2t_tokens=args.t2t_tokens,
+    else:  # the models alone: an untrained pair, whose receiver with fusion off is the receiver baseline
+        pair = C2CModel.create(args.receiver or DEFAULT_RECEIVER, (args.sharer or [DEFAULT_SHARER])[:1],
+                               chat_template=not args.no_chat_template, dtype=args.dtype, device=args.device)
+    lora = load_lora_receiver(args.lora, args.dtype, args.device) if args.lora else None
+    setup = EvalSetup(pair, lora, fuser_path=args.fuser, fused=bool(args.fuser), t2t_tokens=args.t2t_tokens,
                       max_new_tokens=args.max_new_tokens)
     run_eval(config, setup)
     print((Path(config.out) / "table.md").read_text())
@@ -346,8 +341,9 @@ def main(argv: list[str] | None = None) -> None:
         (transformers_logging.enable_progress_bar if args.verbose else transformers_logging.disable_progress_bar)()
     from .data import DataError
     from .models import ModelLoadError
-    from .pair import CheckpointError
-    from .train import RecipeError, TrainingError
+    from .config import CheckpointError
+    from .recipe import RecipeError
+    from .train import TrainingError
     try:
         args.run(args)
     except (ModelLoadError, CheckpointError, RecipeError, TrainingError, DataError, ValueError) as error:

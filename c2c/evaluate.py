@@ -1,37 +1,36 @@
-"""Evaluation: every method (models alone, text-to-text, C2C and its shuffled-sharer control, ensemble,
-routing, a LoRA receiver) under one of four scoring protocols, with per-item records that make long runs
-resumable, a summary with 95% intervals and latency, a Markdown table and a plot.
-
-A *scorer* turns a prompt into a prefilled receiver state (ids + cache of all prompt tokens but the last);
-the protocols (generate, letter, cloze, cloze-options) run on that state the same way for every method.
+"""Evaluation recipe: every method (models alone, text-to-text, C2C and its shuffled-sharer control, ensemble,
+routing, a LoRA receiver) under one of four scoring protocols (``c2c.scorers``), with per-item records that make
+long runs resumable and a summary with 95% intervals and latency, a Markdown table and a plot (``c2c.metrics``).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import random
-import statistics
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable
 
 import torch
 from tqdm import tqdm
-from transformers import DynamicCache
 
 from . import cache as kvcache
 from .align import as_messages, render
-from .context import context_span, cut_context, with_context
-from .data import DataError, MCItem, cloze_continuations, extract_choice_letter, load_benchmark, mc_prompt
+from .context import with_context
+from .data import DataError, MCItem, load_benchmark
+from .layout import pad_rows
+from .metrics import agreement, markdown_table, paired_difference, plot, summarize
 from .models import LoadedModel
 from .names import DERIVED_METHODS, METHODS, RUN_METHODS, SCORINGS
 from .pair import C2CModel
-from .pair import continuation_logprobs as pair_continuation_logprobs
-from .pair import pad_rows
-from .rotary import Rotary
+from .runlog import read_jsonl, training_minutes, write_jsonl
+from .scorers import EnrichedScorer, ModelScorer, PairScorer, Scorer, item_prompt, score_item
+from .scoring import decode
+
+__all__ = ["EvalConfig", "EvalSetup", "run_eval", "run_method", "method_runner", "sharer_backgrounds",
+           "shuffled_partners", "derived_records", "measure_throughput", "fuser_report"]
 
 # Paired differences reported per benchmark: each channel's communication gain first, then over each baseline.
 PAIRED_COMPARISONS = (("c2c", "c2c-shuffled"), ("c2c", "receiver"), ("c2c", "sharer"), ("c2c", "lora-receiver"),
@@ -42,154 +41,31 @@ PAIRED_COMPARISONS = (("c2c", "c2c-shuffled"), ("c2c", "receiver"), ("c2c", "sha
 T2T_BACKGROUND_PROMPT = "Question: {question}\nUseful background knowledge for answering this question:"
 
 
-# ------------------------------------------------------------------------------------------------ scorers
-@dataclass
-class Prefilled:
-    """A prompt run through a model up to (not including) its last token."""
-
-    model: torch.nn.Module
-    tokenizer: object
-    input_ids: torch.Tensor  # (1, P)
-    cache: DynamicCache  # P - 1 positions
-
-
-class Scorer(Protocol):
-    name: str
-
-    def prefill(self, prompt: str, other_prompt: str | None = None, context: str | None = None) -> Prefilled: ...
-
-
-@dataclass
-class ModelScorer:
-    """One model alone, reading the prompt through its own chat template (if ``chat`` and it has one), with
-    ``context`` as text ahead of the question when given."""
-
-    name: str
-    model: LoadedModel
-    chat: bool
-
-    @torch.no_grad()
-    def prefill(self, prompt: str, other_prompt: str | None = None, context: str | None = None) -> Prefilled:
-        messages = with_context(prompt, context) if context else as_messages(prompt)
-        view = render(self.model.tokenizer, messages, self.chat)
-        ids = torch.tensor([view.ids], device=self.model.model.device)
-        output = self.model.model(input_ids=ids[:, :-1], cache=kvcache.full_length_cache(), use_cache=True,
-                                  logits_to_keep=1)
-        return Prefilled(self.model.model, self.model.tokenizer, ids, output.cache)
-
-
-@dataclass
-class EnrichedScorer:
-    """The cache-enrichment oracle: the receiver prefills context + question, then the context's positions are
-    dropped and the question's keys re-rotated to the positions they would have without it."""
-
-    name: str
-    model: LoadedModel
-    chat: bool
-
-    @torch.no_grad()
-    def prefill(self, prompt: str, other_prompt: str | None = None, context: str | None = None) -> Prefilled:
-        if not context:
-            raise ValueError("receiver-enriched needs items with a context")
-        messages = with_context(prompt, context)
-        view = render(self.model.tokenizer, messages, self.chat)
-        cut = cut_context(view, context_span(view, messages, context))
-        device = self.model.model.device
-        ids = torch.tensor([view.ids], device=device)
-        output = self.model.model(input_ids=ids[:, :-1], cache=kvcache.full_length_cache(), use_cache=True,
-                                  logits_to_keep=1)
-        kept = torch.tensor((cut.prefix + cut.suffix)[:-1], device=device)  # cached positions kept (the last is not)
-        new = torch.arange(len(kept), device=device)[None]
-        rotary = Rotary(self.model.model)
-        layers = [(rotary.move(k[:, :, kept], layer, kept[None], new), v[:, :, kept])
-                  for layer, (k, v) in enumerate(kvcache.all_kv(output.cache))]
-        kept_ids = torch.tensor([[view.ids[i] for i in cut.prefix + cut.suffix]], device=device)
-        return Prefilled(self.model.model, self.model.tokenizer, kept_ids, kvcache.cache_from_kv(layers))
-
-
-@dataclass
-class PairScorer:
-    """The receiver reading a fused cache; ``other_prompt`` makes the sharer read another question, ``context``
-    gives the sharer a context through ``channel`` (None: every channel the pair has)."""
-
-    name: str
-    pair: C2CModel
-    channel: str | None = None
-
-    @torch.no_grad()
-    def prefill(self, prompt: str, other_prompt: str | None = None, context: str | None = None) -> Prefilled:
-        batch = self.pair.prepare([prompt], sharer_prompts=[other_prompt] if other_prompt else None,
-                                  sharer_contexts=[context] if context else None, context_channel=self.channel)
-        batch = batch.to(self.pair.device)
-        cache = self.pair.prefill(batch, fuse=True)
-        return Prefilled(self.pair.receiver.model, self.pair.receiver.tokenizer, batch.input_ids, cache)
-
-
-# ------------------------------------------------------------------------------------------------ protocols
-@torch.no_grad()
-def continuation_logprobs(state: Prefilled, continuations: list[str]) -> list[tuple[float, int]]:
-    """(sum of log-probabilities, token count) of each continuation after the prompt, in one batch."""
-    sums, counts = pair_continuation_logprobs(state.model, state.tokenizer, state.input_ids,
-                                              torch.ones_like(state.input_ids), state.cache, [continuations])
-    return [(float(total), int(count)) for total, count in zip(sums, counts)]
-
-
-@torch.no_grad()
-def next_token_logits(state: Prefilled) -> torch.Tensor:
-    cache = kvcache.repeat_rows(state.cache, 1)
-    prefix = kvcache.seq_length(cache)
-    position = torch.tensor([[prefix]], device=state.input_ids.device)
-    return state.model(input_ids=state.input_ids[:, -1:], position_ids=position, cache=cache,
-                       use_cache=True).logits[0, -1].float()
-
-
-@torch.no_grad()
-def greedy_text(state: Prefilled, max_new_tokens: int) -> tuple[str, int]:
-    """Greedy continuation decoded by the stock ``generate`` from the prefilled cache; (text, new tokens)."""
-    cache = kvcache.repeat_rows(state.cache, 1)
-    output = state.model.generate(input_ids=state.input_ids, attention_mask=torch.ones_like(state.input_ids),
-                                  cache=cache, max_new_tokens=max_new_tokens, do_sample=False,
-                                  pad_token_id=state.tokenizer.pad_token_id)
-    new = output[0, state.input_ids.shape[1]:]
-    return state.tokenizer.decode(new, skip_special_tokens=True), len(new)
-
-
-def score_item(state: Prefilled, item: MCItem, scoring: str, max_new_tokens: int) -> dict:
-    """Prediction and per-choice scores of one prefilled item under a protocol."""
-    if scoring == "generate":
-        text, generated = greedy_text(state, max_new_tokens)
-        return {"prediction": extract_choice_letter(text, len(item.choices)), "text": text,
-                "generated_tokens": generated, "scores": None}
-    if scoring == "letter":
-        logits = next_token_logits(state)
-        ids = [state.tokenizer(f" {letter}", add_special_tokens=False)["input_ids"][0] for letter in item.letters]
-        scores = torch.log_softmax(logits, -1)[ids].tolist()
-    else:  # cloze protocols: log-likelihood per character of each choice text, as lm-evaluation-harness's acc_norm
-        continuations = cloze_continuations(item)
-        scores = [total / len(text) for (total, _), text in
-                  zip(continuation_logprobs(state, continuations), continuations)]
-    return {"prediction": max(range(len(scores)), key=scores.__getitem__), "scores": scores,
-            "generated_tokens": 0}
-
-
-def item_prompt(item: MCItem, scoring: str) -> str:
-    return mc_prompt(item, {"generate": "generate", "letter": "cloze-options", "cloze": "cloze",
-                            "cloze-options": "cloze-options"}[scoring])
-
-
 # ------------------------------------------------------------------------------------------------ methods
 @dataclass
 class EvalSetup:
-    """What the methods need: the pair (with the fuser, if any) and optional LoRA receiver."""
+    """What the methods need: the pair and an optional LoRA receiver. The pair's receiver with fusion off is the
+    receiver baseline; ``fused`` False says its fuser is untrained (``c2c eval`` without --fuser), so the c2c
+    methods refuse to run. Prompts render with chat templates as the pair's config says."""
 
-    pair: C2CModel | None
-    receiver: LoadedModel
-    sharer: LoadedModel
+    pair: C2CModel
     lora_receiver: LoadedModel | None = None
     fuser_path: str | None = None
-    chat: bool = False
+    fused: bool = True
     t2t_tokens: int = 64
     max_new_tokens: int = 64
+
+    @property
+    def receiver(self) -> LoadedModel:
+        return self.pair.receiver
+
+    @property
+    def sharer(self) -> LoadedModel:
+        return self.pair.sharers[0]
+
+    @property
+    def chat(self) -> bool:
+        return self.pair.config.chat_template
 
 
 def method_runner(method: str, setup: EvalSetup, items: list[MCItem], scoring: str, seed: int,
@@ -213,17 +89,23 @@ def method_runner(method: str, setup: EvalSetup, items: list[MCItem], scoring: s
                              "context benchmark (synthetic-1fact, arc-easy-evidence, tipsheets, a JSONL with `context`)")
         return item.context
 
+    def fuser_needed() -> None:
+        if not setup.fused:
+            raise ValueError(f"method {method} needs a fuser: pass --fuser DIR")
+
+    receiver = PairScorer("receiver", setup.pair, fuse=False)  # the baseline: the pair with fusion off
     if method == "receiver":
-        return with_scorer(ModelScorer("receiver", setup.receiver, setup.chat))
+        return with_scorer(receiver)
     if method == "sharer":
         return with_scorer(ModelScorer("sharer", setup.sharer, setup.chat))
-    if method in ("receiver-with-context", "sharer-with-context"):
-        model = setup.receiver if method.startswith("receiver") else setup.sharer
-        return with_scorer(ModelScorer(method, model, setup.chat), context=own_context)
+    if method == "receiver-with-context":
+        return with_scorer(receiver, context=own_context)
+    if method == "sharer-with-context":
+        return with_scorer(ModelScorer(method, setup.sharer, setup.chat), context=own_context)
     if method == "receiver-enriched":
         return with_scorer(EnrichedScorer(method, setup.receiver, setup.chat), context=own_context)
     if method in ("c2c-translated", "c2c-translated-shuffled"):
-        if setup.pair is None or setup.pair.translators is None:
+        if not setup.fused or setup.pair.translators is None:
             raise ValueError(f"method {method} needs a checkpoint with a context translator: pass --fuser DIR "
                              "(fitted with `c2c train` method: translator)")
         scorer = PairScorer(method, setup.pair, "translated")
@@ -238,8 +120,7 @@ def method_runner(method: str, setup: EvalSetup, items: list[MCItem], scoring: s
                              "method: lora)")
         return with_scorer(ModelScorer("lora-receiver", setup.lora_receiver, setup.chat))
     if method in ("c2c", "c2c-shuffled"):
-        if setup.pair is None:
-            raise ValueError(f"method {method} needs a fuser: pass --fuser DIR")
+        fuser_needed()
         scorer = PairScorer(method, setup.pair, "fused")
         if method == "c2c":
             return with_scorer(scorer, context=lambda item: item.context)
@@ -255,7 +136,7 @@ def method_runner(method: str, setup: EvalSetup, items: list[MCItem], scoring: s
         def background(item: MCItem) -> tuple[str, dict]:
             text, generated = written.pop(item.id, None) or sharer_backgrounds(setup, [item])[0]
             return f"Background: {text.strip()}\n\n", {"background": text, "sharer_tokens": generated}
-        return with_scorer(ModelScorer("receiver", setup.receiver, setup.chat), prefix=background)
+        return with_scorer(receiver, prefix=background)
     raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
 
 
@@ -269,12 +150,11 @@ def sharer_backgrounds(setup: EvalSetup, items: list[MCItem]) -> list[tuple[str,
                    setup.chat).ids for prompt, item in zip(prompts, items)]
     ids = pad_rows(rows, tokenizer.pad_token_id, left=True).to(model.device)  # (B, P)
     mask = pad_rows([[1] * len(row) for row in rows], 0, left=True).to(model.device)
-    output = model.generate(input_ids=ids, attention_mask=mask, cache=kvcache.full_length_cache(),
-                            max_new_tokens=setup.t2t_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    output = decode(model, tokenizer, ids, mask, kvcache.full_length_cache(), setup.t2t_tokens, do_sample=False)
     eos = model.generation_config.eos_token_id
     eos = set(eos if isinstance(eos, list) else [eos])
     results = []
-    for new in output[:, ids.shape[1]:].tolist():
+    for new in output.tolist():
         stops = [i for i, token in enumerate(new) if token in eos]
         results.append((tokenizer.decode(new, skip_special_tokens=True), stops[0] + 1 if stops else len(new)))
     return results
@@ -390,7 +270,7 @@ def run_eval(config: EvalConfig, setup: EvalSetup) -> dict:
 
 def measure_throughput(setup: EvalSetup, items: list[MCItem], batch_size: int) -> dict:
     """Items per second of the generate protocol with prompts batched: the receiver alone and C2C."""
-    if setup.pair is None:
+    if not setup.fused:
         raise ValueError("the throughput mode compares the receiver with C2C: pass --fuser DIR")
     prompts = [item_prompt(item, "generate") for item in items]
     result = {"batch_size": batch_size, "n": len(prompts), "max_new_tokens": setup.max_new_tokens}
@@ -404,9 +284,8 @@ def measure_throughput(setup: EvalSetup, items: list[MCItem], batch_size: int) -
 
 def fuser_report(setup: EvalSetup) -> dict | None:
     """Where the fuser came from, its size and (when its training log is beside it) its training time."""
-    if setup.pair is None:
+    if not setup.fused:
         return None
-    from .train import training_minutes  # train imports this module
     report = {"path": setup.fuser_path, "params": sum(p.numel() for p in setup.pair.fusers.parameters()),
               "translator_params": sum(p.numel() for p in setup.pair.translators.parameters())
               if setup.pair.translators is not None else 0,
@@ -459,151 +338,3 @@ def run_method(method: str, setup: EvalSetup, items: list[MCItem], config: EvalC
                     done[item.id] = record
                     progress.update()
     return [done[item.id] for item in items]
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """Records of a per-item file; a line cut off by an interrupted run is skipped (the item is redone)."""
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
-
-
-def write_jsonl(path: Path, records: list[dict]) -> None:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-
-
-def wilson(correct: int, n: int, z: float = 1.96) -> list[float]:
-    if n == 0:
-        return [0.0, 0.0]
-    p = correct / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return [round(centre - half, 4), round(centre + half, 4)]
-
-
-def summarize(records: list[dict]) -> dict:
-    """Accuracy with its interval, and latency over the items run one at a time (``latency_n`` of them):
-    an item whose t2t sharer text was generated in a batch has no single-request latency."""
-    n = len(records)
-    correct = sum(r["correct"] for r in records)
-    latencies = sorted(r["latency_ms"] for r in records if r.get("sharer_batch", 1) == 1)
-    subjects: dict[str, list[bool]] = {}
-    for r in records:
-        subjects.setdefault(r["subject"] or "all", []).append(r["correct"])
-    return {"n": n, "accuracy": round(correct / n, 4) if n else 0.0, "ci95": wilson(correct, n),
-            "latency_n": len(latencies),
-            "latency_ms_mean": round(statistics.fmean(latencies), 2) if latencies else None,
-            "latency_ms_p50": _quantile(latencies, 0.5), "latency_ms_p90": _quantile(latencies, 0.9),
-            "per_subject": {s: round(sum(v) / len(v), 4) for s, v in sorted(subjects.items())} if len(subjects) > 1
-            else None}
-
-
-def paired_difference(records: list[dict], baseline: list[dict]) -> dict:
-    """Accuracy difference of two methods on the same items, with a 95% interval from the per-item
-    differences (normal approximation): the communication gain when the baseline is c2c-shuffled."""
-    by_id = {r["id"]: r["correct"] for r in baseline}
-    differences = [int(r["correct"]) - int(by_id[r["id"]]) for r in records if r["id"] in by_id]
-    n = len(differences)
-    if n < 2:
-        return {"n": n, "difference": None, "ci95": None}
-    mean = statistics.fmean(differences)
-    half = 1.96 * statistics.stdev(differences) / math.sqrt(n)
-    return {"n": n, "difference": round(mean, 4), "ci95": [round(mean - half, 4), round(mean + half, 4)]}
-
-
-def paired_text(result: dict) -> str:
-    """A ``paired_difference`` in points with its 95% interval: ``+2.2 [+0.3, +4.1]``."""
-    lo, hi = result["ci95"]
-    return f"{100 * result['difference']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
-
-
-def agreement(records: list[dict], reference: list[dict]) -> dict:
-    """How often a method picks what ``reference`` picks on the same items (items either left unanswered are
-    left out), with a Wilson 95% interval."""
-    picks = {r["id"]: r["prediction"] for r in reference if r["prediction"] is not None}
-    same = [r["prediction"] == picks[r["id"]] for r in records if r["id"] in picks and r["prediction"] is not None]
-    return {"n": len(same), "agreement": round(sum(same) / len(same), 4) if same else None,
-            "ci95": wilson(sum(same), len(same))}
-
-
-def _quantile(values: list[float], q: float) -> float | None:
-    return round(values[min(int(q * len(values)), len(values) - 1)], 2) if values else None
-
-
-def markdown_table(summary: dict) -> str:
-    names = list(summary["benchmarks"])
-    methods = list(dict.fromkeys(m for b in summary["benchmarks"].values() for m in b["methods"]))
-    lines = [f"Scoring: `{summary['scoring']}`, split `{summary['split']}`, t2t sharer budget "
-             f"{summary['t2t_tokens']} new tokens. Accuracy % [95% CI], mean latency per item (ms, batch 1).", "",
-             "| method | " + " | ".join(f"{n} (n={summary['benchmarks'][n]['n']})" for n in names) + " | mean |",
-             "|---|" + "---|" * (len(names) + 1)]
-    for method in methods:
-        cells, accuracies = [], []
-        for name in names:
-            result = summary["benchmarks"][name]["methods"].get(method)
-            if result is None:
-                cells.append("-")
-                continue
-            accuracies.append(result["accuracy"])
-            lo, hi = result["ci95"]
-            latency = result["latency_ms_mean"]
-            timing = "batched" if latency is None else f"{latency:.0f} ms"
-            if latency is not None and result.get("latency_n", result["n"]) < result["n"]:
-                timing += f" (n={result['latency_n']})"
-            cells.append(f"{100 * result['accuracy']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}], {timing}")
-        mean = f"{100 * statistics.fmean(accuracies):.1f}" if accuracies else "-"
-        lines.append(f"| {method} | " + " | ".join(cells) + f" | {mean} |")
-    comparisons = list(dict.fromkeys(c for b in summary["benchmarks"].values() for c in b.get("paired", {})))
-    if comparisons:
-        lines += ["", "Paired differences on the same items, accuracy points [95% CI] (n); `c2c - c2c-shuffled` is the "
-                  "communication gain.", "",
-                  "| difference | " + " | ".join(names) + " | mean |", "|---|" + "---|" * (len(names) + 1)]
-        for comparison in comparisons:
-            cells, differences = [], []
-            for name in names:
-                result = summary["benchmarks"][name].get("paired", {}).get(comparison)
-                if result is None or result["difference"] is None:
-                    cells.append("-")
-                    continue
-                differences.append(result["difference"])
-                cells.append(f"{paired_text(result)} ({result['n']})")
-            mean = f"{100 * statistics.fmean(differences):+.1f}" if differences else "-"
-            lines.append(f"| {comparison} | " + " | ".join(cells) + f" | {mean} |")
-    agreeing = list(dict.fromkeys(m for b in summary["benchmarks"].values() for m in b.get("agreement_with_sharer", {})))
-    if agreeing:
-        lines += ["", "Agreement with the sharer's own pick, % of items [95% CI].", "",
-                  "| method | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-        for method in agreeing:
-            cells = []
-            for name in names:
-                result = summary["benchmarks"][name].get("agreement_with_sharer", {}).get(method)
-                ok = result is not None and result["agreement"] is not None
-                cells.append(f"{100 * result['agreement']:.1f} [{100 * result['ci95'][0]:.1f}, "
-                             f"{100 * result['ci95'][1]:.1f}]" if ok else "-")
-            lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def plot(summary: dict, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    names = list(summary["benchmarks"])
-    figure, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 4), squeeze=False)
-    for axis, name in zip(axes[0], names):
-        for method, result in summary["benchmarks"][name]["methods"].items():
-            if result["latency_ms_mean"] is None:
-                continue
-            axis.scatter(result["latency_ms_mean"], 100 * result["accuracy"], label=method)
-            axis.annotate(method, (result["latency_ms_mean"], 100 * result["accuracy"]), fontsize=7)
-        axis.set(title=f"{name} ({summary['scoring']})", xlabel="mean latency per item (ms)", ylabel="accuracy (%)")
-        axis.set_xscale("log")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)

@@ -137,13 +137,13 @@ class LayerFuser(nn.Module):
         self.register_buffer("temperature", torch.tensor(config.temperature_start), persistent=False)
 
     def open_gates(self) -> torch.Tensor:
-        """Inference gates (K, V): open iff the logit is positive."""
-        return (self.gate_logits > 0).to(self.gate_logits.dtype)
+        """Inference gates (K, V), bool: open iff the logit is positive (the one place this rule is written)."""
+        return self.gate_logits.detach() > 0
 
     def _gate(self, index: int, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
         logit = self.gate_logits[index].to(like.dtype)
         if not self.training:
-            return (logit > 0).to(like.dtype)
+            return self.open_gates()[index].to(like.dtype)
         if self.config.gate_noise == "none":
             noise = torch.zeros(shape, dtype=like.dtype, device=like.device)
         else:

@@ -12,7 +12,10 @@ import json
 import tempfile
 from pathlib import Path
 
-FILES = ("c2c_config.json", "fuser.safetensors", "train_config.json", "fit_report.json", "eval_summary.json",
+from .config import CONFIG_NAME, WEIGHTS_NAME, CheckpointError
+from .metrics import paired_text
+
+FILES = (CONFIG_NAME, WEIGHTS_NAME, "train_config.json", "fit_report.json", "eval_summary.json",
          "README.md")
 
 
@@ -23,7 +26,6 @@ def is_repo_id(spec: str) -> bool:
 
 def resolve(spec: str | Path, revision: str | None = None) -> Path:
     """A fuser folder: ``spec`` itself when it exists locally, else its Hub snapshot (fetched, or from the cache)."""
-    from .pair import CheckpointError
     path = Path(spec).expanduser()
     if path.exists() or not is_repo_id(str(spec)):
         if revision is not None:
@@ -49,7 +51,6 @@ def resolve(spec: str | Path, revision: str | None = None) -> Path:
 def model_card(pair, train_config: dict | None = None, summary: dict | None = None) -> str:
     """A README.md as peft writes one: the pair, the alignment, the recipe and data, the gates per layer, and the
     evaluation table with its controls (from a ``c2c eval`` summary.json)."""
-    from .evaluate import paired_text  # evaluate imports pair, which imports this module
     config = pair.config
     lines = ["---", "library_name: c2c", "tags: [cache-to-cache, kv-cache, fuser]",
              f"base_model: {config.receiver}", "---", "",
@@ -74,13 +75,13 @@ def model_card(pair, train_config: dict | None = None, summary: dict | None = No
         lines.append(f"- context translator: window {config.translator.window}, stored as "
                      f"{config.translator.storage_dtype}")
     if config.fuser is not None:
-        gates = pair.gate_logits()  # (sharers, layers, 2)
+        gates, is_open = pair.gate_logits(), pair.open_gates()  # (sharers, layers, 2)
         lines += ["", "## Gates (open when the logit is positive)", "", "| receiver layer | "
                   + " | ".join(f"sharer {j} K | sharer {j} V" for j in range(gates.shape[0])) + " |",
                   "|---|" + "---|" * (2 * gates.shape[0])]
         for layer in range(gates.shape[1]):
-            cells = [f"{'open' if v > 0 else 'shut'} ({v:+.2f})" for j in range(gates.shape[0])
-                     for v in gates[j, layer].tolist()]
+            cells = [f"{'open' if o else 'shut'} ({v:+.2f})" for j in range(gates.shape[0])
+                     for v, o in zip(gates[j, layer].tolist(), is_open[j, layer].tolist())]
             lines.append(f"| {layer} | " + " | ".join(cells) + " |")
     if train_config:
         data = train_config.get("data") or []

@@ -1,4 +1,8 @@
-"""On-disk store of each training example's sharer K/V.
+"""Where a pair gets its sharers' K/V: ``SharerRun`` runs the sharers (the default), ``SharerKVStore`` keeps each
+training example's on disk. Both are sharer-cache providers: ``provider(pair, batch)`` returns per sharer, per
+layer (B, H_S, S_j, d_S) for a prepared batch.
+
+The K/V store:
 
 The sharer is frozen and the data fixed, so an example's sharer cache never changes: compute it once, reuse it
 every epoch (and across runs on the same pair and data). Stored in float16 to halve the disk; the stored values
@@ -16,11 +20,38 @@ from safetensors.torch import load_file, save_file
 
 from .cache import KV
 from .models import cache_dir
-from .pair import atomic_write
+from .runlog import atomic_write
 
 
-class SharerKVStore:
+class SharerCaches:
+    """A sharer-cache provider. The last batch's K/V are kept: a step that reads them twice (the sharer's own
+    choice scores, then fusion) gets them once. Frozen sharers make this exact."""
+
+    def __init__(self):
+        self._last: tuple[tuple, list[list[KV]]] | None = None
+
+    def __call__(self, pair, batch) -> list[list[KV]]:
+        key = tuple((ids.device, ids.shape, ids.cpu().numpy().tobytes(), mask.cpu().numpy().tobytes())
+                    for ids, mask in zip(batch.sharer_ids, batch.sharer_mask))
+        if self._last is None or self._last[0] != key:
+            self._last = (key, self.compute(pair, batch))
+        return self._last[1]
+
+    def compute(self, pair, batch) -> list[list[KV]]:
+        raise NotImplementedError
+
+
+class SharerRun(SharerCaches):
+    """Run each sharer over its input (the default provider)."""
+
+    def compute(self, pair, batch) -> list[list[KV]]:
+        return [pair.sharer_kv(index, ids, mask)
+                for index, (ids, mask) in enumerate(zip(batch.sharer_ids, batch.sharer_mask))]
+
+
+class SharerKVStore(SharerCaches):
     def __init__(self, folder: Path, max_bytes: int, dtype: torch.dtype = torch.float16):
+        super().__init__()
         self.folder, self.max_bytes, self.dtype = folder, max_bytes, dtype
         folder.mkdir(parents=True, exist_ok=True)
         self.bytes = sum(f.stat().st_size for f in folder.glob("*.safetensors"))
@@ -45,10 +76,10 @@ class SharerKVStore:
             self.over_budget += 1
             return
         atomic_write(path, lambda temporary: save_file(tensors, temporary))
-        self.bytes += size
+        self.bytes += path.stat().st_size  # as counted when a store opens its folder: the files, headers included
 
-    def batch_kv(self, pair, batch) -> list[list[KV]]:
-        """Per sharer, per layer (B, H_S, S, d_S) for a prepared batch, from the store where possible."""
+    def compute(self, pair, batch) -> list[list[KV]]:
+        """From the store where possible; computed (and stored, within the budget) otherwise."""
         caches = []
         for sharer, (ids, mask) in enumerate(zip(batch.sharer_ids, batch.sharer_mask)):
             rows = [ids[b][mask[b].bool()] for b in range(ids.shape[0])]
@@ -67,7 +98,7 @@ class SharerKVStore:
                     found[b] = layers
             width = ids.shape[1]
             caches.append([tuple(torch.cat([_left_pad(found[b][layer][kind], width) for b in range(len(rows))])
-                                 for kind in range(2))
+                                 .to(ids.device) for kind in range(2))
                            for layer in range(len(found[0]))])
         return caches
 

@@ -8,17 +8,14 @@ without a translated context has only the last region: the plain prompt, laid ou
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import torch
 
-from .align import Rendered, TokenAligner, as_messages, render
+from .align import Prompt, Rendered, TokenAligner, as_messages, render
 from .context import (check_context, context_block, context_span, cut_context, question_start,
                       sharer_context_tokens, with_context)
 from .models import LoadedModel
-
-if TYPE_CHECKING:
-    from .pair import C2CModel, Prompt
 
 
 def pad_rows(rows: Sequence[Sequence[int]], value: int, left: bool) -> torch.Tensor:
@@ -60,7 +57,7 @@ def sliding_window(model: LoadedModel) -> int | None:
     return window if window and ("sliding_attention" in types or getattr(config, "use_sliding_window", False)) else None
 
 
-def row_contexts(pair: "C2CModel", sharer_contexts: Sequence | None, rows: int) -> list[list[str | None]]:
+def row_contexts(pair, sharer_contexts: Sequence | None, rows: int) -> list[list[str | None]]:
     """Per row, per sharer: the context that sharer reads, or None."""
     if sharer_contexts is None:
         return [[None] * len(pair.sharers) for _ in range(rows)]
@@ -76,7 +73,7 @@ def row_contexts(pair: "C2CModel", sharer_contexts: Sequence | None, rows: int) 
     return out
 
 
-def row_layout(pair: "C2CModel", prompt: Prompt, contexts: list[str | None]) -> RowLayout:
+def row_layout(pair, prompt: Prompt, contexts: list[str | None]) -> RowLayout:
     """The receiver's regions for one row: [before context, one section per translating sharer, after]."""
     translating = [j for j, c in enumerate(contexts) if c is not None and pair.translators is not None]
     sections: list[list[int]] = [[] for _ in pair.sharers]
@@ -104,7 +101,7 @@ def row_layout(pair: "C2CModel", prompt: Prompt, contexts: list[str | None]) -> 
     return RowLayout(view, question_start(context), regions, view_columns, translating, sharer_reads)
 
 
-def align_row(pair: "C2CModel", j: int, aligner: TokenAligner, prompt: Prompt, row: RowLayout, context: str | None):
+def align_row(pair, j: int, aligner: TokenAligner, prompt: Prompt, row: RowLayout, context: str | None):
     """Sharer ``j``'s alignment to the receiver's view of a row (fused-prompt channel)."""
     messages = as_messages(prompt)
     receiver_start = row.question_start
@@ -119,7 +116,7 @@ def align_row(pair: "C2CModel", j: int, aligner: TokenAligner, prompt: Prompt, r
                                  {last: (receiver_start or 0, sharer_start)})
 
 
-def translated_section(pair: "C2CModel", j: int, rows: list[RowLayout], starts: list[int], widths: list[int]
+def translated_section(pair, j: int, rows: list[RowLayout], starts: list[int], widths: list[int]
                        ) -> TranslatedSection | None:
     """Sharer ``j``'s section of the batch: its readings of the rows' contexts and which positions to translate."""
     if widths[1 + j] == 0:

@@ -181,3 +181,17 @@ def load_model(spec: str, dtype: str | torch.dtype = torch.float32, device: str 
         tokenizer.pad_token = tokenizer.eos_token
     model.to(device).eval().requires_grad_(False)
     return LoadedModel(spec, model, tokenizer)
+
+
+def load_lora_receiver(run: str | Path, dtype: str | torch.dtype = "float32", device: str | torch.device = "auto"
+                       ) -> LoadedModel:
+    """The receiver with the LoRA adapter of a ``method: lora`` run merged in (the fine-tuned baseline)."""
+    run = Path(run)
+    if not (run / "lora_receiver.json").is_file():
+        raise ModelLoadError(f"{run} is not a LoRA run folder (no lora_receiver.json); train one with "
+                             "`c2c train RECIPE --method lora`")
+    from peft import PeftModel
+    info = json.loads((run / "lora_receiver.json").read_text())
+    receiver = load_model(info["receiver"], dtype, device)
+    merged = PeftModel.from_pretrained(receiver.model, run / "lora").merge_and_unload().eval()
+    return LoadedModel(f"{info['receiver']}+lora", merged, receiver.tokenizer)

@@ -28,7 +28,8 @@ import torch
 from .fuser import FuserConfig
 from .models import LoadedModel, load_model
 from .names import RENAMED_ALIGNMENTS
-from .pair import C2CConfig, C2CModel, CheckpointError, SharerConfig
+from .config import C2CConfig, CheckpointError, SharerConfig
+from .pair import C2CModel
 
 PROJECTOR_CLASS = "C2CProjector"
 # C2CProjector.__init__'s arguments and defaults; projector_{i}.json lists only the ones the recipe passed.

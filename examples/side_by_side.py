@@ -48,9 +48,9 @@ def main() -> None:
             parser.error(f"{DEMO_QUESTIONS} holds {len(items)} questions; use --bench for more")
     print(f"loading the pair and the fuser from {args.fuser} (the first run converts the GGUF weights once)")
     pair = C2CModel.from_pretrained(args.fuser)
-    open_layers = [layer for layer, (k, v) in enumerate(pair.gate_logits()[0].tolist()) if k > 0 or v > 0]
+    open_layers = pair.open_gates()[0].any(-1).nonzero()[:, 0].tolist()
     print(f"fuser gates open on receiver layers {open_layers}")
-    setup = EvalSetup(pair, pair.receiver, pair.sharers[0], chat=pair.config.chat_template)
+    setup = EvalSetup(pair)
     methods = ["receiver", "sharer", "c2c", "c2c-shuffled"]
     runners = {m: method_runner(m, setup, items, args.scoring, args.seed) for m in methods}
     correct = dict.fromkeys(methods, 0)

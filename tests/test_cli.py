@@ -42,9 +42,12 @@ def test_train_generate_and_eval(folders, tmp_path, capsys):
                       f"eval_examples: 0\nbatch_size: 1\nfuser: {{hidden_size: 8, intermediate_size: 8}}\n")
     main(["train", str(recipe), "--output", str(tmp_path / "run"), "--set", "gate_lr=0.5"])
     assert json.loads((tmp_path / "run" / "train_config.json").read_text())["gate_lr"] == 0.5
+    assert capsys.readouterr().out == f"saved to {tmp_path / 'run'}\n"
     main(["generate", "--fuser", str(tmp_path / "run"), "Hello there", "Water boils", "--max-new-tokens", "3",
           "--no-stream"])
-    assert len(capsys.readouterr().out.strip().splitlines()) >= 1
+    trained = C2CModel.from_pretrained(tmp_path / "run")  # without --sample: greedy, one answer per line
+    expected = trained.generate(["Hello there", "Water boils"], max_new_tokens=3)
+    assert capsys.readouterr().out == "".join(f"{answer}\n" for answer in expected)
     bench = tmp_path / "mc.jsonl"
     bench.write_text("".join(json.dumps({"question": q, "choices": ["Paris", "Rome"], "answer": 0}) + "\n"
                              for q in ("Capital of France?", "Largest city of France?")))

@@ -11,7 +11,8 @@ from tiny import tiny
 
 from c2c.context import with_context
 from c2c.data import load_benchmark
-from c2c.evaluate import EnrichedScorer, EvalConfig, EvalSetup, ModelScorer, run_eval
+from c2c.evaluate import EvalConfig, EvalSetup, run_eval
+from c2c.scorers import EnrichedScorer, ModelScorer
 from c2c.fit import fit_pair, fitting_texts, split_texts
 from c2c.pair import C2CModel, CheckpointError
 from c2c.synthetic import NAMES, SPLITS, synthetic_items
@@ -33,6 +34,14 @@ def fitted(receiver: str = "llama", sharer: str = "gemma", chat: bool = False) -
     return pair
 
 
+def translator_size(pair, window: int) -> int:
+    """Weights of the one sharer's translator, from the shapes: per receiver layer, one bias-free map from the K and V
+    of its 2 * window + 1 sharer source layers to the receiver's K and V."""
+    r, s = pair.receiver.shape, pair.sharers[0].shape
+    sources = min(2 * window + 1, s.num_layers)
+    return r.num_layers * (sources * 2 * s.num_kv_heads * s.head_dim) * (2 * r.num_kv_heads * r.head_dim)
+
+
 def scores(pair, prompts, contexts=None, channel=None, fuse=True):
     batch = pair.prepare(prompts, sharer_contexts=contexts, context_channel=channel)
     return pair.choice_scores(batch, [CHOICES] * len(prompts), fuse=fuse)
@@ -50,9 +59,8 @@ def test_identical_pair_translates_a_context_into_what_reading_it_gives():
     pair = fitted("llama", "llama")
     assert min(min(layer["r2_k"], layer["r2_v"]) for layer in pair.report["sharers"][0]["layers"]) > 0.99
     translated = scores(pair, [QUESTION], [CONTEXT])[0]
-    with pair.disable_fusion():
-        reading = scores(pair, [with_context(QUESTION, CONTEXT)])[0]
-        alone = scores(pair, [QUESTION])[0]
+    reading = scores(pair, [with_context(QUESTION, CONTEXT)], fuse=False)[0]
+    alone = scores(pair, [QUESTION], fuse=False)[0]
     assert (translated - reading).abs().max() < 0.02
     assert (reading - alone).abs().max() > 0.1  # the context matters, so the match above is not trivial
 
@@ -71,8 +79,7 @@ def test_batched_rows_with_and_without_contexts_equal_one_at_a_time(receiver, sh
 
 def test_a_row_without_context_is_the_receiver_alone_and_fusion_off_ignores_contexts():
     pair = fitted()
-    with pair.disable_fusion():
-        alone = scores(pair, [QUESTION])[0]
+    alone = scores(pair, [QUESTION], fuse=False)[0]
     assert torch.equal(scores(pair, [QUESTION])[0], alone)
     assert pair.generate(QUESTION, max_new_tokens=5, sharer_contexts=CONTEXT, fuse=False) == \
         pair.generate(QUESTION, max_new_tokens=5, fuse=False)
@@ -224,7 +231,7 @@ def test_context_benchmarks_parse_contexts(tmp_path):
 
 def test_every_context_method_end_to_end(tmp_path):
     pair = fitted()
-    setup = EvalSetup(pair, pair.receiver, pair.sharers[0], lora_receiver=tiny("llama"), chat=False, t2t_tokens=3)
+    setup = EvalSetup(pair, lora_receiver=tiny("llama"), t2t_tokens=3)
     methods = ["receiver", "receiver-with-context", "sharer-with-context", "t2t", "c2c-translated",
                "c2c-translated-shuffled", "lora-receiver", "receiver-enriched"]
     summary = run_eval(EvalConfig(["synthetic-1fact"], methods, scoring="cloze", limit=6, out=str(tmp_path)), setup)
@@ -236,7 +243,7 @@ def test_every_context_method_end_to_end(tmp_path):
     assert all(r["partner"] != r["id"] for r in records)
     t2t = [json.loads(line) for line in (tmp_path / "synthetic-1fact" / "t2t.jsonl").open()]
     assert all(r["sharer_tokens"] <= 3 for r in t2t)
-    assert summary["fuser"]["translator_params"] > 0
+    assert summary["fuser"]["translator_params"] == translator_size(pair, window=1)
     with pytest.raises(ValueError, match="needs items with a context"):
         run_eval(EvalConfig([str(_plain_file(tmp_path))], ["receiver-with-context"], scoring="cloze",
                             out=str(tmp_path / "plain")), setup)
@@ -255,7 +262,10 @@ def test_translator_recipe_fits_saves_and_reports(tmp_path):
     report = json.loads((output / "fit_report.json").read_text())
     assert report["held_out_texts"] == 6 and report["texts"] == 54 and len(report["sharers"][0]["layers"]) == 4
     loaded = C2CModel.from_pretrained(output, receiver=tiny("llama"), sharers=[tiny("gemma")])
-    assert loaded.translators is not None and loaded.config.fuser is None
+    assert loaded.config.fuser is None and loaded.config.translator.window == 0 and len(loaded.translators) == 1
+    maps = loaded.translators[0].maps
+    assert len(maps) == 4 and all(linear.weight.abs().sum() > 0 for linear in maps)  # fitted, not the zero init
+    assert loaded.translators[0].sources == [[0], [1], [1], [2]]  # window 0: each receiver layer's partner only
     with pytest.raises(ValueError, match="translator window"):
         TrainConfig(method="translator", data=["x.json"], translator={"window": -1})
 
@@ -300,7 +310,7 @@ def test_format_1_checkpoints_without_translator_still_load(tmp_path):
 def test_inspect_reports_the_translator():
     from c2c.inspection import format_report, inspect_pair
     report = inspect_pair(fitted())
-    assert report["fuser"] is None and report["translator_parameters"] > 0
+    assert report["fuser"] is None and report["translator_parameters"] == translator_size(fitted(), window=1)
     assert report["sharers"][0]["translator_sources"] == [[0, 1, 2]] * 4
     assert "context translator" in format_report(report) and "fuser: none" in format_report(report)
 
@@ -311,11 +321,12 @@ def test_translator_recipe_chooses_its_ridge_on_eval_data(tmp_path):
                          eval_examples=5, translator={"window": 0, "ridge": [1e-3, 1.0]})
     report = json.loads((train(recipe, receiver=tiny("llama"), sharers=[tiny("gemma")]) / "fit_report.json").read_text())
     assert (report["texts"], report["held_out_texts"]) == (40, 5)
-    assert {layer["ridge_k"] for layer in report["sharers"][0]["layers"]} <= {1e-3, 1.0}
+    layers = report["sharers"][0]["layers"]
+    assert len(layers) == 4 and all(layer["ridge_k"] in (1e-3, 1.0) for layer in layers)  # one per receiver layer
 
 
 def test_a_benchmark_spec_can_set_its_own_split_and_limit(tmp_path):
-    setup = EvalSetup(None, tiny("llama"), tiny("gemma"), chat=False)
+    setup = EvalSetup(C2CModel.create(tiny("llama"), [tiny("gemma")], chat_template=False), fused=False)
     summary = run_eval(EvalConfig(["synthetic-1fact:dev:4", "synthetic-3fact"], ["receiver"], scoring="cloze",
                                   limit=3, out=str(tmp_path)), setup)
     assert {n: b["n"] for n, b in summary["benchmarks"].items()} == {"synthetic-1fact": 4, "synthetic-3fact": 3}

@@ -46,8 +46,14 @@ def checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pair(checkpoint):
+    import torch
+    from safetensors.torch import load_file
     loaded = C2CModel.from_pretrained(checkpoint)
-    assert loaded.translators is not None
+    saved = load_file(str(checkpoint / "fuser.safetensors"))  # the fitted maps, not a fresh (all-zero) translator
+    state = {f"translators.{k}": v for k, v in loaded.translators.state_dict().items()}
+    assert state.keys() == {k for k in saved if k.startswith("translators.")} and len(loaded.translators) == 1
+    assert all(torch.equal(v, saved[k].float()) for k, v in state.items())
+    assert all(linear.weight.abs().sum() > 0 for linear in loaded.translators[0].maps)
     return loaded
 
 

@@ -59,7 +59,7 @@ def test_byte_level_pieces_of_one_character_share_its_sharer_token():
     view = render(r, messages, chat=False)
     alignment = TokenAligner(r, s, "offsets").align(messages, view, chat=False)
     pieces = [i for i, (a, b) in enumerate(view.offsets) if view.text[a:b] == "猫"]
-    assert len(pieces) >= 2
+    assert len(pieces) == len("猫".encode()) == 3  # one piece per UTF-8 byte: nothing in the tiny vocabulary merges them
     targets = {alignment.positions[i] for i in pieces}
     assert len(targets) == 1
     sharer_view = render(s, messages, chat=False)
@@ -202,8 +202,10 @@ def test_closed_gates_skip_work_and_gate_training_noise_matches_inference():
     with torch.no_grad():
         fuser.gate_logits.copy_(torch.tensor([-0.1, 0.3]))
     fuser.eval()
-    key, value = fuser(*[torch.randn(1, 1, 3, 4)] * 4)
-    assert key is None and value is not None
+    sharer, receiver = torch.randn(1, 1, 3, 4), torch.randn(1, 1, 3, 4)
+    key, value = fuser(sharer, sharer, receiver, receiver)
+    projection, weight = fuser.value(sharer, receiver)  # the open V gate at inference is exactly 1
+    assert key is None and torch.equal(value, weight * projection) and value.abs().sum() > 0
     # Logistic noise at a low temperature opens a gate with probability sigmoid(logit).
     fuser.train()
     fuser.temperature.fill_(1e-3)
@@ -214,7 +216,7 @@ def test_closed_gates_skip_work_and_gate_training_noise_matches_inference():
 def test_straight_through_gate_is_hard_forward_and_differentiable():
     fuser = LayerFuser(1, 4, 1, 4, FuserConfig(hidden_size=8, intermediate_size=8)).train()
     gate = fuser._gate(1, (1000,), torch.zeros(1))
-    assert set(gate.detach().unique().tolist()) <= {0.0, 1.0}
+    assert set(gate.detach().unique().tolist()) == {0.0, 1.0}  # hard, and noisy: logit 0 opens about half of them
     gate.sum().backward()
     assert fuser.gate_logits.grad[1] != 0
 
@@ -254,8 +256,7 @@ def _last_logits(pair, prompts, fuse=True):
 def test_closed_gates_are_bit_identical_to_the_receiver_alone(receiver, sharer):
     pair = make_pair(receiver, (sharer,), open_gates=False)
     fused = _last_logits(pair, PROMPTS)
-    with pair.disable_fusion():
-        alone = _last_logits(pair, PROMPTS)
+    alone = _last_logits(pair, PROMPTS, fuse=False)
     assert torch.equal(fused, alone)
     assert pair.generate(PROMPTS, max_new_tokens=6) == pair.generate(PROMPTS, max_new_tokens=6, fuse=False)
     # ... and the two-section receiver equals the stock receiver up to float rounding.
@@ -272,8 +273,7 @@ def test_zero_init_fuser_with_open_gates_is_the_receiver_alone():
                        torch.randn(1, 2, 5, 8))
     assert not key.any() and not value.any()  # exactly nothing added ...
     fused = _last_logits(pair, PROMPTS)
-    with pair.disable_fusion():
-        alone = _last_logits(pair, PROMPTS)
+    alone = _last_logits(pair, PROMPTS, fuse=False)
     # ... though the open gates run the prompt in sections (float rounding apart from the one-pass receiver)
     torch.testing.assert_close(fused, alone, rtol=1e-5, atol=1e-6)
 
@@ -282,8 +282,7 @@ def test_zero_init_fuser_with_open_gates_is_the_receiver_alone():
 def test_open_gates_change_the_output(receiver, sharer):
     pair = make_pair(receiver, (sharer,))
     fused = _last_logits(pair, PROMPTS)
-    with pair.disable_fusion():
-        alone = _last_logits(pair, PROMPTS)
+    alone = _last_logits(pair, PROMPTS, fuse=False)
     assert (fused - alone).abs().max() > 1e-3
 
 
@@ -315,8 +314,7 @@ def test_tokens_after_a_fused_run_are_computed_over_the_fused_cache(receiver, sh
     tail = slice(end, batch.prompt_length - 1)
     pair.receiver.model(input_ids=batch.input_ids[:, tail], attention_mask=batch.attention_mask[:, :tail.stop],
                         position_ids=position_ids(batch.attention_mask)[:, tail], cache=prefix, use_cache=True)
-    with pair.disable_fusion():
-        alone = pair.prefill(batch)
+    alone = pair.prefill(batch, fuse=False)
     for (k, v), (k_again, v_again), (k_alone, _) in zip(kvcache.all_kv(cache), kvcache.all_kv(prefix),
                                                         kvcache.all_kv(alone)):
         torch.testing.assert_close(k[:, :, tail], k_again[:, :, tail], rtol=1e-5, atol=1e-6)
@@ -493,8 +491,7 @@ def test_a_position_free_fuser_reads_keys_without_rotary_and_writes_its_key_resi
     batch = pair.prepare(["What is the capital of France?"])
     with torch.no_grad():
         fused = pair.prefill(batch)
-        with pair.disable_fusion():
-            alone = pair.prefill(batch)
+        alone = pair.prefill(batch, fuse=False)
     ((sharer_key, _, receiver_key, _), (key_residual, _)), = seen  # one row, one fused run
     columns = (batch.positions[0][0] >= 0).nonzero()[:, 0]
     sources = batch.positions[0][0, columns]
@@ -509,3 +506,46 @@ def test_a_position_free_fuser_reads_keys_without_rotary_and_writes_its_key_resi
     torch.testing.assert_close(receiver_key, rotary.remove(own, layer, receiver_at), rtol=1e-4, atol=1e-5)
     written = kvcache.layer_kv(fused, layer)[0][:, :, columns] - own
     torch.testing.assert_close(written, rotary.apply(key_residual, layer, receiver_at), rtol=1e-4, atol=1e-5)
+
+
+def test_the_sharers_run_once_for_a_batch_read_twice():
+    pair = make_pair()
+    calls = []
+    real = pair.sharer_kv
+    pair.sharer_kv = lambda *args: calls.append(args[0]) or real(*args)
+    batch = pair.prepare(PROMPTS)
+    first = pair.sharer_caches(batch)
+    assert pair.sharer_caches(batch) is first and calls == [0]
+    pair.sharer_caches(pair.prepare(PROMPTS[::-1]))  # another batch: the sharers run again
+    assert calls == [0, 0]
+
+
+def test_the_sharer_store_serves_what_the_sharers_compute(tmp_path):
+    from c2c.kvstore import SharerKVStore
+    pair = make_pair()
+    batch = pair.prepare(PROMPTS)
+    computed = pair.sharer_caches(batch)
+    pair.sharer_cache_provider = SharerKVStore(tmp_path, 2**30)
+    fresh = pair.sharer_caches(batch)  # computed, stored in float16
+    pair.sharer_cache_provider = store = SharerKVStore(tmp_path, 2**30)
+    stored = pair.sharer_caches(batch)  # read back from disk
+    assert (store.hits, store.misses) == (len(PROMPTS), 0)
+    mask = batch.sharer_mask[0].bool()[:, None, :, None]  # padding positions are never read
+    for (k, v), (k_fresh, v_fresh), (k_stored, v_stored) in zip(computed[0], fresh[0], stored[0]):
+        assert torch.equal(torch.where(mask, k_fresh, 0), torch.where(mask, k_stored, 0))
+        torch.testing.assert_close(torch.where(mask, k_stored, 0), torch.where(mask, k, 0), rtol=1e-2, atol=1e-2)
+        torch.testing.assert_close(torch.where(mask, v_stored, 0), torch.where(mask, v, 0), rtol=1e-2, atol=1e-2)
+    fused, alone = (kvcache.layer_kv(pair.prefill(batch, fuse=fuse), 1)[1] for fuse in (True, False))
+    assert not torch.equal(fused, alone)  # the stored K/V are fused
+
+
+def test_to_moves_what_the_pair_holds_and_refuses_a_dtype():
+    import copy
+    # private copies: tiny() shares its models between tests, and these go to the meta device
+    pair = C2CModel.create(copy.deepcopy(tiny("llama")), [copy.deepcopy(tiny("gemma"))], SMALL_FUSER)
+    meta = torch.device("meta")
+    with pytest.raises(TypeError, match="takes a device"):
+        pair.to(torch.bfloat16)
+    assert pair.to(meta) is pair
+    assert {p.device for m in (pair.receiver, *pair.sharers) for p in m.model.parameters()} == {meta}
+    assert {p.device for p in pair.fusers.parameters()} == {meta}

@@ -10,8 +10,9 @@ from conftest import make_pair
 from tiny import tiny
 
 from c2c.data import cloze_continuations, load_benchmark
-from c2c.evaluate import (EvalConfig, EvalSetup, ModelScorer, PairScorer, continuation_logprobs, derived_records,
-                          item_prompt, paired_difference, run_eval, score_item, shuffled_partners, wilson)
+from c2c.evaluate import EvalConfig, EvalSetup, derived_records, run_eval, shuffled_partners
+from c2c.metrics import paired_difference, wilson
+from c2c.scorers import ModelScorer, PairScorer, item_prompt, score_item, state_continuations
 
 QUESTIONS = [
     ("What is the capital of France?", ["Paris", "London", "Berlin", "Rome"], 0),
@@ -32,8 +33,7 @@ def bench(tmp_path):
 
 
 def _setup(pair=None):
-    pair = pair or make_pair()
-    return EvalSetup(pair, pair.receiver, pair.sharers[0], lora_receiver=tiny("llama"), chat=False, t2t_tokens=4,
+    return EvalSetup(pair or make_pair(chat_template=False), lora_receiver=tiny("llama"), t2t_tokens=4,
                      max_new_tokens=6)
 
 
@@ -44,10 +44,14 @@ def test_every_method_end_to_end(tmp_path, bench, scoring):
     summary = run_eval(EvalConfig([bench], methods, scoring=scoring, out=str(tmp_path / "out")), _setup())
     result = summary["benchmarks"]["tiny_mc"]
     assert result["n"] == 5 and set(result["methods"]) == set(methods)
-    for method, values in result["methods"].items():
-        assert values["n"] == 5 and 0 <= values["accuracy"] <= 1 and values["latency_ms_mean"] > 0, method
-        lo, hi = values["ci95"]
-        assert lo <= values["accuracy"] <= hi
+    for method, values in result["methods"].items():  # the summary is its per-item records, counted here
+        written = [json.loads(line) for line in (tmp_path / f"out/tiny_mc/{method}.jsonl").read_text().splitlines()]
+        assert all(r["correct"] == (r["prediction"] == r["gold"]) for r in written), method
+        correct = sum(r["correct"] for r in written)
+        assert values["n"] == len(written) == 5 and values["accuracy"] == round(correct / 5, 4), method
+        assert values["ci95"] == pytest.approx(closed_form_wilson(correct, 5), abs=1e-4), method
+        latency = statistics.fmean(r["latency_ms"] for r in written)
+        assert latency > 0 and values["latency_ms_mean"] == pytest.approx(latency, abs=0.01), method
     oracle, r, s = (result["methods"][m]["accuracy"] for m in ("routing-oracle", "receiver", "sharer"))
     assert oracle >= max(r, s)
     records = [json.loads(line) for line in (tmp_path / "out/tiny_mc/c2c.jsonl").read_text().splitlines()]
@@ -124,20 +128,20 @@ def test_shuffled_control_really_reads_another_question(bench):
     pair = make_pair()
     scorer = PairScorer("c2c", pair)
     prompt, other = "Question: What is the capital of France?\nAnswer:", "Question: Which planet is closest?\nAnswer:"
-    own = continuation_logprobs(scorer.prefill(prompt), [" Paris"])[0][0]
-    shuffled = continuation_logprobs(scorer.prefill(prompt, other), [" Paris"])[0][0]
-    again = continuation_logprobs(scorer.prefill(prompt, other), [" Paris"])[0][0]
+    own = state_continuations(scorer.prefill(prompt), [" Paris"])[0][0]
+    shuffled = state_continuations(scorer.prefill(prompt, other), [" Paris"])[0][0]
+    again = state_continuations(scorer.prefill(prompt, other), [" Paris"])[0][0]
     assert own != shuffled and shuffled == again
-    with pair.disable_fusion():
-        alone = continuation_logprobs(scorer.prefill(prompt), [" Paris"])[0][0]
-        assert alone == continuation_logprobs(scorer.prefill(prompt, other), [" Paris"])[0][0]
+    receiver = PairScorer("receiver", pair, fuse=False)
+    alone = state_continuations(receiver.prefill(prompt), [" Paris"])[0][0]
+    assert alone == state_continuations(receiver.prefill(prompt, other), [" Paris"])[0][0] != own
 
 
 def test_continuation_logprobs_equal_the_stock_model():
     model = tiny("gemma")
     scorer = ModelScorer("sharer", model, chat=False)
     prompt, continuations = "Question: capital of France?\nAnswer:", [" Paris", " the capital city"]
-    scored = continuation_logprobs(scorer.prefill(prompt), continuations)
+    scored = state_continuations(scorer.prefill(prompt), continuations)
     for (total, count), continuation in zip(scored, continuations):
         ids = model.tokenizer(prompt)["input_ids"]
         cont = model.tokenizer(continuation, add_special_tokens=False)["input_ids"]
@@ -206,10 +210,19 @@ def test_paired_difference_matches_items_by_id():
     assert paired_difference(c2c[:1], shuffled)["difference"] is None
 
 
+def closed_form_wilson(correct: int, n: int, z: float = 1.96) -> list[float]:
+    """The Wilson score interval in its count form, (k + z²/2 ± z·sqrt(k(n-k)/n + z²/4)) / (n + z²), rounded as
+    the summaries are: written independently of c2c.metrics.wilson (which works from the proportion)."""
+    centre, half = correct + z * z / 2, z * math.sqrt(correct * (n - correct) / n + z * z / 4)
+    return [round((centre - half) / (n + z * z), 4), round((centre + half) / (n + z * z), 4)]
+
+
 def test_wilson_interval():
     assert wilson(0, 0) == [0.0, 0.0]
-    lo, hi = wilson(50, 100)
-    assert lo == pytest.approx(0.4038, abs=1e-3) and hi == pytest.approx(0.5962, abs=1e-3)
+    assert wilson(8, 10) == [0.4902, 0.9433]  # the published 95% interval for 8 of 10
+    assert wilson(50, 100) == [0.4038, 0.5962]
+    for correct, n in [(0, 5), (1, 5), (3, 5), (5, 5), (7, 19), (123, 500)]:
+        assert wilson(correct, n) == pytest.approx(closed_form_wilson(correct, n), abs=1e-4), (correct, n)
 
 
 def test_bad_input(tmp_path, bench):
@@ -221,7 +234,7 @@ def test_bad_input(tmp_path, bench):
     with pytest.raises(DataError):
         run_eval(EvalConfig(["no-such-bench"], ["receiver"], out=str(tmp_path)), _setup())
     setup = _setup()
-    setup.pair = None
+    setup.fused = False  # `c2c eval` without --fuser: an untrained pair
     with pytest.raises(ValueError, match="--fuser"):
         run_eval(EvalConfig([bench], ["c2c"], out=str(tmp_path)), setup)
 
@@ -229,17 +242,34 @@ def test_bad_input(tmp_path, bench):
 def test_method_limit_and_per_benchmark_split(tmp_path, bench):
     config = EvalConfig([f"{bench}:test"], ["receiver", "t2t"], scoring="cloze", out=str(tmp_path),
                         method_limits={"t2t": 2})
-    summary = run_eval(config, _setup())
+    setup = _setup()
+    summary = run_eval(config, setup)
     methods = summary["benchmarks"]["tiny_mc"]["methods"]
     assert methods["receiver"]["n"] == 5 and methods["t2t"]["n"] == 2
-    assert summary["receiver"] == "tiny-llama" and summary["fuser"]["params"] > 0
+    fuser_params = sum(p.numel() for p in setup.pair.fusers.parameters())  # the fusers, not the models
+    assert fuser_params < sum(p.numel() for p in setup.pair.receiver.model.parameters())
+    assert summary["receiver"] == "tiny-llama" and summary["fuser"] == {
+        "path": None, "params": fuser_params, "translator_params": 0, "train_minutes": None}
 
 
-def test_batched_throughput_mode(tmp_path, bench):
+def test_batched_throughput_mode(tmp_path, bench, monkeypatch):
+    """A fake clock that only moves while the pair generates (0.25 s a batch) makes the rates exact."""
+    import time
+    setup, clock, calls = _setup(), [0.0], []
+    generate = setup.pair.generate
+
+    def timed_generate(prompts, **kwargs):
+        calls.append((len(prompts), kwargs["fuse"], kwargs["max_new_tokens"]))
+        clock[0] += 0.25
+        return generate(prompts, **kwargs)
+    run_eval(EvalConfig([bench], ["receiver"], scoring="cloze", out=str(tmp_path)), setup)  # real latencies
+    monkeypatch.setattr(setup.pair, "generate", timed_generate)
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])  # the records above are reused, not re-timed
     config = EvalConfig([bench], ["receiver"], scoring="cloze", out=str(tmp_path), throughput_batch=2)
-    throughput = run_eval(config, _setup())["benchmarks"]["tiny_mc"]["throughput"]
-    assert throughput["batch_size"] == 2 and throughput["n"] == 5
-    assert throughput["receiver_items_per_s"] > 0 and throughput["c2c_items_per_s"] > 0
+    throughput = run_eval(config, setup)["benchmarks"]["tiny_mc"]["throughput"]
+    assert calls == [(2, False, 6), (2, False, 6), (1, False, 6), (2, True, 6), (2, True, 6), (1, True, 6)]
+    assert throughput == {"batch_size": 2, "n": 5, "max_new_tokens": 6,  # 5 items in 3 batches of 0.25 s each
+                          "receiver_items_per_s": round(5 / 0.75, 3), "c2c_items_per_s": round(5 / 0.75, 3)}
 
 
 def test_batched_t2t_writes_the_same_texts_and_times_only_single_items(tmp_path, bench):
@@ -266,3 +296,13 @@ def test_batched_t2t_writes_the_same_texts_and_times_only_single_items(tmp_path,
     assert "(n=2)" in (mixed / "table.md").read_text()
     with pytest.raises(ValueError, match="t2t_batch"):
         EvalConfig([bench], ["t2t"], t2t_batch=0)
+
+
+def test_the_receiver_baseline_is_the_pair_with_fusion_off():
+    pair = make_pair(chat_template=False)
+    prompt = "Question: What is the capital of France?\nAnswer:"
+    continuations = [" Paris", " London"]
+    baseline = state_continuations(PairScorer("receiver", pair, fuse=False).prefill(prompt), continuations)
+    alone = state_continuations(ModelScorer("receiver", pair.receiver, chat=False).prefill(prompt), continuations)
+    fused = state_continuations(PairScorer("c2c", pair).prefill(prompt), continuations)
+    assert baseline == alone != fused  # one switch apart from C2C, and exactly the model alone

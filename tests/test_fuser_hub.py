@@ -93,7 +93,7 @@ def test_push_to_hub_uploads_the_fuser_with_a_model_card(tmp_path, monkeypatch):
     url = loaded.push_to_hub("me/my-fuser", summary=tmp_path / "summary.json", private=True)
     assert url.endswith("/commit/123") and FakeHub.uploads[0] == ("create", "me/my-fuser", True)
     files = FakeHub.uploads[1][2]
-    assert {"c2c_config.json", "fuser.safetensors", "train_config.json", "eval_summary.json", "README.md"} <= set(files)
+    assert {"c2c_config.json", "fuser.safetensors", "train_config.json", "eval_summary.json", "README.md"} == set(files)
     card = files["README.md"].decode()
     assert "# C2C fuser: tiny-llama <- tiny-gemma" in card and "token alignment `offsets`" in card
     assert "| 0 | open (+1.00) | shut (-2.00) |" in card  # the gates per layer

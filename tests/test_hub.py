@@ -1,4 +1,4 @@
-"""Tests for c2c.hub: benchmarks from the Hugging Face hub, offline, through a fake `datasets` module.
+"""Tests for c2c.data.hub: benchmarks from the Hugging Face hub, offline, through a fake `datasets` module.
 
 The fake serves rows in each default dataset's real hub schema; the loaded items are compared with what
 the local loader gives for the same rows in the shared data layout.
@@ -14,7 +14,7 @@ from conftest import real_data
 from test_data import REDUX_HEADER, arc_original, jsonl, write
 
 from c2c.data import BENCHMARKS, DataError, load_benchmark, load_training_data
-from c2c.hub import CEVAL_SUBJECTS, HUB, MMLU_SUBJECTS
+from c2c.data.hub import CEVAL_SUBJECTS, HUB, MMLU_SUBJECTS
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -294,7 +294,7 @@ def test_data_dir_beats_c2c_data_dir_beats_the_hub(hub, tmp_path, monkeypatch):
     monkeypatch.setenv("C2C_DATA_DIR", str(tmp_path / "nowhere"))  # given but wrong: said so, no hub
     with pytest.raises(DataError, match=r"data folder .*nowhere/arc/ARC-Easy not found \(data dir from C2C_DATA_DIR="):
         first()
-    assert len(hub.calls) == 3
+    assert hub.calls == [("allenai/ai2_arc", "ARC-Easy", "validation")] * 3  # "hf" is no folder here: the hub
 
 
 THREE_WAYS = (r"^arc-challenge: no data\. Tried, in order: data_dir= / --data-dir \(not given\); the C2C_DATA_DIR "

@@ -78,10 +78,10 @@ def source_pair(receiver="llama", sharer="gemma", fuser=FUSER, **kwargs) -> C2CM
     return pair
 
 
-def fused(pair: C2CModel) -> tuple[list, torch.Tensor]:
-    """The fused prefill cache and the last-token logits of PROMPTS."""
+def fused(pair: C2CModel, fuse: bool = True) -> tuple[list, torch.Tensor]:
+    """The fused (or, with ``fuse`` False, unfused) prefill cache and the last-token logits of PROMPTS."""
     batch = pair.prepare(PROMPTS)
-    cache = pair.prefill(batch)
+    cache = pair.prefill(batch, fuse=fuse)
     kv = [(k.clone(), v.clone()) for k, v in kvcache.all_kv(cache)]
     last = slice(batch.prompt_length - 1, batch.prompt_length)
     logits = pair.receiver.model(input_ids=batch.input_ids[:, last], attention_mask=batch.attention_mask,
@@ -105,8 +105,7 @@ def test_converted_reference_fuser_fuses_exactly_as_the_original(receiver, share
     for (k, v), (ek, ev) in zip(kv, expected_kv):
         assert torch.equal(k, ek) and torch.equal(v, ev)
     assert torch.equal(logits, expected_logits)
-    with pair.disable_fusion():
-        _, alone = fused(pair)
+    _, alone = fused(pair, fuse=False)
     assert not torch.allclose(logits, alone)  # the fuser really changes the cache
 
 

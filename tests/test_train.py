@@ -19,7 +19,11 @@ from c2c.data import BENCHMARKS
 from c2c.fit import fitting_texts
 from c2c.models import BUILTIN_MODELS
 from c2c.pair import C2CModel
-from c2c.train import RecipeError, TrainConfig, TrainingError, read_metrics, train, training_minutes
+from c2c.distributed import Runtime
+from c2c.objectives import prepare, split
+from c2c.recipe import RecipeError, TrainConfig
+from c2c.runlog import read_metrics, training_minutes
+from c2c.train import TrainingError, train
 
 pytestmark = pytest.mark.usefixtures("isolated_cache")  # conversions go to a temporary cache
 
@@ -57,6 +61,7 @@ def weights(folder) -> dict:
     return load_file(str(Path(folder) / "checkpoint" / "trainable.safetensors"))
 
 
+@pytest.mark.slow
 def test_overfitting_a_few_examples_lowers_the_loss_and_moves_the_gates(tmp_path, data):
     cfg = config(tmp_path, data, steps=60, save_every=60, eval_examples=2)
     output = run(cfg)
@@ -88,6 +93,7 @@ def mc_data(tmp_path):
     return {"benchmark": str(path), "split": "test", "prompt_style": "cloze", "target": "choices"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["c2c", "lora"])
 def test_choice_objective_learns_to_rank_the_right_choice(tmp_path, mc_data, method):
     cfg = config(tmp_path, mc_data, method=method, objective="choices", steps=50, save_every=50, batch_size=4,
@@ -100,8 +106,8 @@ def test_distillation_targets_mix_the_answer_with_the_sharers_own_ranking(tmp_pa
     cfg = config(tmp_path, mc_data, objective="choices", distill_weight=0.25, distill_temperature=0.5)
     examples, _ = training.load_examples(config(tmp_path, mc_data, eval_examples=0))
     pair, _ = training.build_model(cfg, tiny("llama"), [tiny("gemma")])
-    micro = training.prepare(pair, examples, None, torch.device("cpu"), cfg)
-    prompts = [training.split(c)[0] for c in examples]
+    micro = prepare(pair, examples, torch.device("cpu"), cfg)
+    prompts = [split(c)[0] for c in examples]
     sharer = pair.sharer_choice_scores(pair.prepare(prompts), [c.choices for c in examples])
     for target, scores, example in zip(micro.targets, sharer, examples):
         expected = 0.25 * torch.softmax(scores / 0.5, -1)
@@ -109,15 +115,16 @@ def test_distillation_targets_mix_the_answer_with_the_sharers_own_ranking(tmp_pa
         torch.testing.assert_close(target, expected)
     assert micro.sharer_picks == [int(s.argmax()) for s in sharer]
     # the shuffled control changes what the sharer's cache holds, never the target
-    shuffled = training.prepare(pair, examples, None, torch.device("cpu"), cfg, prompts[1:] + prompts[:1])
+    shuffled = prepare(pair, examples, torch.device("cpu"), cfg, prompts[1:] + prompts[:1])
     assert not torch.equal(shuffled.batch.sharer_ids[0], micro.batch.sharer_ids[0])
     for a, b in zip(shuffled.targets, micro.targets):
         torch.testing.assert_close(a, b)
-    plain = training.prepare(pair, examples, None, torch.device("cpu"), config(tmp_path, mc_data, objective="choices"))
+    plain = prepare(pair, examples, torch.device("cpu"), config(tmp_path, mc_data, objective="choices"))
     assert [int(t.argmax()) for t in plain.targets] == [c.answer for c in examples] and plain.sharer_picks is None
     assert all(float(t.max()) == 1.0 for t in plain.targets)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["c2c", "lora"])
 def test_pure_distillation_learns_the_sharers_ranking(tmp_path, mc_data, method):
     cfg = config(tmp_path, mc_data, method=method, objective="choices", distill_weight=1.0, steps=50,
@@ -132,7 +139,7 @@ def test_held_out_sharer_agreement_starts_at_the_receivers_own(tmp_path, mc_data
     first = next(m for m in metrics(run(held)) if "eval_loss" in m)
     _, held_out = training.load_examples(held)
     pair, _ = training.build_model(held, tiny("llama"), [tiny("gemma")])
-    batch = pair.prepare([training.split(c)[0] for c in held_out])
+    batch = pair.prepare([split(c)[0] for c in held_out])
     choices = [c.choices for c in held_out]
     with torch.no_grad():
         receiver = pair.choice_scores(batch, choices, fuse=False)
@@ -146,7 +153,8 @@ def test_held_out_sharer_agreement_starts_at_the_receivers_own(tmp_path, mc_data
 def test_choice_objective_reports_held_out_accuracy_and_needs_choices(tmp_path, mc_data, data):
     cfg = config(tmp_path, mc_data, objective="choices", steps=2, save_every=2, eval_every=2, eval_examples=2)
     held_out = [m for m in metrics(run(cfg)) if "eval_accuracy" in m]
-    assert held_out and held_out[-1]["eval_accuracy"] in (0.0, 0.5, 1.0) and held_out[-1]["eval_loss"] > 0
+    assert [m["step"] for m in held_out] == [0, 2]  # before any update, then every eval_every steps
+    assert held_out[-1]["eval_accuracy"] in (0.0, 0.5, 1.0) and held_out[-1]["eval_loss"] > 0
     with pytest.raises(RecipeError, match="target: choices"):
         run(config(tmp_path / "b", data, objective="choices"))
 
@@ -170,11 +178,11 @@ def test_held_out_shuffled_control_changes_only_what_the_sharer_reads(tmp_path, 
         for fuser in pair.layer_fusers():
             fuser.gate_logits.fill_(1.0)
 
-    def held_out_loss(shuffled):
-        return training.evaluate_held_out(pair, trainable, held_out, cfg, training.Runtime(), shuffled)["eval_loss"]
+    def held_out_loss(shuffled, fuse=None):
+        return training.evaluate_held_out(pair, trainable, held_out, cfg, Runtime(), shuffled, fuse)["eval_loss"]
     assert held_out_loss(True) != held_out_loss(False)
-    with pair.disable_fusion():  # without fusion the sharer is not read: the control is the same run
-        assert held_out_loss(True) == held_out_loss(False)
+    # without fusion the sharer is not read: the control is the same run
+    assert held_out_loss(True, fuse=False) == held_out_loss(False, fuse=False)
 
 
 def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tmp_path, data):
@@ -204,6 +212,7 @@ def test_training_minutes_leave_out_the_pause_of_a_resumed_run(tmp_path):
     assert training_minutes(tmp_path) == 10.0
 
 
+@pytest.mark.slow
 def test_resume_after_kill_9(tmp_path, data):
     cfg = config(tmp_path, data, steps=30, save_every=2)
     recipe = tmp_path / "recipe.json"
@@ -225,6 +234,7 @@ def test_resume_after_kill_9(tmp_path, data):
         torch.testing.assert_close(weights(cfg.output)[name], tensor, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path, data):
     common = dict(steps=4, save_every=4, log_every=1, seed=5,
                   fuser={"hidden_size": 16, "intermediate_size": 16, "dropout": 0.0, "gate_noise": "none"})
@@ -234,9 +244,10 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, data):
     recipe = tmp_path / "two.json"
     recipe.write_text(json.dumps(double.to_dict()))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                    "29533", str(TESTS / "train_tiny.py"), str(recipe)], env=env, check=True, cwd=ROOT,
-                   capture_output=True)
+    # --standalone: a local rendezvous on a free port (localhost:0), so runs on one machine never collide
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
+                    "--nproc_per_node", "2", str(TESTS / "train_tiny.py"), str(recipe)], env=env, check=True,
+                   cwd=ROOT, capture_output=True)
     one, two = weights(single.output), weights(double.output)
     for name in one:
         torch.testing.assert_close(one[name], two[name], rtol=1e-4, atol=1e-5)
@@ -247,9 +258,15 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, data):
 def test_sharer_cache_is_reused_and_changes_nothing(tmp_path, data):
     first = run(config(tmp_path / "a", data, steps=6))
     second = run(config(tmp_path / "b", data, steps=6))
-    reports = [m for m in metrics(second) if m.get("event") == "sharer_cache"]
-    assert reports[0]["misses"] == 0 and reports[0]["hits"] > 0 and reports[0]["bytes"] > 0
-    assert [m for m in metrics(first) if m.get("event") == "sharer_cache"][0]["misses"] == len(QA) - 0
+    (report,) = [m for m in metrics(second) if m.get("event") == "sharer_cache"]
+    (before,) = [m for m in metrics(first) if m.get("event") == "sharer_cache"]
+    # 6 steps of 2 rows: 12 look-ups of the 6 examples. The first run stores each in its first epoch and reads it
+    # back in its second; the second run finds all 12 stored, and stores nothing more.
+    assert (before["misses"], before["hits"], report["misses"], report["hits"]) == (len(QA), len(QA), 0, 12)
+    files = sorted(Path(report["folder"]).glob("*.safetensors"))
+    assert report["folder"] == before["folder"] and len(files) == len(QA)  # one file per example
+    # the store counts the size of its files, those it writes as those it finds when it opens
+    assert before["bytes"] == report["bytes"] == sum(f.stat().st_size for f in files)
     for name, tensor in weights(first).items():
         assert torch.equal(tensor, weights(second)[name])
 
@@ -317,3 +334,36 @@ def test_shipped_recipes_are_valid(recipe):
         return
     examples, held_out = training.load_examples(config)
     assert len(examples) == config.max_examples and len(held_out) == config.eval_examples
+
+
+def test_a_recipe_is_its_base_with_overrides(tmp_path):
+    (tmp_path / "base.yaml").write_text("steps: 3\nlr: 0.1\nfuser: {hidden_size: 16, dropout: 0.2}\n"
+                                        "data: [a.jsonl, b.jsonl]\n")
+    (tmp_path / "mid.yaml").write_text("base: base.yaml\nlr: 0.2\nfuser: {dropout: 0.0}\n")
+    (tmp_path / "leaf.yaml").write_text("base: mid.yaml\ndata: [c.jsonl]\n")
+    config = TrainConfig.from_file(tmp_path / "leaf.yaml", {"seed": 7})
+    assert (config.steps, config.lr, config.seed) == (3, 0.2, 7)
+    assert config.fuser == {"hidden_size": 16, "dropout": 0.0}  # mappings merge key by key
+    assert config.data == ["c.jsonl"]  # lists are replaced
+    assert config.recipe_dir == str(tmp_path.resolve())
+
+
+def test_a_recipe_base_loop_or_missing_base_is_a_clear_error(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\nsteps: 1\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(RecipeError, match="its own base"):
+        TrainConfig.from_file(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("base: nowhere.yaml\n")
+    with pytest.raises(RecipeError, match=r"nowhere\.yaml does not exist \(the base of .*c\.yaml\)"):
+        TrainConfig.from_file(tmp_path / "c.yaml")
+    (tmp_path / "d.yaml").write_text("base: [a.yaml]\n")
+    with pytest.raises(RecipeError, match="base must be the path"):
+        TrainConfig.from_file(tmp_path / "d.yaml")
+
+
+def test_shipped_ablations_are_a_few_keys_over_their_base():
+    position_free = TrainConfig.from_file(ROOT / "recipes/default_pair_choices_position_free.yaml").to_dict()
+    base = TrainConfig.from_file(ROOT / "recipes/default_pair_choices.yaml").to_dict()
+    changed = {k for k in base if base[k] != position_free[k]}
+    assert changed == {"output", "fuser"}
+    assert position_free["fuser"] == {**base["fuser"], "position_free": True}

@@ -1,7 +1,7 @@
 """Benchmarks from the Hugging Face hub: ``load_benchmark(..., data_dir="hf")``, ``c2c eval --data-dir hf``.
 
-Each built-in benchmark has a default hub dataset (HUB). Its rows go through the local loaders' row
-parsers, checks and report; any other dataset is read with the generic schema (question, choices, answer
+Each built-in benchmark has a default hub dataset (HUB). Its rows go through the same row parsers as local files
+(c2c.data.rows), checks and report; any other dataset is read with the generic schema (question, choices, answer
 as an index or a letter, optional id and subject). Needs the optional `datasets` package
 (``pip install 'c2c[hub]'``), imported only when loading; it honours HF_HUB_OFFLINE / HF_DATASETS_OFFLINE.
 """
@@ -9,22 +9,14 @@ as an index or a letter, optional id and subject). Needs the optional `datasets`
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
-from .data import (
-    DataError,
-    MCItem,
-    _canonical_split,
-    _get,
-    _parse_arc,
-    _parse_ceval,
-    _parse_generic,
-    _parse_mmlu_redux,
-    _Row,
-    _Source,
-)
+from .local import canonical_split
+from .rows import DataError, MCItem, Row, Source, get, parse_arc, parse_ceval, parse_generic, parse_mmlu_redux
 
 MMLU_SUBJECTS = tuple(
     "abstract_algebra anatomy astronomy business_ethics clinical_knowledge college_biology college_chemistry "
@@ -67,25 +59,25 @@ def _cells(record: dict) -> dict:
     return {key: "" if value is None else str(value) for key, value in record.items()}
 
 
-def _arc(record: dict, row: _Row) -> MCItem:
-    return _parse_arc(_json(record), row)
+def _arc(record: dict, row: Row) -> MCItem:
+    return parse_arc(_json(record), row)
 
 
-def _openbookqa(record: dict, row: _Row) -> MCItem:
+def _openbookqa(record: dict, row: Row) -> MCItem:
     """The ai2_arc schema, with `question_stem` for `question`."""
-    return _parse_arc(_json({**record, "question": _get(record, "question_stem")}), row)
+    return parse_arc(_json({**record, "question": get(record, "question_stem")}), row)
 
 
-def _mmlu_redux(record: dict, row: _Row) -> MCItem | str:
-    return _parse_mmlu_redux(_cells(record), row)
+def _mmlu_redux(record: dict, row: Row) -> MCItem | str:
+    return parse_mmlu_redux(_cells(record), row)
 
 
-def _ceval(record: dict, row: _Row) -> MCItem:
-    return _parse_ceval(_cells(record), row)
+def _ceval(record: dict, row: Row) -> MCItem:
+    return parse_ceval(_cells(record), row)
 
 
-def _generic(record: dict, row: _Row) -> MCItem:
-    return _parse_generic(_json(record), row)
+def _generic(record: dict, row: Row) -> MCItem:
+    return parse_generic(_json(record), row)
 
 
 # --------------------------------------------------------------------------- registry
@@ -96,7 +88,7 @@ class HubDataset:
     """A dataset on the hub and how its rows are parsed."""
 
     path: str
-    parse: Callable[[dict, _Row], MCItem | str] = _generic
+    parse: Callable[[dict, Row], MCItem | str] = _generic
     config: str | None = None
     subjects: tuple[str, ...] = ()  # one config per subject, loaded in turn; each item's subject
     splits: dict[str, str] = field(default_factory=dict)  # our split name -> the hub's
@@ -132,6 +124,25 @@ def _hub_dataset(name: str, path: str | None, config: str | None) -> HubDataset:
     return hub
 
 
+_HUB_ID = re.compile(r"\w[\w.-]*/\w[\w.-]*")  # OWNER/NAME, as on the Hugging Face hub
+
+
+def hub_id(data_dir: str | Path | None) -> tuple[str | None, str | None] | None:
+    """(dataset id, config) when data_dir names a hub dataset, the id None for each benchmark's default;
+    None for a local folder. An existing local folder always wins."""
+    if data_dir is None or Path(data_dir).is_dir():
+        return None
+    text = str(data_dir)
+    if text in ("hf", "hf:"):
+        return None, None
+    if text.startswith("hf:"):
+        dataset, _, config = text[3:].partition(":")
+        return dataset or None, config or None
+    if _HUB_ID.fullmatch(text) and not Path(text).exists():
+        return text, None
+    return None
+
+
 # --------------------------------------------------------------------------- loading
 
 
@@ -158,23 +169,23 @@ def _rows(records: Iterable[dict], asked: str) -> Iterator[tuple[str, dict]]:
         yield f"{asked} row {index}", record
 
 
-def _source(load_dataset: Callable, path: str, config: str | None, split: str, subject: str | None) -> _Source:
+def _source(load_dataset: Callable, path: str, config: str | None, split: str, subject: str | None) -> Source:
     asked = f"{path} ({f'config {config}, ' if config else ''}split {split})"
     try:
         records = load_dataset(path, name=config, split=split)
     except Exception as e:  # offline, no such dataset / config / split: `datasets` raises many types
         message = " ".join(str(e).split())[:300].rstrip(".")
         raise DataError(f"Hugging Face dataset {asked} not loaded: {type(e).__name__}: {message}. {_FIX}") from e
-    return _Source(asked, _rows(records, asked), subject, config or path.rsplit("/", 1)[-1])
+    return Source(asked, _rows(records, asked), subject, config or path.rsplit("/", 1)[-1])
 
 
 def hub_sources(
     name: str, split: str, path: str | None = None, config: str | None = None
-) -> tuple[str, list[_Source], Callable[[dict, _Row], MCItem | str]]:
+) -> tuple[str, list[Source], Callable[[dict, Row], MCItem | str]]:
     """(split, sources, row parser) for load_benchmark: `name` from the hub dataset `path` (None: its
     default) and `config`; each subject config of MMLU-Redux and C-Eval is one source."""
     hub = _hub_dataset(name, path, config)
-    split = _canonical_split(name, split)
+    split = canonical_split(name, split)
     load_dataset = _load_dataset()
     hub_split = hub.splits.get(split, split)
     configs = [(subject, subject) for subject in hub.subjects] or [(hub.config, None)]

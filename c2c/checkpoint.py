@@ -1,0 +1,131 @@
+"""Checkpoints: a fuser's files (config + safetensors, only what trains, checked on load), the resumable trainer
+state of a run, and the rule that a run never overwrites another's folder. Never pickle."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .config import CONFIG_NAME, WEIGHTS_NAME, C2CConfig, CheckpointError
+from .recipe import RecipeError
+from .runlog import atomic_write
+
+
+def save_fuser(directory: Path, config: C2CConfig, weights: dict[str, torch.Tensor]) -> None:
+    """Write the weights and the config, each atomically."""
+    directory.mkdir(parents=True, exist_ok=True)
+    atomic_write(directory / WEIGHTS_NAME, lambda path: save_file(weights, path, metadata={"format": "c2c"}))
+    atomic_write(directory / CONFIG_NAME,
+                 lambda path: Path(path).write_text(json.dumps(config.to_dict(), indent=2) + "\n"))
+
+
+def read_fuser_weights(path: Path, expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors of a weights file, checked against the names and shapes of ``expected`` and for finiteness."""
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing; a c2c checkpoint folder holds {CONFIG_NAME} and {WEIGHTS_NAME}")
+    try:
+        weights = load_file(str(path))
+    except (SafetensorError, OSError) as error:
+        raise CheckpointError(f"{path} is corrupt or truncated ({error}); save or train the fuser again") from error
+    missing, unexpected = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
+    wrong = [k for k in expected.keys() & weights.keys() if expected[k].shape != weights[k].shape]
+    if missing or unexpected or wrong:
+        raise CheckpointError(f"{path} does not fit this pair's fusers: missing {missing[:3]}, unexpected "
+                              f"{unexpected[:3]}, wrong shape {wrong[:3]}; was it saved for another pair?")
+    for name, tensor in weights.items():
+        if not torch.isfinite(tensor).all():
+            raise CheckpointError(f"{path} holds non-finite values in {name}; the checkpoint is damaged")
+    return weights
+
+
+# --------------------------------------------------------------------------------------------- trainer state
+def trainable_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().cpu().contiguous() for n, p in module.named_parameters() if p.requires_grad}
+
+
+def save_trainer_state(output: Path, trainable: torch.nn.Module, optimizer, scheduler, step: int) -> None:
+    """Write the resumable state (trained weights, optimizer, scheduler, RNG states, step) to
+    ``output/checkpoint``: staged in a folder of its own and swapped in whole, so a crash keeps the last one."""
+    staging = output / "checkpoint.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    save_file(trainable_state(trainable), str(staging / "trainable.safetensors"))
+    optimizer_tensors, optimizer_meta = flatten_optimizer(optimizer)
+    save_file(optimizer_tensors, str(staging / "optimizer.safetensors"))
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state()
+    save_file(rng, str(staging / "rng.safetensors"))
+    state = {"step": step, "optimizer": optimizer_meta, "scheduler": scheduler.state_dict()}
+    (staging / "trainer_state.json").write_text(json.dumps(state))
+    previous = output / "checkpoint.previous"
+    shutil.rmtree(previous, ignore_errors=True)
+    if (output / "checkpoint").exists():
+        (output / "checkpoint").rename(previous)
+    staging.rename(output / "checkpoint")
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def load_trainer_state(folder: Path, trainable: torch.nn.Module, optimizer, scheduler, device: torch.device) -> int:
+    """Restore what ``save_trainer_state`` wrote into the given modules; returns the step to continue from."""
+    if not (folder / "trainer_state.json").is_file():
+        raise RecipeError(f"cannot resume: {folder} holds no checkpoint (it is written every save_every steps)")
+    weights = load_file(str(folder / "trainable.safetensors"))
+    named = {n: p for n, p in trainable.named_parameters() if p.requires_grad}
+    if set(weights) != set(named):
+        raise RecipeError(f"checkpoint {folder} does not match this recipe's trainable parameters")
+    with torch.no_grad():
+        for name, tensor in weights.items():
+            named[name].copy_(tensor)
+    state = json.loads((folder / "trainer_state.json").read_text())
+    optimizer.load_state_dict(unflatten_optimizer(load_file(str(folder / "optimizer.safetensors")),
+                                                  state["optimizer"], device))
+    scheduler.load_state_dict(state["scheduler"])
+    rng = load_file(str(folder / "rng.safetensors"))
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state(rng["cuda"])
+    return state["step"]
+
+
+def flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """Optimizer state as safetensors-ready tensors plus JSON metadata (no pickle)."""
+    state = optimizer.state_dict()
+    tensors = {f"{index}.{key}": value.detach().cpu().contiguous()
+               for index, entry in state["state"].items() for key, value in entry.items()}
+    return tensors, {"param_groups": state["param_groups"]}
+
+
+def unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict, device: torch.device) -> dict:
+    state: dict[int, dict] = {}
+    for name, tensor in tensors.items():
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = tensor if key == "step" else tensor.to(device)
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def check_output(output: Path, resume: bool, overwrite: bool, main: bool = True) -> None:
+    """A run never overwrites another's folder by accident: a non-empty output folder needs ``resume`` (continue
+    that run) or ``overwrite`` (start it afresh; only a c2c run folder is ever removed)."""
+    if resume or not output.exists():
+        return
+    if not output.is_dir():
+        raise RecipeError(f"output {output} is a file, not a folder; give a new or empty folder as output")
+    present = sorted(p.name for p in output.iterdir())
+    if not present:
+        return
+    if not overwrite:
+        raise RecipeError(f"output folder {output} already holds {', '.join(present[:4])}"
+                          f"{' ...' if len(present) > 4 else ''}: a finished or interrupted run is never overwritten. "
+                          f"Continue it with --resume {output}, choose another --output, or start afresh with "
+                          "--overwrite")
+    if not (output / "train_config.json").is_file():
+        raise RecipeError(f"--overwrite replaces only a c2c run folder (one with train_config.json); {output} is "
+                          "not one: choose another --output")
+    if main:
+        shutil.rmtree(output)

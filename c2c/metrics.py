@@ -1,0 +1,139 @@
+"""Summaries of per-item records: accuracy with Wilson intervals, latency, paired differences on the same items
+(the communication gain when the baseline is the shuffled-sharer control), agreement, a Markdown table, a plot."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+
+
+def wilson(correct: int, n: int, z: float = 1.96) -> list[float]:
+    if n == 0:
+        return [0.0, 0.0]
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [round(centre - half, 4), round(centre + half, 4)]
+
+
+def summarize(records: list[dict]) -> dict:
+    """Accuracy with its interval, and latency over the items run one at a time (``latency_n`` of them):
+    an item whose t2t sharer text was generated in a batch has no single-request latency."""
+    n = len(records)
+    correct = sum(r["correct"] for r in records)
+    latencies = sorted(r["latency_ms"] for r in records if r.get("sharer_batch", 1) == 1)
+    subjects: dict[str, list[bool]] = {}
+    for r in records:
+        subjects.setdefault(r["subject"] or "all", []).append(r["correct"])
+    return {"n": n, "accuracy": round(correct / n, 4) if n else 0.0, "ci95": wilson(correct, n),
+            "latency_n": len(latencies),
+            "latency_ms_mean": round(statistics.fmean(latencies), 2) if latencies else None,
+            "latency_ms_p50": _quantile(latencies, 0.5), "latency_ms_p90": _quantile(latencies, 0.9),
+            "per_subject": {s: round(sum(v) / len(v), 4) for s, v in sorted(subjects.items())} if len(subjects) > 1
+            else None}
+
+
+def paired_difference(records: list[dict], baseline: list[dict]) -> dict:
+    """Accuracy difference of two methods on the same items, with a 95% interval from the per-item
+    differences (normal approximation): the communication gain when the baseline is c2c-shuffled."""
+    by_id = {r["id"]: r["correct"] for r in baseline}
+    differences = [int(r["correct"]) - int(by_id[r["id"]]) for r in records if r["id"] in by_id]
+    n = len(differences)
+    if n < 2:
+        return {"n": n, "difference": None, "ci95": None}
+    mean = statistics.fmean(differences)
+    half = 1.96 * statistics.stdev(differences) / math.sqrt(n)
+    return {"n": n, "difference": round(mean, 4), "ci95": [round(mean - half, 4), round(mean + half, 4)]}
+
+
+def paired_text(result: dict) -> str:
+    """A ``paired_difference`` in points with its 95% interval: ``+2.2 [+0.3, +4.1]``."""
+    lo, hi = result["ci95"]
+    return f"{100 * result['difference']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+
+
+def agreement(records: list[dict], reference: list[dict]) -> dict:
+    """How often a method picks what ``reference`` picks on the same items (items either left unanswered are
+    left out), with a Wilson 95% interval."""
+    picks = {r["id"]: r["prediction"] for r in reference if r["prediction"] is not None}
+    same = [r["prediction"] == picks[r["id"]] for r in records if r["id"] in picks and r["prediction"] is not None]
+    return {"n": len(same), "agreement": round(sum(same) / len(same), 4) if same else None,
+            "ci95": wilson(sum(same), len(same))}
+
+
+def _quantile(values: list[float], q: float) -> float | None:
+    return round(values[min(int(q * len(values)), len(values) - 1)], 2) if values else None
+
+
+def markdown_table(summary: dict) -> str:
+    names = list(summary["benchmarks"])
+    methods = list(dict.fromkeys(m for b in summary["benchmarks"].values() for m in b["methods"]))
+    lines = [f"Scoring: `{summary['scoring']}`, split `{summary['split']}`, t2t sharer budget "
+             f"{summary['t2t_tokens']} new tokens. Accuracy % [95% CI], mean latency per item (ms, batch 1).", "",
+             "| method | " + " | ".join(f"{n} (n={summary['benchmarks'][n]['n']})" for n in names) + " | mean |",
+             "|---|" + "---|" * (len(names) + 1)]
+    for method in methods:
+        cells, accuracies = [], []
+        for name in names:
+            result = summary["benchmarks"][name]["methods"].get(method)
+            if result is None:
+                cells.append("-")
+                continue
+            accuracies.append(result["accuracy"])
+            lo, hi = result["ci95"]
+            latency = result["latency_ms_mean"]
+            timing = "batched" if latency is None else f"{latency:.0f} ms"
+            if latency is not None and result.get("latency_n", result["n"]) < result["n"]:
+                timing += f" (n={result['latency_n']})"
+            cells.append(f"{100 * result['accuracy']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}], {timing}")
+        mean = f"{100 * statistics.fmean(accuracies):.1f}" if accuracies else "-"
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {mean} |")
+    comparisons = list(dict.fromkeys(c for b in summary["benchmarks"].values() for c in b.get("paired", {})))
+    if comparisons:
+        lines += ["", "Paired differences on the same items, accuracy points [95% CI] (n); `c2c - c2c-shuffled` is the "
+                  "communication gain.", "",
+                  "| difference | " + " | ".join(names) + " | mean |", "|---|" + "---|" * (len(names) + 1)]
+        for comparison in comparisons:
+            cells, differences = [], []
+            for name in names:
+                result = summary["benchmarks"][name].get("paired", {}).get(comparison)
+                if result is None or result["difference"] is None:
+                    cells.append("-")
+                    continue
+                differences.append(result["difference"])
+                cells.append(f"{paired_text(result)} ({result['n']})")
+            mean = f"{100 * statistics.fmean(differences):+.1f}" if differences else "-"
+            lines.append(f"| {comparison} | " + " | ".join(cells) + f" | {mean} |")
+    agreeing = list(dict.fromkeys(m for b in summary["benchmarks"].values() for m in b.get("agreement_with_sharer", {})))
+    if agreeing:
+        lines += ["", "Agreement with the sharer's own pick, % of items [95% CI].", "",
+                  "| method | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        for method in agreeing:
+            cells = []
+            for name in names:
+                result = summary["benchmarks"][name].get("agreement_with_sharer", {}).get(method)
+                ok = result is not None and result["agreement"] is not None
+                cells.append(f"{100 * result['agreement']:.1f} [{100 * result['ci95'][0]:.1f}, "
+                             f"{100 * result['ci95'][1]:.1f}]" if ok else "-")
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    names = list(summary["benchmarks"])
+    figure, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 4), squeeze=False)
+    for axis, name in zip(axes[0], names):
+        for method, result in summary["benchmarks"][name]["methods"].items():
+            if result["latency_ms_mean"] is None:
+                continue
+            axis.scatter(result["latency_ms_mean"], 100 * result["accuracy"], label=method)
+            axis.annotate(method, (result["latency_ms_mean"], 100 * result["accuracy"]), fontsize=7)
+        axis.set(title=f"{name} ({summary['scoring']})", xlabel="mean latency per item (ms)", ylabel="accuracy (%)")
+        axis.set_xscale("log")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)

@@ -1,0 +1,157 @@
+"""Training recipes: a validated ``TrainConfig`` read from YAML, where an ablation is a few keys over a base
+recipe (``base: default_pair_choices.yaml``) rather than a copy of it."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+from .fuser import FuserConfig
+from .models import DTYPES
+from .names import DEFAULT_RECEIVER, DEFAULT_SHARER
+from .translator import TranslatorConfig
+from .validate import check_types
+
+METHODS = ("c2c", "lora", "translator")  # translator: closed-form fit of context translators (c2c.fit)
+OBJECTIVES = ("tokens", "choices")
+
+
+class RecipeError(ValueError):
+    """A training recipe that cannot run; raised before any model loads."""
+
+
+@dataclass
+class TrainConfig:
+    output: str = "runs/c2c"
+    method: str = "c2c"
+    objective: str = "tokens"  # or "choices": rank the choices of multiple-choice data (target "choices")
+    # objective "choices": the target is (1 - w) * one-hot(answer) + w * softmax(first sharer's cloze scores / T).
+    # The sharer's per-character scores of the choices differ by ~0.1 nats, so at T = 1 its target is nearly
+    # uniform; at the default 0.1 its top choice averages ~0.65 on the test sets.
+    distill_weight: float = 0.0
+    distill_temperature: float = 0.1
+    receiver: str = DEFAULT_RECEIVER
+    sharers: list[str] = field(default_factory=lambda: [DEFAULT_SHARER])
+    fuser: dict = field(default_factory=dict)  # FuserConfig fields
+    layer_map: str | list = "last_aligned"
+    token_alignment: str = "offsets"
+    chat_template: bool = True
+    dtype: str = "float32"  # the frozen models' dtype; the trained weights and the optimizer stay float32
+    device: str = "auto"  # auto: this process's GPU (LOCAL_RANK under torchrun) when there is one, else the CPU
+    data: list = field(default_factory=list)  # data.load_training_data specs
+    data_dir: str | None = None
+    recipe_dir: str | None = None  # set by from_file: relative data files resolve against it after the data dir
+    max_examples: int | None = None  # a seeded random subset of the training data
+    eval_examples: int = 64  # held out from the data, never trained on
+    max_length: int = 512  # prompt + response receiver tokens; longer examples are dropped (and counted)
+    steps: int | None = None  # optimizer steps; or give epochs
+    epochs: float | None = None
+    batch_size: int = 4  # per process, per micro-step
+    grad_accum: int = 1
+    lr: float = 1e-4
+    gate_lr: float = 1e-2  # gate logits need their own rate: at lr 1e-4 they never leave 0 (issue #3)
+    weight_decay: float = 0.01
+    warmup: float = 0.1  # fraction of steps
+    schedule: str = "linear"  # or "cosine"; decays to 0 after warm-up
+    clip: float = 1.0
+    seed: int = 42
+    log_every: int = 10
+    eval_every: int = 100
+    save_every: int = 100
+    sharer_cache: bool = True  # reuse each example's sharer K/V from disk across epochs
+    sharer_cache_gb: float = 8.0
+    lora: dict = field(default_factory=lambda: {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05})
+    translator: dict = field(default_factory=dict)  # TranslatorConfig fields (method translator)
+    max_text_chars: int | None = None  # method translator: each fitting text is cut to this many characters
+    eval_data: list = field(default_factory=list)  # method translator: held-out texts (else eval_examples of data)
+
+    def __post_init__(self):
+        check_types(self, RecipeError)
+        if self.dtype not in DTYPES:
+            raise RecipeError(f"dtype {self.dtype!r} is not supported; expected one of {sorted(DTYPES)}")
+        if self.method not in METHODS:
+            raise RecipeError(f"method {self.method!r} is unknown; expected one of {METHODS}")
+        if self.objective not in OBJECTIVES:
+            raise RecipeError(f"objective {self.objective!r} is unknown; expected one of {OBJECTIVES}")
+        if self.method == "translator":
+            try:
+                TranslatorConfig.from_dict(self.translator)
+            except (TypeError, ValueError) as error:
+                raise RecipeError(f"translator: {error}") from error
+        elif (self.steps is None) == (self.epochs is None):
+            raise RecipeError(f"give exactly one of steps or epochs (got steps={self.steps}, epochs={self.epochs})")
+        if not self.data:
+            raise RecipeError("no training data: set `data` to a list of files or benchmark specs")
+        if self.schedule not in ("linear", "cosine"):
+            raise RecipeError(f"schedule {self.schedule!r} is unknown; expected linear or cosine")
+        if not 0.0 <= self.distill_weight <= 1.0:
+            raise RecipeError(f"distill_weight must be within [0, 1], got {self.distill_weight}")
+        if self.distill_weight and self.objective != "choices":
+            raise RecipeError(f"distill_weight={self.distill_weight} distils the sharer's ranking of choices and "
+                              f"needs objective: choices (got objective: {self.objective})")
+        if self.distill_temperature <= 0:
+            raise RecipeError(f"distill_temperature must be > 0, got {self.distill_temperature}")
+        for name in ("batch_size", "grad_accum", "max_length", "log_every", "eval_every", "save_every"):
+            if getattr(self, name) < 1:
+                raise RecipeError(f"{name} must be >= 1, got {getattr(self, name)}")
+        try:
+            FuserConfig.from_dict(self.fuser)
+        except (TypeError, ValueError) as error:
+            raise RecipeError(f"fuser: {error}") from error
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise RecipeError(f"unknown recipe keys {unknown}; known keys are {sorted(known)}")
+        return cls(**data)
+
+    @classmethod
+    def from_file(cls, path: str | Path, overrides: dict | None = None) -> "TrainConfig":
+        """A recipe file, over the recipe it names as ``base`` (if any; relative to its own folder), then
+        ``overrides``. Mappings (``fuser``, ``lora``, ``translator``) merge key by key; other values replace."""
+        path = Path(path)
+        return cls.from_dict({"recipe_dir": str(path.resolve().parent),
+                              **merge(read_recipe(path), overrides or {})})
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def read_recipe(path: Path, chain: tuple[Path, ...] = ()) -> dict:
+    """The keys of a recipe file with those of its ``base`` chain beneath them."""
+    if not path.is_file():
+        raise RecipeError(f"recipe {path} does not exist" + (f" (the base of {chain[-1]})" if chain else ""))
+    if path.resolve() in chain:
+        raise RecipeError(f"recipe {path} is its own base (through {' -> '.join(str(p) for p in chain)}); "
+                          "remove the loop of `base:` keys")
+    text = path.read_text()
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        tabs = " (YAML indents with spaces, not tabs)" if "\t" in text else ""
+        raise RecipeError(f"recipe {path} is not valid YAML{where}: {getattr(error, 'problem', None) or error}"
+                          f"{tabs}") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"recipe {path} must be a YAML mapping of keys to values")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise RecipeError(f"recipe {path}: base must be the path of another recipe, got {base!r}")
+    return merge(read_recipe(path.parent / base, chain + (path.resolve(),)), data)
+
+
+def merge(base: dict, overrides: dict) -> dict:
+    """``overrides`` over ``base``: nested mappings merge key by key, anything else is replaced."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        merged[key] = merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) \
+            else value
+    return merged

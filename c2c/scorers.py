@@ -1,0 +1,152 @@
+"""Scorers and scoring protocols. A *scorer* turns a prompt into a prefilled receiver state (ids + cache of all
+prompt tokens but the last); the protocols (generate, letter, cloze, cloze-options) run on that state the same
+way for every method. The receiver baseline is the pair with fusion off (``PairScorer(fuse=False)``): it and C2C
+differ by that one switch. ``ModelScorer`` is a model that is not the pair's receiver (the sharer, a LoRA
+receiver) through the same passes (``c2c.scoring``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from transformers import DynamicCache
+
+from . import cache as kvcache
+from .scoring import continuation_logprobs, decode, next_token_logits, prompt_cache
+from .align import as_messages, render
+from .context import context_span, cut_context, with_context
+from .data import MCItem, cloze_continuations, extract_choice_letter, mc_prompt
+from .models import LoadedModel
+from .pair import C2CModel
+from .rotary import Rotary
+
+
+@dataclass
+class Prefilled:
+    """A prompt run through a model up to (not including) its last token."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    input_ids: torch.Tensor  # (1, P)
+    cache: DynamicCache  # P - 1 positions
+
+
+class Scorer(Protocol):
+    name: str
+
+    def prefill(self, prompt: str, other_prompt: str | None = None, context: str | None = None) -> Prefilled: ...
+
+
+@dataclass
+class ModelScorer:
+    """A model alone (the sharer, a LoRA receiver), reading the prompt through its own chat template (if ``chat``
+    and it has one), with ``context`` as text ahead of the question when given."""
+
+    name: str
+    model: LoadedModel
+    chat: bool
+
+    @torch.no_grad()
+    def prefill(self, prompt: str, other_prompt: str | None = None, context: str | None = None) -> Prefilled:
+        messages = with_context(prompt, context) if context else as_messages(prompt)
+        view = render(self.model.tokenizer, messages, self.chat)
+        ids = torch.tensor([view.ids], device=self.model.model.device)
+        cache = prompt_cache(self.model.model, ids, torch.ones_like(ids))
+        return Prefilled(self.model.model, self.model.tokenizer, ids, cache)
+
+
+@dataclass
+class EnrichedScorer:
+    """The cache-enrichment oracle: the receiver prefills context + question, then the context's positions are
+    dropped and the question's keys re-rotated to the positions they would have without it."""
+
+    name: str
+    model: LoadedModel
+    chat: bool
+
+    @torch.no_grad()
+    def prefill(self, prompt: str, other_prompt: str | None = None, context: str | None = None) -> Prefilled:
+        if not context:
+            raise ValueError("receiver-enriched needs items with a context")
+        messages = with_context(prompt, context)
+        view = render(self.model.tokenizer, messages, self.chat)
+        cut = cut_context(view, context_span(view, messages, context))
+        device = self.model.model.device
+        ids = torch.tensor([view.ids], device=device)
+        cache = prompt_cache(self.model.model, ids, torch.ones_like(ids))
+        kept = torch.tensor((cut.prefix + cut.suffix)[:-1], device=device)  # cached positions kept (the last is not)
+        new = torch.arange(len(kept), device=device)[None]
+        rotary = Rotary(self.model.model)
+        layers = [(rotary.move(k[:, :, kept], layer, kept[None], new), v[:, :, kept])
+                  for layer, (k, v) in enumerate(kvcache.all_kv(cache))]
+        kept_ids = torch.tensor([[view.ids[i] for i in cut.prefix + cut.suffix]], device=device)
+        return Prefilled(self.model.model, self.model.tokenizer, kept_ids, kvcache.cache_from_kv(layers))
+
+
+@dataclass
+class PairScorer:
+    """The pair's receiver: reading a fused cache, or with ``fuse=False`` the receiver alone (the baseline).
+
+    Fusing, ``other_prompt`` makes the sharer read another question and ``context`` gives the sharer a context
+    through ``channel`` (None: every channel the pair has). With fusion off no sharer reads anything: a
+    ``context`` is then the receiver's to read, as text ahead of the question (receiver-with-context)."""
+
+    name: str
+    pair: C2CModel
+    channel: str | None = None
+    fuse: bool = True
+
+    @torch.no_grad()
+    def prefill(self, prompt: str, other_prompt: str | None = None, context: str | None = None) -> Prefilled:
+        if self.fuse:
+            batch = self.pair.prepare([prompt], sharer_prompts=[other_prompt] if other_prompt else None,
+                                      sharer_contexts=[context] if context else None, context_channel=self.channel)
+        else:
+            batch = self.pair.prepare([with_context(prompt, context) if context else prompt])
+        batch = batch.to(self.pair.device)
+        cache = self.pair.prefill(batch, fuse=self.fuse)
+        return Prefilled(self.pair.receiver.model, self.pair.receiver.tokenizer, batch.input_ids, cache)
+
+
+# ------------------------------------------------------------------------------------------------ protocols
+@torch.no_grad()
+def state_continuations(state: Prefilled, continuations: list[str]) -> list[tuple[float, int]]:
+    """(sum of log-probabilities, token count) of each continuation after the prompt, in one batch."""
+    sums, counts = continuation_logprobs(state.model, state.tokenizer, state.input_ids,
+                                                 torch.ones_like(state.input_ids), state.cache, [continuations])
+    return [(float(total), int(count)) for total, count in zip(sums, counts)]
+
+
+@torch.no_grad()
+def greedy_text(state: Prefilled, max_new_tokens: int) -> tuple[str, int]:
+    """Greedy continuation from the prefilled cache; (text, new tokens)."""
+    new = decode(state.model, state.tokenizer, state.input_ids, torch.ones_like(state.input_ids),
+                         kvcache.repeat_rows(state.cache, 1), max_new_tokens, do_sample=False)[0]
+    return state.tokenizer.decode(new, skip_special_tokens=True), len(new)
+
+
+def score_item(state: Prefilled, item: MCItem, scoring: str, max_new_tokens: int) -> dict:
+    """Prediction and per-choice scores of one prefilled item under a protocol."""
+    if scoring == "generate":
+        text, generated = greedy_text(state, max_new_tokens)
+        return {"prediction": extract_choice_letter(text, len(item.choices)), "text": text,
+                "generated_tokens": generated, "scores": None}
+    if scoring == "letter":
+        with torch.no_grad():
+            logits = next_token_logits(state.model, state.input_ids, state.cache)
+        ids = [state.tokenizer(f" {letter}", add_special_tokens=False)["input_ids"][0] for letter in item.letters]
+        scores = torch.log_softmax(logits, -1)[ids].tolist()
+    else:  # cloze protocols: log-likelihood per character of each choice text, as lm-evaluation-harness's acc_norm
+        continuations = cloze_continuations(item)
+        scores = [total / len(text) for (total, _), text in
+                  zip(state_continuations(state, continuations), continuations)]
+    return {"prediction": max(range(len(scores)), key=scores.__getitem__), "scores": scores,
+            "generated_tokens": 0}
+
+
+def item_prompt(item: MCItem, scoring: str) -> str:
+    return mc_prompt(item, {"generate": "generate", "letter": "cloze-options", "cloze": "cloze",
+                            "cloze-options": "cloze-options"}[scoring])
+
+

@@ -1,0 +1,82 @@
+"""The receiver's forward passes that every method shares: extending a cache over new prompt tokens, scoring
+continuations after a prefilled prompt, and decoding from it. The receiver alone and C2C differ only in the
+cache these read (fused or not), never in this code."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+from transformers import DynamicCache
+
+from . import cache as kvcache
+from .batch import position_ids
+from .layout import pad_rows
+
+
+def extend_cache(model: nn.Module, cache: DynamicCache, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 positions: torch.Tensor) -> None:
+    """Run ``input_ids`` (B, n) over ``cache`` in place; ``attention_mask`` (B, N + n) covers the cached columns
+    and the new ones, ``positions`` (B, n) are the new tokens' positions."""
+    model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, cache=cache, use_cache=True,
+          logits_to_keep=1)
+
+
+def prompt_cache(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> DynamicCache:
+    """A full-length cache of left-padded prompts (B, P) minus their last token: P - 1 positions."""
+    cache = kvcache.full_length_cache()
+    mask = attention_mask[:, :-1]
+    if mask.shape[1]:
+        extend_cache(model, cache, input_ids[:, :-1], mask, position_ids(mask))
+    return cache
+
+
+def continuation_logprobs(model: nn.Module, tokenizer, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                          cache: DynamicCache, continuations: Sequence[Sequence[str]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-likelihood of each prompt's continuations, all in one batch: (sum of log-probabilities, token count),
+    each (R,) over the R continuations in order. Differentiable when grad is enabled (the choice objective).
+
+    ``prompt_ids``/``prompt_mask`` (B, P) are the left-padded prompts and ``cache`` holds their first P - 1
+    positions (as ``C2CModel.prefill`` leaves them); each continuation runs after its prompt's last token.
+    """
+    rows = [tokenizer(text, add_special_tokens=False)["input_ids"] for texts in continuations for text in texts]
+    if any(not row for row in rows):
+        raise ValueError("a continuation is empty; every choice needs text to score")
+    counts = torch.tensor([len(texts) for texts in continuations], device=prompt_ids.device)
+    last = prompt_ids[:, -1].repeat_interleave(counts)  # (R,)
+    pad = tokenizer.pad_token_id or 0
+    tail = torch.cat([last[:, None], pad_rows(rows, pad, left=False).to(last.device)], dim=1)  # (R, 1 + W)
+    tail_mask = pad_rows([[1] * (1 + len(r)) for r in rows], 0, left=False).to(tail.device)
+    mask = torch.cat([prompt_mask[:, :-1].repeat_interleave(counts, dim=0), tail_mask], dim=1)
+    prefix = prompt_ids.shape[1] - 1
+    logits = model(input_ids=tail, attention_mask=mask, position_ids=position_ids(mask)[:, prefix:],
+                   cache=kvcache.repeat_rows(cache, counts), use_cache=True).logits.float()  # (R, 1 + W, V)
+    logprobs = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, tail[:, 1:, None]).squeeze(-1)  # (R, W)
+    valid = tail_mask[:, 1:].to(logprobs.dtype)
+    return (logprobs * valid).sum(-1), valid.sum(-1)
+
+
+def per_character(sums: torch.Tensor, choices: Sequence[Sequence[str]]) -> list[torch.Tensor]:
+    """(R,) log-likelihood sums over all prompts' choices -> per prompt, log-likelihood per character (k_i,)."""
+    characters = torch.tensor([len(text) for texts in choices for text in texts], device=sums.device)
+    return list((sums / characters).split([len(texts) for texts in choices]))
+
+
+def next_token_logits(model: nn.Module, input_ids: torch.Tensor, cache: DynamicCache) -> torch.Tensor:
+    """(V,) float32 logits after the last token of a single prompt (1, P) whose first P - 1 are in ``cache``."""
+    cache = kvcache.repeat_rows(cache, 1)
+    position = torch.tensor([[kvcache.seq_length(cache)]], device=input_ids.device)
+    return model(input_ids=input_ids[:, -1:], position_ids=position, cache=cache, use_cache=True).logits[0, -1].float()
+
+
+def decode(model: nn.Module, tokenizer, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: DynamicCache,
+           max_new_tokens: int, stop: Sequence[str] | None = None, **generate_kwargs) -> torch.Tensor:
+    """New token ids (B, n) decoded by the stock ``generate`` after left-padded prompts (B, P), from ``cache``:
+    their first P - 1 positions (a prefill), or empty. ``stop``: strings that end a row; ``generate_kwargs``:
+    sampling, a streamer, stopping criteria..."""
+    if stop:
+        generate_kwargs.update(stop_strings=list(stop), tokenizer=tokenizer)
+    output = model.generate(input_ids=input_ids, attention_mask=attention_mask, cache=cache,
+                            max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **generate_kwargs)
+    return output[:, input_ids.shape[1]:]
