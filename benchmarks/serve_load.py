@@ -5,7 +5,12 @@
     python benchmarks/serve_load.py --tiny        # tiny random models: a quick check of the harness
 
 Each mode starts its own server on loopback, answers one warm-up request, then ``--requests`` chat requests
-(short prompts, greedy) from ``--concurrency`` client threads. Writes ``results/serve_load.json``.
+(short prompts, greedy) from ``--concurrency`` client threads. The mixed workload then measures what a long
+request in flight costs short ones (the scheduler's turns at decoding steps and prefill chunks): the short
+requests' p50/p99 alone, and again while ``--long`` long requests (a prompt of about ``--long-words`` words,
+``--long-tokens`` new tokens) are in flight; ``short_p99_ratio`` is with / alone (target: at most 2). It runs
+twice, with the scheduler (batches take turns at decoding steps) and without it (``max_running=1``: each batch
+runs to its end, as before the scheduler). Writes ``results/serve_load.json``.
 """
 
 from __future__ import annotations
@@ -78,6 +83,52 @@ def run_mode(pair: C2CModel, max_batch: int, args: argparse.Namespace) -> tuple[
     return metrics, [answer for _, answer in results]
 
 
+LONG_PROMPT = "Summarise the following notes and list every name in them. "
+
+
+def latencies_ms(results: list[tuple[float, str | None]]) -> dict:
+    values = [ms for ms, answer in results if answer is not None]
+    return {"n": len(values), "failed": len(results) - len(values),
+            "p50_ms": round(float(np.percentile(values, 50)), 1) if values else None,
+            "p99_ms": round(float(np.percentile(values, 99)), 1) if values else None}
+
+
+def run_mixed(pair: C2CModel, args: argparse.Namespace, max_running: int) -> dict:
+    """Short requests alone, then the same short requests while long ones are in flight, on one server."""
+    long_text = LONG_PROMPT + " ".join(f"note {i}: {PROMPTS[i % len(PROMPTS)]}" for i in range(args.long_words // 8))
+    app = create_app(pair, max_batch=8, max_queue=64, max_running=max_running)
+    with running(app) as url, httpx.Client(base_url=url, timeout=600) as client:
+        ask(client, 0, args.max_tokens)  # warm-up
+
+        def shorts() -> list[tuple[float, str | None]]:
+            with ThreadPoolExecutor(args.short_concurrency) as pool:
+                return list(pool.map(lambda index: ask(client, index, args.short_tokens), range(args.shorts)))
+
+        alone = latencies_ms(shorts())
+        body = {"model": "c2c", "messages": [{"role": "user", "content": long_text}], "max_tokens": args.long_tokens,
+                "temperature": 0}
+        with ThreadPoolExecutor(args.long) as pool:
+            started = time.perf_counter()
+            longs = [pool.submit(client.post, "/v1/chat/completions", json=body) for _ in range(args.long)]
+            time.sleep(args.long_head_start)  # the long requests are prefilling or decoding
+            with_long = latencies_ms(shorts())
+            shorts_done = time.perf_counter() - started
+            responses = [future.result() for future in longs]
+            long_seconds = time.perf_counter() - started
+        usage = [r.json()["usage"] for r in responses if r.status_code == 200]
+        stats = client.get("/health").json()
+    ratio = round(with_long["p99_ms"] / alone["p99_ms"], 2) if alone["p99_ms"] and with_long["p99_ms"] else None
+    return {"max_running": max_running, "shorts": args.shorts, "short_tokens": args.short_tokens,
+            "short_concurrency": args.short_concurrency,
+            "long": args.long, "long_prompt_tokens": [u["prompt_tokens"] for u in usage],
+            "long_completion_tokens": [u["completion_tokens"] for u in usage],
+            "long_failed": len(responses) - len(usage), "long_seconds": round(long_seconds, 2),
+            "shorts_finished_while_long_in_flight": shorts_done < long_seconds,
+            "short_alone": alone, "short_with_long": with_long, "short_p99_ratio": ratio,
+            "target": "short_p99_ratio <= 2", "met": ratio is not None and ratio <= 2,
+            "most_batches_in_flight": stats["most_in_flight"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     which = parser.add_mutually_exclusive_group()
@@ -86,6 +137,13 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument("--shorts", type=int, default=12, help="mixed workload: short requests")
+    parser.add_argument("--short-tokens", type=int, default=8)
+    parser.add_argument("--short-concurrency", type=int, default=2)
+    parser.add_argument("--long", type=int, default=2, help="mixed workload: long requests in flight")
+    parser.add_argument("--long-words", type=int, default=400)
+    parser.add_argument("--long-tokens", type=int, default=96)
+    parser.add_argument("--long-head-start", type=float, default=0.5, help="seconds the long requests run first")
     parser.add_argument("--output", type=Path, default=ROOT / "results" / "serve_load.json")
     args = parser.parse_args()
 
@@ -99,7 +157,9 @@ def main() -> None:
               "concurrency": args.concurrency, "max_tokens": args.max_tokens, "model": model,
               "command": shlex.join(["python", *sys.argv]), "modes": modes,
               "batching_speedup": round(modes["batching"]["throughput_rps"] / slow, 2) if slow else None,
-              "same_answers": answers["batching"] == answers["no_batching"]}
+              "same_answers": answers["batching"] == answers["no_batching"],
+              "mixed": run_mixed(pair, args, max_running=4), "mixed_without_scheduler": run_mixed(pair, args, 1)}
+    print(f"mixed: {result['mixed']}\nwithout the scheduler: {result['mixed_without_scheduler']}", flush=True)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

@@ -30,22 +30,23 @@ class SharerCaches:
     def __init__(self):
         self._last: tuple[tuple, list[list[KV]]] | None = None
 
-    def __call__(self, pair, batch) -> list[list[KV]]:
+    def __call__(self, pair, batch, chunks=None) -> list[list[KV]]:
+        """``chunks``: a ``scoring.Chunks`` for the sharers' passes, when they run."""
         key = tuple((ids.device, ids.shape, ids.cpu().numpy().tobytes(), mask.cpu().numpy().tobytes())
                     for ids, mask in zip(batch.sharer_ids, batch.sharer_mask))
         if self._last is None or self._last[0] != key:
-            self._last = (key, self.compute(pair, batch))
+            self._last = (key, self.compute(pair, batch, chunks))
         return self._last[1]
 
-    def compute(self, pair, batch) -> list[list[KV]]:
+    def compute(self, pair, batch, chunks=None) -> list[list[KV]]:
         raise NotImplementedError
 
 
 class SharerRun(SharerCaches):
     """Run each sharer over its input (the default provider)."""
 
-    def compute(self, pair, batch) -> list[list[KV]]:
-        return [pair.sharer_kv(index, ids, mask)
+    def compute(self, pair, batch, chunks=None) -> list[list[KV]]:
+        return [pair.sharer_kv(index, ids, mask, chunks)
                 for index, (ids, mask) in enumerate(zip(batch.sharer_ids, batch.sharer_mask))]
 
 
@@ -78,7 +79,7 @@ class SharerKVStore(SharerCaches):
         atomic_write(path, lambda temporary: save_file(tensors, temporary))
         self.bytes += path.stat().st_size  # as counted when a store opens its folder: the files, headers included
 
-    def compute(self, pair, batch) -> list[list[KV]]:
+    def compute(self, pair, batch, chunks=None) -> list[list[KV]]:
         """From the store where possible; computed (and stored, within the budget) otherwise."""
         caches = []
         for sharer, (ids, mask) in enumerate(zip(batch.sharer_ids, batch.sharer_mask)):
@@ -89,7 +90,7 @@ class SharerKVStore(SharerCaches):
             self.hits += len(found)
             self.misses += len(missing)
             if missing:
-                fresh = pair.sharer_kv(sharer, ids[missing], mask[missing])
+                fresh = pair.sharer_kv(sharer, ids[missing], mask[missing], chunks)
                 for i, b in enumerate(missing):
                     length = len(rows[b])  # left padding: the row's tokens are the last `length` positions
                     layers = [(k[i:i + 1, :, -length:].to(self.dtype), v[i:i + 1, :, -length:].to(self.dtype))

@@ -175,25 +175,28 @@ class C2CModel(nn.Module):
 
     # ----------------------------------------------------------------------------------------- fusion
     @torch.no_grad()
-    def sharer_caches(self, batch: Batch) -> list[list[kvcache.KV]]:
+    def sharer_caches(self, batch: Batch, chunks: scoring.Chunks | None = None) -> list[list[kvcache.KV]]:
         """Each sharer's full-length K/V over its own input, from ``sharer_cache_provider``: per sharer, per layer
         (B, H_S, S_j, d_S)."""
-        return self.sharer_cache_provider(self, batch)
+        return self.sharer_cache_provider(self, batch, chunks)
 
     @torch.no_grad()
-    def sharer_kv(self, index: int, ids: torch.Tensor, mask: torch.Tensor) -> list[kvcache.KV]:
+    def sharer_kv(self, index: int, ids: torch.Tensor, mask: torch.Tensor, chunks: scoring.Chunks | None = None
+                  ) -> list[kvcache.KV]:
         """Sharer ``index`` prefills left-padded ``ids`` (B, S): per layer (B, H_S, S, d_S)."""
         cache = kvcache.full_length_cache()
-        scoring.extend_cache(self.sharers[index].model, cache, ids, mask, position_ids(mask))
+        scoring.extend_cache(self.sharers[index].model, cache, ids, mask, position_ids(mask), chunks)
         return kvcache.all_kv(cache)
 
-    def prefill(self, batch: Batch, fuse: bool = True) -> DynamicCache:
+    def prefill(self, batch: Batch, fuse: bool = True, chunks: scoring.Chunks | None = None) -> DynamicCache:
         """Receiver cache of the prompt minus its last token, fused with the sharers' unless ``fuse`` is False.
 
         As the reference runs its sections: the receiver computes each run of fused columns over the cache so
         far, the run is fused when it ends, and every later token (the chat template after a message, the next
         message) is computed over the fused cache. Rows whose runs end at different columns are fused at their
         own ends. Translated sections are written between the receiver's passes over the columns around them.
+        ``chunks``: run the receiver's and sharers' passes in pieces (the server's scheduler; the same cache up to
+        float rounding).
         """
         fusing = fuse
         sections = {s.start: (j, s) for j, s in enumerate(batch.sections) if s is not None}
@@ -205,7 +208,7 @@ class C2CModel(nn.Module):
         positions = position_ids(mask)
         fuse_prompt = fusing and end > 0 and batch.fuse_prompt and self._fusion_can_change_the_cache()
         runs = self._fused_runs(batch, end) if fuse_prompt else {}
-        sharer_kv = self.sharer_caches(batch) if runs else None
+        sharer_kv = self.sharer_caches(batch, chunks) if runs else None
         stops = sorted({end, *runs, *(s.start for _, s in sections.values()), *(s.end for _, s in sections.values())})
         # A frozen receiver needs no graph for its own prompt K/V before the first fusion; a LoRA-trained one (the
         # baseline) does, and so does every pass after a fusion (it reads, and concatenates onto, fused K/V).
@@ -219,7 +222,7 @@ class C2CModel(nn.Module):
             elif stop > cursor:
                 with torch.set_grad_enabled(needs_graph):
                     scoring.extend_cache(self.receiver.model, cache, batch.input_ids[:, cursor:stop], mask[:, :stop],
-                                         positions[:, cursor:stop])
+                                         positions[:, cursor:stop], chunks)
             cursor = max(cursor, stop)
             if cursor in runs:
                 self._fuse(cache, batch, sharer_kv, runs[cursor])
@@ -416,13 +419,15 @@ class C2CModel(nn.Module):
                  temperature: float = 1.0, top_p: float = 1.0, top_k: int | None = None,
                  stop: Sequence[str] | None = None, streamer=None, fuse: bool = True,
                  sharer_prompts: Sequence[Prompt] | None = None, sharer_contexts: Sequence | str | None = None,
-                 prepared: Batch | None = None, **generate_kwargs) -> list[str]:
+                 prepared: Batch | None = None, prefill_chunks: scoring.Chunks | None = None,
+                 **generate_kwargs) -> list[str]:
         """Fused prefill, then the receiver's stock ``generate`` decodes from the fused cache.
 
         ``sharer_contexts``: a context only the sharers read, per prompt (see ``prepare``); with fusion off the
         receiver answers without it, exactly as alone. ``generate_kwargs`` go to ``transformers`` ``generate``
         (e.g. ``stopping_criteria``). ``prepared``: the batch ``prepare`` made of these prompts (and contexts), so
-        that they are not tokenized again (the server prepares each batch once, on its model thread)."""
+        that they are not tokenized again (the server prepares each batch once, on its model thread).
+        ``prefill_chunks``: prefill in pieces (see ``scoring.Chunks``)."""
         single = isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], dict))
         prompts = [prompts] if single else list(prompts)
         if max_new_tokens < 1:
@@ -433,7 +438,7 @@ class C2CModel(nn.Module):
         batch = prepared if prepared is not None else self.prepare(
             prompts, sharer_prompts=sharer_prompts, max_new_tokens=max_new_tokens, sharer_contexts=contexts)
         batch = batch.to(self.device)
-        cache = self.prefill(batch, fuse=fuse)
+        cache = self.prefill(batch, fuse=fuse, chunks=prefill_chunks)
         tokenizer = self.receiver.tokenizer
         sampling = dict(temperature=temperature, top_p=top_p, top_k=top_k) if do_sample else {}
         new = scoring.decode(self.receiver.model, tokenizer, batch.input_ids, batch.attention_mask, cache,

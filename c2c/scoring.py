@@ -4,7 +4,8 @@ cache these read (fused or not), never in this code."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -15,12 +16,27 @@ from .batch import position_ids
 from .layout import pad_rows
 
 
+@dataclass
+class Chunks:
+    """A prefill run in pieces of at most ``size`` tokens, calling ``between()`` after each: the server hands the
+    model to other requests there, so a long prompt does not hold it for its whole length."""
+
+    size: int
+    between: Callable[[], None]
+
+
 def extend_cache(model: nn.Module, cache: DynamicCache, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                 positions: torch.Tensor) -> None:
+                 positions: torch.Tensor, chunks: Chunks | None = None) -> None:
     """Run ``input_ids`` (B, n) over ``cache`` in place; ``attention_mask`` (B, N + n) covers the cached columns
-    and the new ones, ``positions`` (B, n) are the new tokens' positions."""
-    model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, cache=cache, use_cache=True,
-          logits_to_keep=1)
+    and the new ones, ``positions`` (B, n) are the new tokens' positions. With ``chunks``, piece by piece."""
+    size = chunks.size if chunks is not None else input_ids.shape[1]
+    cached = attention_mask.shape[1] - input_ids.shape[1]
+    for start in range(0, input_ids.shape[1], max(size, 1)):
+        stop = start + size
+        model(input_ids=input_ids[:, start:stop], attention_mask=attention_mask[:, :cached + stop],
+              position_ids=positions[:, start:stop], cache=cache, use_cache=True, logits_to_keep=1)
+        if chunks is not None:
+            chunks.between()
 
 
 def prompt_cache(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> DynamicCache:
@@ -43,7 +59,17 @@ def continuation_logprobs(model: nn.Module, tokenizer, prompt_ids: torch.Tensor,
     rows = [tokenizer(text, add_special_tokens=False)["input_ids"] for texts in continuations for text in texts]
     if any(not row for row in rows):
         raise ValueError("a continuation is empty; every choice needs text to score")
-    counts = torch.tensor([len(texts) for texts in continuations], device=prompt_ids.device)
+    sums, counts, _ = token_continuations(model, tokenizer, prompt_ids, prompt_mask, cache, rows,
+                                          [len(texts) for texts in continuations])
+    return sums, counts
+
+
+def token_continuations(model: nn.Module, tokenizer, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                        cache: DynamicCache, rows: Sequence[Sequence[int]], per_prompt: Sequence[int]
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``continuation_logprobs`` on token rows, ``per_prompt[i]`` of them after prompt i: (sum of
+    log-probabilities, token count, greedy: every token is the argmax), each (R,)."""
+    counts = torch.tensor(list(per_prompt), device=prompt_ids.device)
     last = prompt_ids[:, -1].repeat_interleave(counts)  # (R,)
     pad = tokenizer.pad_token_id or 0
     tail = torch.cat([last[:, None], pad_rows(rows, pad, left=False).to(last.device)], dim=1)  # (R, 1 + W)
@@ -52,9 +78,11 @@ def continuation_logprobs(model: nn.Module, tokenizer, prompt_ids: torch.Tensor,
     prefix = prompt_ids.shape[1] - 1
     logits = model(input_ids=tail, attention_mask=mask, position_ids=position_ids(mask)[:, prefix:],
                    cache=kvcache.repeat_rows(cache, counts), use_cache=True).logits.float()  # (R, 1 + W, V)
-    logprobs = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, tail[:, 1:, None]).squeeze(-1)  # (R, W)
+    distribution = torch.log_softmax(logits[:, :-1], dim=-1)  # (R, W, V)
+    logprobs = distribution.gather(-1, tail[:, 1:, None]).squeeze(-1)  # (R, W)
     valid = tail_mask[:, 1:].to(logprobs.dtype)
-    return (logprobs * valid).sum(-1), valid.sum(-1)
+    greedy = ((distribution.argmax(-1) == tail[:, 1:]) | (valid == 0)).all(-1)
+    return (logprobs * valid).sum(-1), valid.sum(-1), greedy
 
 
 def per_character(sums: torch.Tensor, choices: Sequence[Sequence[str]]) -> list[torch.Tensor]:

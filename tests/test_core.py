@@ -549,3 +549,18 @@ def test_to_moves_what_the_pair_holds_and_refuses_a_dtype():
     assert pair.to(meta) is pair
     assert {p.device for m in (pair.receiver, *pair.sharers) for p in m.model.parameters()} == {meta}
     assert {p.device for p in pair.fusers.parameters()} == {meta}
+
+
+def test_a_chunked_prefill_is_the_same_cache_and_yields_between_chunks():
+    from c2c.scoring import Chunks
+    pair = make_pair()
+    batch = pair.prepare(PROMPTS)
+    whole = pair.prefill(batch)
+    calls = []
+    chunked = pair.prefill(batch, chunks=Chunks(3, lambda: calls.append(1)))
+    for (k, v), (k_chunked, v_chunked) in zip(kvcache.all_kv(whole), kvcache.all_kv(chunked)):
+        torch.testing.assert_close(k_chunked, k, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(v_chunked, v, rtol=1e-5, atol=1e-5)
+    assert len(calls) >= (batch.prompt_length - 1) // 3  # at least one yield per 3 receiver tokens
+    assert pair.generate(PROMPTS, max_new_tokens=4) == pair.generate(PROMPTS, max_new_tokens=4,
+                                                                    prefill_chunks=Chunks(2, lambda: None))

@@ -306,7 +306,7 @@ THREE_WAYS = (r"^arc-challenge: no data\. Tried, in order: data_dir= / --data-di
 
 def test_no_data_anywhere_is_one_error_naming_all_three(monkeypatch):
     monkeypatch.delenv("C2C_DATA_DIR", raising=False)
-    monkeypatch.setitem(sys.modules, "datasets", None)  # not installed, as in the dev environment
+    monkeypatch.setitem(sys.modules, "datasets", None)  # not installed (c2c[hub] and c2c[lm-eval] bring it)
     with pytest.raises(DataError, match=THREE_WAYS.format(cause=r"loading from the Hugging Face hub needs the "
                                                                 r"`datasets` package")):
         load_benchmark("arc-challenge")

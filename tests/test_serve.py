@@ -172,8 +172,9 @@ def test_a_waiting_request_whose_client_left_is_never_generated(pair):
         gated.entered.wait(10)
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(f"{base}/v1/completions", json={**request, "max_tokens": 200}, timeout=0.5)
-        waiting = app.state.server.engine.queue.queue
-        wait_until(lambda: waiting and waiting[0].cancel.is_set())
+        engine = app.state.server.engine
+        waiting = lambda: [job for job in (*engine.held, *engine.queue.queue) if job is not None]  # noqa: E731
+        wait_until(lambda: waiting() and waiting()[0].cancel.is_set())
         gated.gate.set()
         assert first.result().status_code == 200
         wait_until(lambda: health(base)["cancelled"] == 1)
@@ -348,3 +349,56 @@ def test_logprobs_in_openais_shapes_match_the_greedy_tokens(client, pair):
     assert [t.logprob for t in streamed] == pytest.approx([t.logprob for t in content])
     with pytest.raises(openai.BadRequestError, match="needs 'logprobs': true"):
         client.chat.completions.create(model="c2c", messages=HELLO, top_logprobs=2)
+
+
+# ------------------------------------------------------------------------------------------------ scheduling
+def test_turns_go_to_the_batch_with_the_least_work_left():
+    from c2c.serve.engine import Turns
+    turns, order = Turns(), []
+
+    def batch(number, steps):
+        turns.first_turn(number)
+        for _ in range(steps):
+            time.sleep(0.005)
+            order.append(number)
+            turns.turn(number)
+        turns.leave(number)
+
+    turns.enter(1, 40)
+    long = threading.Thread(target=batch, args=(1, 40))
+    long.start()
+    wait_until(lambda: order.count(1) >= 3)
+    turns.enter(2, 5)
+    short = threading.Thread(target=batch, args=(2, 5))
+    short.start()
+    short.join(10)
+    long.join(10)
+    # the short batch runs its five steps back to back as soon as it is in; the long one waits, then finishes
+    first = order.index(2)
+    assert order[first:first + 5] == [2] * 5 and order.count(1) == 40 and order[-1] == 1
+    assert 3 <= first <= 5  # it waited for one turn of the long batch at most
+    assert not turns.work_left and turns.holder is None
+
+
+def test_a_short_request_passes_a_long_one_between_decoding_steps(pair):
+    from c2c.serve.engine import Engine, Job, Sampling
+    engine = Engine(pair, max_batch=8, window_s=0.0, max_queue=8, prefill_chunk=4)
+    engine.start()
+    finished, deltas = [], []
+
+    def job(name, prompt, tokens):
+        def post(kind, value):
+            if kind == "delta" and name == "long":
+                deltas.append(value)
+            if kind in ("done", "error"):
+                finished.append((name, kind))
+        return Job(prompt, tokens, Sampling(), post)
+
+    long_prompt = "Tell me everything about the sea. " * 12
+    engine.submit([job("long", long_prompt, 200)])
+    wait_until(lambda: len(deltas) >= 2)  # the long request is decoding
+    engine.submit([job("short", "Hi", 3)])
+    wait_until(lambda: len(finished) == 2, timeout=60)
+    engine.stop()
+    assert finished == [("short", "done"), ("long", "done")]
+    assert engine.stats["most_in_flight"] == 2 and engine.stats["batches"] == 2

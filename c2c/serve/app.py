@@ -43,21 +43,23 @@ class Server:
 def create_app(pair: C2CModel, *, model_name: str = "c2c", api_key: str | None = None,
                max_prompt_tokens: int = 4096, max_tokens_limit: int = 1024, default_max_tokens: int = 256,
                max_body_bytes: int = 1 << 20, max_queue: int = 64, max_batch: int = 8,
-               batch_window_ms: float = 10.0, max_context_chars: int = 20000) -> FastAPI:
+               batch_window_ms: float = 10.0, max_context_chars: int = 20000, max_running: int = 4) -> FastAPI:
     """An OpenAI-compatible app: /v1/chat/completions, /v1/completions, /v1/models, /health.
 
     Requests may add ``"c2c": false`` to be answered by the receiver alone, and ``"sharer_context": TEXT``
     (at most ``max_context_chars`` characters) for a text only the sharers read. ``max_queue`` bounds the prompts
     waiting for the model (more get 429); ``max_batch`` prompts arriving within ``batch_window_ms`` of each
-    other with the same sampling run as one batch. With ``api_key``, /v1 requires ``Authorization: Bearer KEY``."""
+    other with the same sampling run as one batch. Up to ``max_running`` batches are in flight, taking turns on
+    the model at decoding steps (1: each batch runs to its end before the next starts). With ``api_key``, /v1
+    requires ``Authorization: Bearer KEY``."""
     if FastAPI is None:
         raise ImportError("the server needs fastapi and uvicorn; install them with: pip install 'c2c[serve]'")
     sizes = dict(max_prompt_tokens=max_prompt_tokens, max_tokens_limit=max_tokens_limit, max_body_bytes=max_body_bytes,
-                 max_queue=max_queue, max_batch=max_batch, max_context_chars=max_context_chars)
+                 max_queue=max_queue, max_batch=max_batch, max_context_chars=max_context_chars, max_running=max_running)
     for name, value in sizes.items():
         if value < 1:
             raise ValueError(f"{name} must be at least 1, got {value}")
-    server = Server(pair, Engine(pair, max_batch, batch_window_ms / 1000, max_queue), model_name, api_key,
+    server = Server(pair, Engine(pair, max_batch, batch_window_ms / 1000, max_queue, max_running), model_name, api_key,
                     Limits(max_prompt_tokens, max_tokens_limit, min(default_max_tokens, max_tokens_limit),
                            max_body_bytes, max_context_chars))
 

@@ -7,13 +7,15 @@ of its stop sequences (trimmed from the answer, as OpenAI does) or its cancel fl
 may ask for different lengths, and each answer is delivered the moment its row ends.
 
 Server: a handler validates a request, turns each of its prompts into a `Job` and submits them to the
-`Engine`, a bounded queue drained by the one thread that runs the model (torch must not run one model from
-several threads at once). The engine takes the oldest waiting job plus the waiting jobs with the same
+`Engine`, a bounded queue. The engine's thread takes the oldest waiting job plus the waiting jobs with the same
 `Sampling` (all greedy requests share one), waiting up to ``batch_window_ms`` for more when it was idle, up to
-``max_batch``. The engine's thread is also the only one that tokenizes (fast tokenizers are not safe across threads):
-it prepares each batch once and answers each job "accepted" or refused (a 400) before its first token; the
-handler waits for that word, then reads its jobs' events from an asyncio queue and either streams them as
-server-sent events or joins them into one answer; a client that disconnects sets its jobs' cancel flags.
+``max_batch``, and starts the batch on a thread of its own. Batches in flight take turns on the model (`Turns`:
+one at a time, since torch must not run one model from several threads at once): each gives it up after every
+decoding step and every prefill chunk, so a request that arrives joins between steps and a long prompt does
+not hold the model for its whole length. Only these model turns tokenize (fast tokenizers are not safe across
+threads): each batch is prepared once and each job answered "accepted" or refused (a 400) before its first
+token; the handler waits for that word, then reads its jobs' events from an asyncio queue and either streams
+them as server-sent events or joins them into one answer; a client that disconnects sets its jobs' cancel flags.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria,
 from ..align import Prompt
 from ..batch import Batch
 from ..pair import C2CModel
+from ..scoring import Chunks
 from .errors import APIError
 
 # ("accepted", prompt tokens) | ("logprobs", [TokenLogprob]) (just before the delta they belong to)
@@ -179,7 +182,8 @@ def _stop_start(text: str, stops: tuple[str, ...]) -> int:
 class Rows(StoppingCriteria):
     """The stopping criterion of one batch; ``generate`` calls it with every step's tokens appended."""
 
-    def __init__(self, jobs: list[Job], pair: C2CModel):
+    def __init__(self, jobs: list[Job], pair: C2CModel, between: Callable[[], None] | None = None):
+        self.between = between  # called after every step's bookkeeping: another batch may take a turn
         eos = pair.receiver.model.generation_config.eos_token_id
         eos_ids = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
         self.rows = [Row(job, pair.receiver.tokenizer, eos_ids) for job in jobs]
@@ -189,7 +193,10 @@ class Rows(StoppingCriteria):
         logprobs = self.scores.logprobs if self.scores else [None] * len(self.rows)  # (B, V) or Nones
         for row, token, row_logprobs in zip(self.rows, input_ids[:, -1].tolist(), logprobs):
             row.step(token, row_logprobs)
-        return torch.tensor([row.finish is not None for row in self.rows], device=input_ids.device)
+        done = torch.tensor([row.finish is not None for row in self.rows], device=input_ids.device)
+        if self.between is not None and not done.all():
+            self.between()
+        return done
 
     def generate_kwargs(self) -> dict:
         return {"logits_processor": LogitsProcessorList([self.scores])} if self.scores else {}
@@ -206,9 +213,11 @@ class LastScores(LogitsProcessor):
         return scores
 
 
-def generate_jobs(pair: C2CModel, jobs: list[Job]) -> list[str]:
+def generate_jobs(pair: C2CModel, jobs: list[Job], turns: "Chunks | None" = None) -> list[str]:
     """Answer jobs of the same sampling as one batch; each job gets ("accepted", its prompt tokens), its deltas,
-    then one done event, or one error event. Returns the finish reasons, in the jobs' order.
+    then one done event, or one error event. Returns the finish reasons, in the jobs' order. ``turns``: the
+    batch gives the model up after every prefill chunk of ``turns.size`` tokens and every decoding step
+    (``turns.between``), so that other batches take their turns (the server's scheduler, `Turns`).
 
     This is the one place the prompts are tokenized (``prepare``, once per batch; ``generate`` reuses the batch).
     A job whose input is refused (``prepare`` raising, or over ``max_prompt_tokens``) gets a `Refused` error before
@@ -219,16 +228,17 @@ def generate_jobs(pair: C2CModel, jobs: list[Job]) -> list[str]:
             job.post("error", error)
         rest = [job for job in jobs if job not in refused]
         if len(rest) == len(jobs):  # no single job is at fault: run them one at a time
-            return [reason for job in jobs for reason in generate_jobs(pair, [job])]
-        answered = iter(generate_jobs(pair, rest) if rest else [])
+            return [reason for job in jobs for reason in generate_jobs(pair, [job], turns)]
+        answered = iter(generate_jobs(pair, rest, turns) if rest else [])
         return ["error" if job in refused else next(answered) for job in jobs]
     for job, tokens in zip(jobs, batch.prompt_tokens()):
         job.post("accepted", tokens)
-    rows = Rows(jobs, pair)
+    rows = Rows(jobs, pair, turns.between if turns is not None else None)
+    chunking = {"prefill_chunks": turns} if turns is not None else {}
     try:
         pair.generate([job.prompt for job in jobs], max_new_tokens=max(job.max_tokens for job in jobs),
                       stopping_criteria=StoppingCriteriaList([rows]), prepared=batch, sharer_contexts=_contexts(jobs),
-                      **rows.generate_kwargs(), **jobs[0].sampling.generate_kwargs())
+                      **chunking, **rows.generate_kwargs(), **jobs[0].sampling.generate_kwargs())
     except Exception as error:  # reported to every waiting client; the server keeps running
         _fail(rows, error)
     for row in rows.rows:
@@ -279,14 +289,86 @@ def _fail(rows: Rows, error: Exception) -> None:
 
 
 # ============================================================================================ the engine
-class Engine:
-    """The bounded job queue and the one thread that runs the model (see the module docstring)."""
+class Turns:
+    """The model's time, shared by the batches in flight at the granularity of decoding steps and prefill chunks.
 
-    def __init__(self, pair: C2CModel, max_batch: int, window_s: float, max_queue: int):
+    One batch runs at a time (torch must not run one model from several threads at once); each gives the model
+    up after a step or a chunk, and the next turn goes to the waiting batch with the least work left (its steps
+    and chunks still to run, as estimated when it joined; the older batch on a tie), so a short request runs
+    almost as if alone while a long one is in flight.
+    """
+
+    def __init__(self):
+        self.condition = threading.Condition()
+        self.work_left: dict[int, int] = {}  # batch -> turns it still needs (an estimate)
+        self.waiting: set[int] = set()
+        self.holder: int | None = None
+
+    def enter(self, batch: int, work: int) -> None:
+        """Count a batch as in flight (before its thread starts), with the turns it needs."""
+        with self.condition:
+            self.work_left[batch] = work
+
+    def first_turn(self, batch: int) -> None:
+        with self.condition:
+            self._acquire(batch)
+
+    def turn(self, batch: int) -> None:
+        """End this batch's turn; it goes on at once when no other batch waits."""
+        with self.condition:
+            self.work_left[batch] = max(self.work_left[batch] - 1, 0)
+            self._release()
+            if self.waiting:
+                self._acquire(batch)
+            else:
+                self.holder = batch
+
+    def leave(self, batch: int) -> None:
+        with self.condition:
+            self._release()
+            del self.work_left[batch]
+
+    def in_flight(self) -> tuple[int, int]:
+        """(batches in flight, the most work one of them has left)."""
+        with self.condition:
+            return len(self.work_left), max(self.work_left.values(), default=0)
+
+    def wait(self, timeout: float) -> None:
+        """Until a turn ends or a batch leaves (or ``timeout``)."""
+        with self.condition:
+            self.condition.wait(timeout)
+
+    def _acquire(self, batch: int) -> None:  # with the condition held
+        self.waiting.add(batch)
+        self.condition.wait_for(lambda: self.holder is None
+                                and batch == min(self.waiting, key=lambda b: (self.work_left[b], b)))
+        self.waiting.discard(batch)
+        self.holder = batch
+
+    def _release(self) -> None:  # with the condition held
+        self.holder = None
+        self.condition.notify_all()
+
+
+class Engine:
+    """The bounded job queue, the thread that gathers jobs into batches, and the batches' own threads, which take
+    turns on the model (`Turns`; see the module docstring).
+
+    While batches run, a waiting job starts at once (as a batch of its own, with the waiting jobs like it) only
+    when its work is at most ``short_fraction`` of the most any running batch has left and fewer than
+    ``max_running`` run: a short request passes a long one, while requests of one size still gather into large
+    batches as they queue behind the running one. A seeded batch keeps the model to itself (other batches'
+    sampling would draw from the same generator)."""
+
+    def __init__(self, pair: C2CModel, max_batch: int, window_s: float, max_queue: int, max_running: int = 4,
+                 prefill_chunk: int = 64, short_fraction: float = 0.25):
         self.pair, self.max_batch, self.window_s, self.max_queue = pair, max_batch, window_s, max_queue
+        self.max_running, self.prefill_chunk, self.short_fraction = max_running, prefill_chunk, short_fraction
         self.queue: queue.Queue[Job | None] = queue.Queue()
         self.held: deque[Job | None] = deque()  # taken from the queue but not batched yet
-        self.stats = {"batches": 0, "largest_batch": 0, "answered": 0, "cancelled": 0}
+        self.stats = {"batches": 0, "largest_batch": 0, "answered": 0, "cancelled": 0, "most_in_flight": 0}
+        self.turns = Turns()
+        self.batches: list[threading.Thread] = []
         self.thread = threading.Thread(target=self._loop, name="c2c-engine", daemon=True)
 
     def start(self) -> None:
@@ -308,16 +390,68 @@ class Engine:
         for job in jobs:
             self.queue.put_nowait(job)
 
-    def _loop(self) -> None:
-        while batch := self._gather():
-            self._run(batch)
+    def work(self, job: Job) -> int:
+        """Turns a job needs, estimated before it is tokenized: its prefill chunks (about 4 characters a token)
+        and its new tokens."""
+        prompt = job.prompt if isinstance(job.prompt, str) else "".join(m.get("content", "") for m in job.prompt)
+        characters = len(prompt) + len(job.context or "")
+        return -(-characters // (4 * self.prefill_chunk)) + job.max_tokens
 
-    def _gather(self) -> list[Job]:
-        """The oldest waiting job and the waiting jobs with its sampling; empty when told to stop."""
+    def _loop(self) -> None:
+        number = 0
+        while True:
+            running, most_left = self.turns.in_flight()
+            if running:
+                admit = lambda job: running < self.max_running and self.work(job) <= self.short_fraction * most_left  # noqa: E731
+                batch = self._gather(admit)
+                if not batch:
+                    self.turns.wait(timeout=0.05)  # a turn ends, a batch leaves, or a job may have arrived
+                    continue
+            else:
+                batch = self._gather()
+                if batch is None:
+                    break
+            number += 1
+            self.turns.enter(number, max(self.work(job) for job in batch))
+            thread = threading.Thread(target=self._batch, args=(number, batch), name="c2c-engine", daemon=True)
+            self.batches = [t for t in self.batches if t.is_alive()] + [thread]
+            thread.start()
+        for thread in self.batches:
+            thread.join()
+
+    def _batch(self, number: int, batch: list[Job]) -> None:
+        self.turns.first_turn(number)
+        try:
+            self.stats["most_in_flight"] = max(self.stats["most_in_flight"], self.turns.in_flight()[0])
+            seeded = batch[0].sampling.seed is not None
+            self._run(batch, None if seeded else Chunks(self.prefill_chunk, lambda: self.turns.turn(number)))
+        finally:
+            self.turns.leave(number)
+
+    def _gather(self, admit: Callable[[Job], bool] | None = None) -> list[Job] | None:
+        """The oldest waiting job and the waiting jobs with its sampling, up to ``max_batch``; None when told to
+        stop. With ``admit``, without waiting and only jobs it admits: empty when there is none."""
+        if admit is not None:
+            waiting = deque(self.held)  # a copy: self.held is never changed in place while others may read it
+            while True:
+                try:
+                    waiting.append(self.queue.get_nowait())
+                except queue.Empty:
+                    break
+            first = next((job for job in waiting if job is not None and admit(job)), None)
+            batch = [first] if first is not None else []
+            for job in waiting:
+                if job is first or not batch:
+                    continue
+                if len(batch) < self.max_batch and self._joins(first, job) and admit(job):
+                    batch.append(job)
+            taken = {id(job) for job in batch}
+            self.held = deque(job for job in waiting if id(job) not in taken)
+            return batch
         waiting, self.held = self.held, deque()
         first = waiting.popleft() if waiting else self.queue.get()
         if first is None:
-            return []
+            return None
         batch = [first]
         deadline = time.monotonic() + self.window_s
         while len(batch) < self.max_batch:
@@ -328,15 +462,20 @@ class Engine:
                     job = self.queue.get(timeout=max(deadline - time.monotonic(), 0))
                 except queue.Empty:
                     break
-            seeded_elsewhere = first.sampling.seed is not None and job is not None and job.request is not first.request
-            if job is not None and job.sampling == first.sampling and not seeded_elsewhere:
+            if self._joins(first, job):
                 batch.append(job)
             else:
                 self.held.append(job)
         self.held.extend(waiting)
         return batch
 
-    def _run(self, batch: list[Job]) -> None:
+    @staticmethod
+    def _joins(first: Job, job: Job | None) -> bool:
+        """Whether ``job`` can run in ``first``'s batch: the same sampling, and a seeded request runs alone."""
+        seeded_elsewhere = first.sampling.seed is not None and job is not None and job.request is not first.request
+        return job is not None and job.sampling == first.sampling and not seeded_elsewhere
+
+    def _run(self, batch: list[Job], turns: Chunks | None) -> None:
         live, gone = [], []
         for job in batch:
             (gone if job.cancel.is_set() else live).append(job)
@@ -344,7 +483,7 @@ class Engine:
             job.post("done", Finish("cancelled", 0))
         if live and live[0].sampling.seed is not None:
             torch.manual_seed(live[0].sampling.seed)  # the same seed, prompts and settings give the same text
-        reasons = generate_jobs(self.pair, live) if live else []
+        reasons = generate_jobs(self.pair, live, turns) if live else []
         self.stats["batches"] += bool(live)
         self.stats["largest_batch"] = max(self.stats["largest_batch"], len(live))
         self.stats["answered"] += sum(reason in ("stop", "length") for reason in reasons)
