@@ -2,6 +2,8 @@
 
 Every fuser gate is forced open (the worst case: a trained fuser skips the layers whose gates are shut), and
 the sharer reads the same text as the receiver. Methods are timed interleaved, median of --repeats runs.
+``fuser_ms`` is what fusion costs beyond the two models' own passes: the fused prefill with the sharer's K/V
+already computed, minus the receiver's prefill alone (it includes the sectioned prefill's extra receiver pass).
 
     python benchmarks/prefill_latency.py [--fuser DIR] [--repeats 3] [--out results/prefill_latency.json]
 """

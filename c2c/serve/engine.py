@@ -402,7 +402,8 @@ class Engine:
         while True:
             running, most_left = self.turns.in_flight()
             if running:
-                admit = lambda job: running < self.max_running and self.work(job) <= self.short_fraction * most_left  # noqa: E731
+                def admit(job: Job, room: bool = running < self.max_running, most_left: int = most_left) -> bool:
+                    return room and self.work(job) <= self.short_fraction * most_left
                 batch = self._gather(admit)
                 if not batch:
                     self.turns.wait(timeout=0.05)  # a turn ends, a batch leaves, or a job may have arrived
