@@ -198,15 +198,14 @@ class C2CModel(nn.Module):
         ``chunks``: run the receiver's and sharers' passes in pieces (the server's scheduler; the same cache up to
         float rounding).
         """
-        fusing = fuse
         sections = {s.start: (j, s) for j, s in enumerate(batch.sections) if s is not None}
-        if sections and not fusing:
+        if sections and not fuse:
             raise ValueError("this batch carries translated sharer contexts; for the receiver alone prepare it "
                              "without sharer_contexts")
         end = batch.prompt_length - 1
         mask = batch.attention_mask[:, :end]
         positions = position_ids(mask)
-        fuse_prompt = fusing and end > 0 and batch.fuse_prompt and self._fusion_can_change_the_cache()
+        fuse_prompt = fuse and end > 0 and batch.fuse_prompt and self._fusion_can_change_the_cache()
         runs = self._fused_runs(batch, end) if fuse_prompt else {}
         sharer_kv = self.sharer_caches(batch, chunks) if runs else None
         stops = sorted({end, *runs, *(s.start for _, s in sections.values()), *(s.end for _, s in sections.values())})

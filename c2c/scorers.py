@@ -13,13 +13,13 @@ import torch
 from transformers import DynamicCache
 
 from . import cache as kvcache
-from .scoring import continuation_logprobs, decode, next_token_logits, prompt_cache
 from .align import as_messages, render
 from .context import context_span, cut_context, with_context
 from .data import MCItem, cloze_continuations, extract_choice_letter, mc_prompt
 from .models import LoadedModel
 from .pair import C2CModel
 from .rotary import Rotary
+from .scoring import continuation_logprobs, decode, next_token_logits, prompt_cache
 
 
 @dataclass

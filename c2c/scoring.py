@@ -29,9 +29,9 @@ def extend_cache(model: nn.Module, cache: DynamicCache, input_ids: torch.Tensor,
                  positions: torch.Tensor, chunks: Chunks | None = None) -> None:
     """Run ``input_ids`` (B, n) over ``cache`` in place; ``attention_mask`` (B, N + n) covers the cached columns
     and the new ones, ``positions`` (B, n) are the new tokens' positions. With ``chunks``, piece by piece."""
-    size = chunks.size if chunks is not None else input_ids.shape[1]
+    size = max(chunks.size if chunks is not None else input_ids.shape[1], 1)
     cached = attention_mask.shape[1] - input_ids.shape[1]
-    for start in range(0, input_ids.shape[1], max(size, 1)):
+    for start in range(0, input_ids.shape[1], size):
         stop = start + size
         model(input_ids=input_ids[:, start:stop], attention_mask=attention_mask[:, :cached + stop],
               position_ids=positions[:, start:stop], cache=cache, use_cache=True, logits_to_keep=1)
