@@ -209,8 +209,9 @@ class C2CModel(nn.Module):
         runs = self._fused_runs(batch, end) if fuse_prompt else {}
         sharer_kv = self.sharer_caches(batch, chunks) if runs else None
         stops = sorted({end, *runs, *(s.start for _, s in sections.values()), *(s.end for _, s in sections.values())})
-        # A frozen receiver needs no graph for its own prompt K/V before the first fusion; a LoRA-trained one (the
-        # baseline) does, and so does every pass after a fusion (it reads, and concatenates onto, fused K/V).
+        # A frozen receiver needs no graph for its own prompt K/V before the first fusion or translated section; a
+        # LoRA-trained one (the baseline) does, and so does every pass after either: it reads, and its cache update
+        # concatenates onto, the fused or translated K/V (a concatenation without a graph would detach them).
         needs_graph = torch.is_grad_enabled() and any(p.requires_grad for p in self.receiver.model.parameters())
         cache = kvcache.full_length_cache()
         cursor = 0
@@ -218,6 +219,7 @@ class C2CModel(nn.Module):
             if stop > cursor and cursor in sections:
                 j, section = sections[cursor]
                 kvcache.append_kv(cache, self.translated_kv(j, section, positions[:, section.start:section.end]))
+                needs_graph = torch.is_grad_enabled()  # later passes read the translated K/V: keep their graph
             elif stop > cursor:
                 with torch.set_grad_enabled(needs_graph):
                     scoring.extend_cache(self.receiver.model, cache, batch.input_ids[:, cursor:stop], mask[:, :stop],

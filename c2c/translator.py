@@ -95,8 +95,9 @@ class ContextTranslator(nn.Module):
         Sharer K/V in half precision: the inputs the fit saw as constant (a scale below ``CONSTANT_SCALE`` of the
         layer's median; e.g. dimensions that are ~1e-8 in float32) are read as their mean. Their rounding noise,
         divided by that scale, would otherwise swamp the map (float32 is computed exactly as fitted)."""
-        half = sharer_kv[0][0].dtype != torch.float32
-        flat = [torch.cat([k, v], dim=1).transpose(1, 2).flatten(2).float() for k, v in sharer_kv]  # (B, T, 2 H_S d_S)
+        half = sharer_kv[0][0].dtype in (torch.float16, torch.bfloat16)
+        dtype = self.maps[0].weight.dtype  # float32 master weights (float64 in gradient checks)
+        flat = [torch.cat([k, v], dim=1).transpose(1, 2).flatten(2).to(dtype) for k, v in sharer_kv]  # (B, T, 2 H_S d_S)
         out = []
         for layer, (sources, linear) in enumerate(zip(self.sources, self.maps)):
             x = torch.cat([flat[s] for s in sources], dim=-1)  # (B, T, D)

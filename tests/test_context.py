@@ -333,3 +333,34 @@ def test_a_benchmark_spec_can_set_its_own_split_and_limit(tmp_path):
     assert summary["benchmarks"]["synthetic-1fact"]["split"] == "dev"
     with pytest.raises(ValueError, match="NAME:SPLIT:LIMIT"):
         run_eval(EvalConfig(["synthetic-1fact:dev:many"], ["receiver"], scoring="cloze", out=str(tmp_path)), setup)
+
+
+def test_gradients_reach_every_translator_map_and_match_a_finite_difference():
+    """The receiver's passes after a translated section keep their graph, so the loss on what follows the context
+    reaches every map (float64 models and maps; the loss itself is computed on float32 logits)."""
+    torch.manual_seed(0)
+    pair = C2CModel.create(tiny("llama"), [tiny("gemma")], translator=TranslatorConfig(window=1), chat_template=False)
+    for model in (pair.receiver.model, pair.sharers[0].model, pair.translators):
+        model.double()
+    maps = pair.translators[0].maps
+    with torch.no_grad():
+        for linear in maps:
+            linear.weight.normal_(0, 0.05)
+    batch = pair.prepare([QUESTION], responses=[" dog"], sharer_contexts=[CONTEXT], context_channel="translated")
+
+    def loss() -> torch.Tensor:
+        return pair(batch, reduction="sum")[1]
+    loss().backward()
+    assert all(linear.weight.grad is not None and linear.weight.grad.abs().sum() > 0 for linear in maps)
+    weight = maps[0].weight
+    index = tuple(int(i) for i in (weight.grad.abs() == weight.grad.abs().max()).nonzero()[0])
+    eps = 1e-3
+    with torch.no_grad():
+        weight[index] += eps
+        above = float(loss())
+        weight[index] -= 2 * eps
+        below = float(loss())
+        weight[index] += eps
+    assert (above - below) / (2 * eps) == pytest.approx(float(weight.grad[index]), rel=1e-3)
+    with torch.no_grad():  # without the fix no gradient reached the maps: the section must matter to the loss
+        assert float(loss()) != float(pair(pair.prepare([QUESTION], responses=[" dog"]), fuse=False, reduction="sum")[1])
