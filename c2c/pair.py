@@ -188,8 +188,10 @@ class C2CModel(nn.Module):
         scoring.extend_cache(self.sharers[index].model, cache, ids, mask, position_ids(mask), chunks)
         return kvcache.all_kv(cache)
 
-    def prefill(self, batch: Batch, fuse: bool = True, chunks: scoring.Chunks | None = None) -> DynamicCache:
-        """Receiver cache of the prompt minus its last token, fused with the sharers' unless ``fuse`` is False.
+    def prefill(self, batch: Batch, fuse: bool = True, chunks: scoring.Chunks | None = None,
+                end: int | None = None) -> DynamicCache:
+        """Receiver cache of the prompt minus its last token (or of its first ``end`` columns), fused with the
+        sharers' unless ``fuse`` is False.
 
         As the reference runs its sections: the receiver computes each run of fused columns over the cache so
         far, the run is fused when it ends, and every later token (the chat template after a message, the next
@@ -202,7 +204,9 @@ class C2CModel(nn.Module):
         if sections and not fuse:
             raise ValueError("this batch carries translated sharer contexts; for the receiver alone prepare it "
                              "without sharer_contexts")
-        end = batch.prompt_length - 1
+        end = batch.prompt_length - 1 if end is None else end
+        if any(s.start < end < s.end for _, s in sections.values()):
+            raise ValueError(f"a prefill cannot end at column {end}, inside a translated section")
         mask = batch.attention_mask[:, :end]
         positions = position_ids(mask)
         fuse_prompt = fuse and end > 0 and batch.fuse_prompt and self._fusion_can_change_the_cache()
@@ -379,16 +383,21 @@ class C2CModel(nn.Module):
         """
         if batch.labels is None:
             raise ValueError("forward needs a batch prepared with responses")
-        cache = self.prefill(batch, fuse=fuse)
-        tail = slice(batch.prompt_length - 1, None)
-        output = self.receiver.model(input_ids=batch.input_ids[:, tail], attention_mask=batch.attention_mask,
-                                     position_ids=position_ids(batch.attention_mask)[:, tail], cache=cache,
-                                     use_cache=True)
-        logits = output.logits[:, :-1].float()  # position t predicts token t + 1
+        logits = self.logits_from(batch, batch.prompt_length - 1, fuse)
         labels = batch.labels[:, batch.prompt_length:]
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100,
                                reduction=reduction)
         return logits, loss
+
+    def logits_from(self, batch: Batch, start: int, fuse: bool = True) -> torch.Tensor:
+        """The receiver's float32 logits at columns ``start`` to the second last, (B, N - start - 1, V): column t
+        predicts token t + 1. The first ``start`` columns are prefilled (and fused, translated) first; ``start``
+        may not fall inside a translated section, whose columns have no receiver state to predict from."""
+        cache = self.prefill(batch, fuse=fuse, end=start)
+        output = self.receiver.model(input_ids=batch.input_ids[:, start:], attention_mask=batch.attention_mask,
+                                     position_ids=position_ids(batch.attention_mask)[:, start:], cache=cache,
+                                     use_cache=True)
+        return output.logits[:, :-1].float()
 
     def choice_scores(self, batch: Batch, choices: Sequence[Sequence[str]], fuse: bool = True) -> list[torch.Tensor]:
         """Per prompt, the log-likelihood per character of each of its choice continuations (the cloze score

@@ -15,7 +15,8 @@ from .names import DEFAULT_RECEIVER, DEFAULT_SHARER
 from .translator import TranslatorConfig
 from .validate import check_types
 
-METHODS = ("c2c", "lora", "translator")  # translator: closed-form fit of context translators (c2c.fit)
+METHODS = ("c2c", "lora", "translator")  # translator: closed-form fit of context translators (c2c.fit), then
+# optionally self-distillation (steps or epochs)
 OBJECTIVES = ("tokens", "choices")
 
 
@@ -67,6 +68,13 @@ class TrainConfig:
     translator: dict = field(default_factory=dict)  # TranslatorConfig fields (method translator)
     max_text_chars: int | None = None  # method translator: each fitting text is cut to this many characters
     eval_data: list = field(default_factory=list)  # method translator: held-out texts (else eval_examples of data)
+    # Method translator with steps or epochs: after the closed-form fit (or from ``init_from``), phase 2 trains the
+    # maps by self-distillation on ``distill_data`` (conversations whose items carry a context): KL(the receiver
+    # reading the context as text || the receiver reading it translated) at every position after the context.
+    distill_data: list = field(default_factory=list)
+    init_from: str | None = None  # a translator checkpoint to start phase 2 from instead of a closed-form fit
+    teacher_tokens: int = 0  # > 0: responses are the teacher's own greedy continuation of this many tokens
+    reconstruction_weight: float = 0.0  # adds weight * (1 - R^2) of the maps' K/V against the receiver's own
 
     def __post_init__(self):
         check_types(self, RecipeError)
@@ -81,9 +89,10 @@ class TrainConfig:
                 TranslatorConfig.from_dict(self.translator)
             except (TypeError, ValueError) as error:
                 raise RecipeError(f"translator: {error}") from error
+            self._check_translator_phases()
         elif (self.steps is None) == (self.epochs is None):
             raise RecipeError(f"give exactly one of steps or epochs (got steps={self.steps}, epochs={self.epochs})")
-        if not self.data:
+        if not self.data and not (self.method == "translator" and self.init_from):
             raise RecipeError("no training data: set `data` to a list of files or benchmark specs")
         if self.schedule not in ("linear", "cosine"):
             raise RecipeError(f"schedule {self.schedule!r} is unknown; expected linear or cosine")
@@ -101,6 +110,30 @@ class TrainConfig:
             FuserConfig.from_dict(self.fuser)
         except (TypeError, ValueError) as error:
             raise RecipeError(f"fuser: {error}") from error
+
+    @property
+    def distills(self) -> bool:
+        """Method translator with phase 2 (self-distillation), not the closed-form fit alone."""
+        return self.method == "translator" and (self.steps is not None or self.epochs is not None)
+
+    def _check_translator_phases(self) -> None:
+        if self.steps is not None and self.epochs is not None:
+            raise RecipeError(f"give at most one of steps or epochs (got steps={self.steps}, epochs={self.epochs})")
+        if not self.distills:
+            phase2 = [k for k in ("distill_data", "init_from", "teacher_tokens", "reconstruction_weight")
+                      if getattr(self, k)]
+            if phase2:
+                raise RecipeError(f"{', '.join(phase2)} configure the translator's phase 2 (self-distillation), which "
+                                  "runs only with steps or epochs: add e.g. steps: 300, or remove them")
+            return
+        if not self.distill_data:
+            raise RecipeError("phase 2 of method translator (steps or epochs given) needs distill_data: benchmark "
+                              "specs whose items carry a context, e.g. {benchmark: synthetic-1fact, split: train, "
+                              "prompt_style: cloze, target: text}")
+        if self.teacher_tokens < 0:
+            raise RecipeError(f"teacher_tokens must be >= 0 (0: the data's own responses), got {self.teacher_tokens}")
+        if self.reconstruction_weight < 0:
+            raise RecipeError(f"reconstruction_weight must be >= 0, got {self.reconstruction_weight}")
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":

@@ -41,6 +41,12 @@ def write_jsonl(path: Path, records: list[dict]) -> None:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
+def append_jsonl(path: Path, records: list[dict]) -> None:
+    """Add records to a per-item file as they are made, so an interrupted run keeps them (``read_jsonl``)."""
+    with path.open("a") as handle:
+        handle.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
 class MetricsLog:
     """A training run's ``metrics.jsonl``: one timestamped record per line, written by the main process only."""
 

@@ -1,5 +1,7 @@
 """Training recipe: a fuser (``method: c2c``) or the fair baseline, a LoRA adapter on the receiver alone
-(``method: lora``), on the same data, steps and batches. Read top to bottom: config, data, models, loop.
+(``method: lora``), on the same data, steps and batches; or a context translator (``method: translator``): its
+closed-form fit (``c2c.fit``), then with steps or epochs self-distillation through the receiver (phase 2, the
+same loop). Read top to bottom: config, data, models, loop.
 
 Only the fuser (or the adapter) trains; both LLMs are frozen. Loss (``objective``): ``tokens``, the receiver's
 next-token cross-entropy on response tokens, averaged over every response token of the global batch; or
@@ -18,6 +20,7 @@ data position follows. The components live apart: the recipe (``recipe``), objec
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -30,6 +33,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from .checkpoint import check_output, load_trainer_state, save_trainer_state
+from .context import with_context
 from .data import Conversation, DataError, load_training_data
 from .distributed import Runtime, all_reduce_gradients, global_count, global_sum, init_distributed
 from .fuser import FuserConfig
@@ -38,7 +42,7 @@ from .models import LoadedModel, load_model
 from .objectives import choice_loss_sum, choice_scores, objective_sum, one_hot_targets, prepare, split
 from .pair import C2CModel
 from .recipe import RecipeError, TrainConfig
-from .runlog import MetricsLog, atomic_write
+from .runlog import MetricsLog, append_jsonl, atomic_write, read_jsonl
 from .translator import TranslatorConfig
 
 __all__ = ["train", "TrainConfig", "RecipeError", "TrainingError", "build_model", "load_examples", "evaluate_held_out",
@@ -53,7 +57,7 @@ class TrainingError(RuntimeError):
 def load_examples(config: TrainConfig) -> tuple[list[Conversation], list[Conversation]]:
     """Training and held-out conversations, deterministic in the seed. Errors here come before models load."""
     conversations = []
-    for spec in config.data:
+    for spec in config.distill_data if config.method == "translator" else config.data:
         try:
             conversations += load_training_data(spec, config.data_dir, base_dir=config.recipe_dir)
         except DataError as error:
@@ -67,15 +71,20 @@ def load_examples(config: TrainConfig) -> tuple[list[Conversation], list[Convers
     random.Random(config.seed).shuffle(conversations)
     held_out = conversations[:config.eval_examples] if len(conversations) > config.eval_examples else []
     train = conversations[len(held_out):]
-    if config.max_examples is not None:
+    if config.max_examples is not None and config.method != "translator":  # a translator's counts fitting texts
         train = train[:config.max_examples]
     return train, held_out
 
 
-def drop_over_long(pair: C2CModel, conversations: list[Conversation], max_length: int) -> tuple[list, int]:
+def drop_over_long(pair: C2CModel, conversations: list[Conversation], max_length: int,
+                   with_contexts: bool = False) -> tuple[list, int]:
+    """Examples within ``max_length`` receiver tokens, and how many were dropped; ``with_contexts``: counted with
+    the context read as text (the translator's teacher reads the longest row)."""
     kept = []
     for conversation in conversations:
         prompt, response = split(conversation)
+        if with_contexts and conversation.context:
+            prompt = with_context(prompt, conversation.context)
         responses = conversation.choices or [response]
         length = len(pair.render_prompt(prompt).ids) + max(len(pair.response_ids(prompt, r)) for r in responses)
         if length <= max_length:
@@ -101,13 +110,21 @@ class Order:
 
 # --------------------------------------------------------------------------------------------- models
 def build_model(config: TrainConfig, receiver: LoadedModel | None = None,
-                sharers: list[LoadedModel] | None = None) -> tuple[C2CModel, torch.nn.Module]:
-    """The pair and the module that trains (the fusers, or the LoRA-wrapped receiver).
+                sharers: list[LoadedModel] | None = None, translator_from: Path | None = None
+                ) -> tuple[C2CModel, torch.nn.Module]:
+    """The pair and the module that trains (the fusers, the LoRA-wrapped receiver, or the context translators
+    loaded from ``translator_from``, a translator checkpoint).
 
     Models are loaded from the recipe's specs unless given (tests pass tiny models)."""
     receiver = receiver or load_model(config.receiver, config.dtype)
     sharers = sharers or [load_model(s, config.dtype) for s in config.sharers]
     torch.manual_seed(config.seed)
+    if config.method == "translator":
+        pair = C2CModel.from_pretrained(translator_from, receiver, sharers)
+        if pair.translators is None:
+            raise RecipeError(f"{translator_from} holds no context translator to train; give init_from a checkpoint "
+                              "written by `c2c train` with method: translator")
+        return pair, pair.translators
     if config.method == "lora":  # adapt a private copy: the caller's receiver stays frozen and untouched
         from peft import LoraConfig, get_peft_model
         lora = LoraConfig(**{"target_modules": "all-linear", **config.lora})  # every linear layer but the LM head
@@ -147,14 +164,25 @@ def train(config: TrainConfig, resume: bool = False, stop_after: int | None = No
     non-empty output folder is refused unless ``resume`` or ``overwrite`` (see ``check_output``).
     """
     check_output(Path(config.output), resume, overwrite, main=int(os.environ.get("RANK", "0")) == 0)
-    if config.method == "translator":
-        return fit_translators(config, receiver, sharers)
-    runtime = init_distributed(config.device)
     output = Path(config.output)
+    translator_from = None
+    if config.method == "translator":
+        if not config.distills:
+            return fit_translators(config, receiver, sharers)
+        receiver = receiver or load_model(config.receiver, config.dtype, config.device)
+        sharers = sharers or [load_model(s, config.dtype, config.device) for s in config.sharers]
+        translator_from = Path(config.init_from) if config.init_from else output / "closed_form"
+        if not config.init_from and not (translator_from / "fuser.safetensors").is_file():  # not fitted yet
+            fit_translators(config, receiver, sharers, translator_from)
+        resume = resume and (output / "checkpoint").is_dir()  # else stopped before phase 2's first checkpoint
+        output.mkdir(parents=True, exist_ok=True)
+    runtime = init_distributed(config.device)
     train_set, held_out = load_examples(config)
-    pair, trainable = build_model(config, receiver, sharers)
+    pair, trainable = build_model(config, receiver, sharers, translator_from)
     pair.to(runtime.device)
-    train_set, dropped = drop_over_long(pair, train_set, config.max_length)
+    train_set, dropped = drop_over_long(pair, train_set, config.max_length, config.method == "translator")
+    if config.teacher_tokens:
+        train_set = teacher_continuations(pair, train_set, config.teacher_tokens, output / "teacher.jsonl")
     if not train_set:
         raise RecipeError(f"every training example is longer than max_length={config.max_length} tokens")
     global_batch = config.batch_size * runtime.world
@@ -196,7 +224,7 @@ def train(config: TrainConfig, resume: bool = False, stop_after: int | None = No
         processed = global_count(sum(int(b.batch.attention_mask.sum()) for b in micro_batches), runtime)
         loss_sum = 0.0
         for batch in micro_batches:
-            loss = objective_sum(pair, batch, config.method == "c2c") / units
+            loss = objective_sum(pair, batch, config.method != "lora", config.reconstruction_weight) / units
             loss.backward()
             loss_sum += loss.item()
         loss_sum = global_sum(loss_sum, runtime)
@@ -246,8 +274,8 @@ def evaluate_held_out(pair: C2CModel, trainable: torch.nn.Module, held_out: list
     objective also the accuracy of the choice ranking (the loss is then the right answer's cross-entropy, also
     when training distils the sharer, so that runs compare), and when distilling, how often the top choice is
     the sharer's own. ``shuffled``: the control where each example's sharer reads the next held-out example's
-    prompt. ``fuse``: fusion on or off (default: on for a c2c run)."""
-    fuse = config.method == "c2c" if fuse is None else fuse
+    prompt. ``fuse``: fusion on or off (default: on for a c2c or translator run)."""
+    fuse = config.method != "lora" if fuse is None else fuse
     trainable.eval()
     total = units = correct = agree = 0.0
     partners = [split(c)[0] for c in held_out[1:] + held_out[:1]] if shuffled else None
@@ -278,7 +306,7 @@ def save_checkpoint(output: Path, pair: C2CModel, trainable: torch.nn.Module, op
     if not runtime.main:
         return
     save_trainer_state(output, trainable, optimizer, scheduler, step)
-    if config.method == "c2c":
+    if config.method != "lora":
         pair.save_pretrained(output)
     else:
         trainable.save_pretrained(output / "lora")
@@ -287,8 +315,9 @@ def save_checkpoint(output: Path, pair: C2CModel, trainable: torch.nn.Module, op
 
 
 def fit_translators(config: TrainConfig, receiver: LoadedModel | None = None,
-                    sharers: list[LoadedModel] | None = None) -> Path:
-    """``method: translator``: fit the pair's context translators in closed form on the recipe's texts."""
+                    sharers: list[LoadedModel] | None = None, output: Path | None = None) -> Path:
+    """``method: translator``: fit the pair's context translators in closed form on the recipe's texts, into
+    ``output`` (default: the recipe's)."""
     from .fit import fit_pair, fitting_texts, split_texts, write_report
     try:
         texts = fitting_texts(config.data, config.data_dir, config.recipe_dir)
@@ -309,8 +338,27 @@ def fit_translators(config: TrainConfig, receiver: LoadedModel | None = None,
     started = time.time()
     report = fit_pair(pair, fitting, held_out, max_chars=config.max_text_chars)
     report["minutes"] = round((time.time() - started) / 60, 2)
-    output = Path(config.output)
+    output = Path(output or config.output)
     pair.save_pretrained(output)
     (output / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
     write_report(output, report)
     return output
+
+
+def teacher_continuations(pair: C2CModel, conversations: list[Conversation], tokens: int, path: Path,
+                          batch_size: int = 16) -> list[Conversation]:
+    """The conversations with their responses replaced by the teacher's own greedy continuation (the receiver
+    reading the context as text, ``tokens`` new tokens): the student then learns to answer in the teacher's words.
+    Written to ``path`` as they are made and read back from it on resume, so they are generated once."""
+    done = {record["source"]: record["response"] for record in read_jsonl(path)} if path.is_file() else {}
+    todo = [c for c in conversations if c.source not in done]
+    for start in tqdm(range(0, len(todo), batch_size), desc="teacher continuations", disable=not todo,
+                      dynamic_ncols=True):
+        rows = todo[start:start + batch_size]
+        prompts = [with_context(split(c)[0], c.context) for c in rows]
+        texts = pair.generate(prompts, max_new_tokens=tokens, fuse=False)
+        records = [{"source": c.source, "response": text} for c, text in zip(rows, texts)]
+        append_jsonl(path, records)
+        done.update((r["source"], r["response"]) for r in records)
+    return [dataclasses.replace(c, messages=c.messages[:-1] + [{"role": "assistant", "content": done[c.source]}])
+            for c in conversations if done[c.source].strip()]

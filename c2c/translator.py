@@ -90,25 +90,32 @@ class ContextTranslator(nn.Module):
         self.register_buffer("output_mean", torch.zeros(len(self.sources), outputs))
 
     def forward(self, sharer_kv: Sequence[kvcache.KV]) -> list[kvcache.KV]:
-        """Position-free sharer K/V per sharer layer (B, H_S, T, d_S) -> per receiver layer (B, H_R, T, d_R).
+        """Position-free sharer K/V per sharer layer (B, H_S, T, d_S) -> per receiver layer (B, H_R, T, d_R)."""
+        flat = [torch.cat([k, v], dim=1).transpose(1, 2).flatten(2) for k, v in sharer_kv]  # (B, T, 2 H_S d_S)
+        out = []
+        for y in self.map_features(flat):  # (B, T, O)
+            batch, tokens, _ = y.shape
+            y = y.view(batch, tokens, 2 * self.receiver_heads, self.receiver_dim).transpose(1, 2)  # (B, 2 H_R, T, d_R)
+            out.append((y[:, :self.receiver_heads], y[:, self.receiver_heads:]))
+        return out
+
+    def map_features(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Per sharer layer (..., 2 H_S d_S) flat K and V features -> per receiver layer (..., 2 H_R d_R), computed
+        in the maps' dtype (float32 master weights).
 
         Sharer K/V in half precision: the inputs the fit saw as constant (a scale below ``CONSTANT_SCALE`` of the
         layer's median; e.g. dimensions that are ~1e-8 in float32) are read as their mean. Their rounding noise,
         divided by that scale, would otherwise swamp the map (float32 is computed exactly as fitted)."""
-        half = sharer_kv[0][0].dtype in (torch.float16, torch.bfloat16)
-        dtype = self.maps[0].weight.dtype  # float32 master weights (float64 in gradient checks)
-        flat = [torch.cat([k, v], dim=1).transpose(1, 2).flatten(2).to(dtype) for k, v in sharer_kv]  # (B, T, 2 H_S d_S)
+        half = features[0].dtype in (torch.float16, torch.bfloat16)
+        dtype = self.maps[0].weight.dtype
         out = []
         for layer, (sources, linear) in enumerate(zip(self.sources, self.maps)):
-            x = torch.cat([flat[s] for s in sources], dim=-1)  # (B, T, D)
+            x = torch.cat([features[s].to(dtype) for s in sources], dim=-1)  # (..., D)
             scale = self.input_scale[layer]
             z = (x - self.input_mean[layer]) / scale
             if half:
                 z = torch.where(scale > CONSTANT_SCALE * scale.median(), z, 0)
-            y = linear(z) + self.output_mean[layer]  # (B, T, O)
-            batch, tokens, _ = y.shape
-            y = y.view(batch, tokens, 2 * self.receiver_heads, self.receiver_dim).transpose(1, 2)  # (B, 2 H_R, T, d_R)
-            out.append((y[:, :self.receiver_heads], y[:, self.receiver_heads:]))
+            out.append(linear(z) + self.output_mean[layer])  # (..., O)
         return out
 
 
