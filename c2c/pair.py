@@ -110,7 +110,8 @@ class C2CModel(nn.Module):
         weights = {name: tensor.detach().contiguous().cpu() for name, tensor in self.trained_state().items()}
         if self.translators is not None:
             storage = STORAGE_DTYPES[self.config.translator.storage_dtype]
-            weights = {name: t.to(storage) if name.startswith("translators.") and ".maps." in name else t
+            weights = {name: t.to(storage) if name.startswith("translators.") and (".maps." in name or
+                                                                                   ".residuals." in name) else t
                        for name, t in weights.items()}
         checkpoint.save_fuser(directory, self.config, weights)
         if push_to_hub:

@@ -120,11 +120,7 @@ def build_model(config: TrainConfig, receiver: LoadedModel | None = None,
     sharers = sharers or [load_model(s, config.dtype) for s in config.sharers]
     torch.manual_seed(config.seed)
     if config.method == "translator":
-        pair = C2CModel.from_pretrained(translator_from, receiver, sharers)
-        if pair.translators is None:
-            raise RecipeError(f"{translator_from} holds no context translator to train; give init_from a checkpoint "
-                              "written by `c2c train` with method: translator")
-        return pair, pair.translators
+        return translator_model(config, receiver, sharers, translator_from)
     if config.method == "lora":  # adapt a private copy: the caller's receiver stays frozen and untouched
         from peft import LoraConfig, get_peft_model
         lora = LoraConfig(**{"target_modules": "all-linear", **config.lora})  # every linear layer but the LM head
@@ -135,6 +131,27 @@ def build_model(config: TrainConfig, receiver: LoadedModel | None = None,
         return pair, pair.fusers
     pair.fusers.requires_grad_(False)
     return pair, receiver.model
+
+
+def translator_model(config: TrainConfig, receiver: LoadedModel, sharers: list[LoadedModel], start: Path
+                     ) -> tuple[C2CModel, torch.nn.Module]:
+    """Phase 2's pair: the recipe's translator (a new residual starts at zero) holding the maps and statistics of
+    the translator checkpoint ``start``, which must be for this pair."""
+    fitted = C2CModel.from_pretrained(start, receiver, sharers)
+    wanted = TranslatorConfig.from_dict(config.translator)
+    if fitted.translators is None:
+        raise RecipeError(f"{start} holds no context translator to train; give init_from a checkpoint written by "
+                          "`c2c train` with method: translator")
+    if fitted.config.translator.window != wanted.window:
+        raise RecipeError(f"{start} maps a window of {fitted.config.translator.window} sharer layers each side, the "
+                          f"recipe asks for translator window {wanted.window}; make them agree")
+    pair = C2CModel.create(receiver, sharers, None, config.layer_map, config.token_alignment, config.chat_template,
+                           translator=wanted)
+    missing, unexpected = pair.translators.load_state_dict(fitted.translators.state_dict(), strict=False)
+    if unexpected or any(".residuals." not in name for name in missing):
+        raise RecipeError(f"{start}'s translator does not fit the recipe's (missing {missing[:3]}, unexpected "
+                          f"{unexpected[:3]}); start from a checkpoint with the same translator settings")
+    return pair, pair.translators
 
 
 def parameter_groups(module: torch.nn.Module, config: TrainConfig) -> list[dict]:

@@ -5,11 +5,14 @@ Per receiver layer ``l``, one linear map reads the position-free K and V of a wi
 writes the receiver's position-free K and V for one position::
 
     x = [K_s1, V_s1, K_s2, V_s2, ...]            # (T, D)   D = layers * 2 * H_S * d_S
-    y = ((x - mean) / scale) @ W + out_mean      # (T, O)   O = 2 * H_R * d_R, split into K and V
+    z = (x - mean) / scale
+    y = z @ W + out_mean [+ up(gelu(down(z)))]   # (T, O)   O = 2 * H_R * d_R, split into K and V
 
 The maps are fitted in closed form (``TranslatorFit``): ridge regression toward the receiver's own K/V of the
 same text, which needs no labels and no backward pass. Statistics stream in float64, so any number of tokens
-fits in bounded memory; the ridge strength is chosen per layer and per K/V on held-out texts.
+fits in bounded memory; the ridge strength is chosen per layer and per K/V on held-out texts. Phase 2
+(``c2c train`` with steps, ``c2c.objectives``) then trains the maps, and the optional low-rank residual, by
+self-distillation through the receiver.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ class TranslatorConfig:
     ridge: list[float] = field(default_factory=lambda: [1e-3, 1e-2, 1e-1, 1.0])  # candidate strengths (x tokens)
     storage_dtype: str = "float16"  # how the maps are saved; they always compute in float32
     max_context_tokens: int = 2048  # sharer tokens of one context
+    residual_rank: int = 0  # > 0: a low-rank nonlinear residual on each map, trained in phase 2 (zero at the start)
 
     def __post_init__(self):
         check_types(self, ValueError, "translator ")
@@ -47,6 +51,9 @@ class TranslatorConfig:
         if self.storage_dtype not in STORAGE_DTYPES:
             raise ValueError(f"translator storage_dtype {self.storage_dtype!r} is unknown; expected one of "
                              f"{sorted(STORAGE_DTYPES)}")
+        if self.residual_rank < 0:
+            raise ValueError(f"translator residual_rank must be an integer >= 0 (0: linear maps only), got "
+                             f"{self.residual_rank!r}")
         if self.max_context_tokens < 1:
             raise ValueError(f"translator max_context_tokens must be a positive integer, got {self.max_context_tokens!r}")
 
@@ -85,6 +92,8 @@ class ContextTranslator(nn.Module):
         self.maps = nn.ModuleList(nn.Linear(inputs, outputs, bias=False) for _ in self.sources)
         for linear in self.maps:
             nn.init.zeros_(linear.weight)  # an unfitted translator writes each layer's mean (zero) K/V
+        self.residuals = nn.ModuleList(LowRankResidual(inputs, outputs, config.residual_rank) for _ in self.sources) \
+            if config.residual_rank else None
         self.register_buffer("input_mean", torch.zeros(len(self.sources), inputs))
         self.register_buffer("input_scale", torch.ones(len(self.sources), inputs))
         self.register_buffer("output_mean", torch.zeros(len(self.sources), outputs))
@@ -115,8 +124,23 @@ class ContextTranslator(nn.Module):
             z = (x - self.input_mean[layer]) / scale
             if half:
                 z = torch.where(scale > CONSTANT_SCALE * scale.median(), z, 0)
-            out.append(linear(z) + self.output_mean[layer])  # (..., O)
+            y = linear(z) + self.output_mean[layer]  # (..., O)
+            out.append(y if self.residuals is None else y + self.residuals[layer](z))
         return out
+
+
+class LowRankResidual(nn.Module):
+    """``up(gelu(down(z)))``, rank ``rank``, added to a linear map's output; ``up`` starts at zero, so a residual
+    added to a fitted translator leaves it unchanged until it trains."""
+
+    def __init__(self, inputs: int, outputs: int, rank: int):
+        super().__init__()
+        self.down = nn.Linear(inputs, rank, bias=False)
+        self.up = nn.Linear(rank, outputs, bias=False)
+        nn.init.zeros_(self.up.weight)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.up(torch.nn.functional.gelu(self.down(z)))
 
 
 # ------------------------------------------------------------------------------------------------ K/V of text

@@ -146,3 +146,23 @@ def test_an_example_without_context_is_refused():
     rows[0].context = None
     with pytest.raises(ValueError, match="needs a context in every example"):
         distillation_batch(tiny_pair(), rows, torch.device("cpu"))
+
+
+def test_a_low_rank_residual_starts_at_zero_and_trains_in_phase_two(tmp_path):
+    models = dict(receiver=tiny("llama"), sharers=[tiny("gemma")])
+    first = train(recipe(tmp_path / "fit", steps=None, distill_data=[]), **models)
+    fitted = C2CModel.from_pretrained(first, **models)
+    run = train(recipe(tmp_path / "residual", init_from=str(first), data=[], steps=2,
+                       translator={"window": 0, "residual_rank": 4}), **models)
+    trained = C2CModel.from_pretrained(run, **models)
+    residual = trained.translators[0].residuals[0]
+    assert trained.config.translator.residual_rank == 4 and residual.down.weight.shape == (4, 2 * 16)
+    assert residual.up.weight.abs().sum() > 0  # trained from its zero start
+    fresh = C2CModel.create(tiny("llama"), [tiny("gemma")], translator=TranslatorConfig(window=0, residual_rank=4),
+                            chat_template=False)
+    fresh.translators.load_state_dict(fitted.translators.state_dict(), strict=False)
+    kv = [(torch.randn(1, 1, 3, 16), torch.randn(1, 1, 3, 16)) for _ in range(3)]
+    assert all(torch.equal(a, b) for x, y in zip(fresh.translators[0](kv), fitted.translators[0](kv))
+               for a, b in zip(x, y))  # the zero-started residual changes nothing
+    with pytest.raises(RecipeError, match="window"):
+        train(recipe(tmp_path / "bad", init_from=str(first), data=[], translator={"window": 1}), **models)
