@@ -123,12 +123,25 @@ def cmd_generate(args) -> None:
 
 def cmd_train(args) -> None:
     import yaml
-    from .recipe import TrainConfig
+    from .recipe import TrainConfig, merge
     from .train import train
     overrides = {}
     for assignment in args.set or []:
-        key, _, value = assignment.partition("=")
-        overrides[key] = yaml.safe_load(value)
+        key, equals, value = assignment.partition("=")
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            parsed = None
+            equals = ""
+        if not key or not equals:
+            raise SystemExit(f"error: --set {assignment!r}: expected KEY=VALUE with a YAML value, e.g. --set lr=3e-4, "
+                             "--set fuser.dropout=0.0 or --set 'data=[a.jsonl]'")
+        *mappings, name = key.split(".")  # fuser.dropout=0: one key of a mapping (merged over the recipe's)
+        target = overrides
+        for mapping in mappings:
+            target[mapping] = target[mapping] if isinstance(target.get(mapping), dict) else {}
+            target = target[mapping]
+        target[name] = parsed
     for key in ("output", "method", "steps", "epochs", "batch_size", "grad_accum", "lr", "seed", "max_examples",
                 "dtype", "device"):
         if getattr(args, key) is not None:
@@ -142,7 +155,7 @@ def cmd_train(args) -> None:
         if not (run / "train_config.json").is_file():
             raise SystemExit(f"error: {run} is not a training run folder (no train_config.json); "
                              "give the output folder of an earlier `c2c train`")
-        config = TrainConfig.from_dict({**json.loads((run / "train_config.json").read_text()), **overrides})
+        config = TrainConfig.from_dict(merge(json.loads((run / "train_config.json").read_text()), overrides))
     elif args.recipe:
         config = TrainConfig.from_file(args.recipe, overrides)
     else:

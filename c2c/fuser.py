@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .validate import check_types
+from .validate import above, at_least, check_ranges, check_types, within
 
 
 @dataclass
@@ -47,16 +47,10 @@ class FuserConfig:
 
     def __post_init__(self):
         check_types(self, ValueError, "fuser ")
-        for name in ("hidden_size", "intermediate_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"fuser {name} must be a positive integer, got {getattr(self, name)}")
-        if self.num_layers < 2:
-            raise ValueError(f"fuser num_layers must be >= 2 (input trunk + output), got {self.num_layers}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"fuser dropout must be in [0, 1), got {self.dropout}")
+        check_ranges(self, FUSER_RANGES, ValueError, "fuser ")
         if self.gate_noise not in ("logistic", "gumbel", "none"):
             raise ValueError(f"gate_noise must be 'logistic', 'gumbel' or 'none', got {self.gate_noise!r}")
-        if not 0 < self.temperature_end <= self.temperature_start:
+        if self.temperature_end > self.temperature_start:
             raise ValueError("gate temperatures must satisfy 0 < temperature_end <= temperature_start, got "
                              f"{self.temperature_start} -> {self.temperature_end}")
 
@@ -70,6 +64,12 @@ class FuserConfig:
         if unknown:
             raise ValueError(f"unknown fuser config keys {sorted(unknown)}; known keys are {sorted(known)}")
         return cls(**data)
+
+
+FUSER_RANGES = {"hidden_size": at_least(1, 128), "intermediate_size": at_least(1, 128),
+                "num_layers": at_least(2, 3),  # input trunk + output
+                "dropout": within(0, 1, 0.1, high_open=True), "temperature_start": above(0, 1.0),
+                "temperature_end": above(0, 0.001)}
 
 
 class FFNBlock(nn.Module):

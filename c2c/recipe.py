@@ -13,7 +13,7 @@ from .fuser import FuserConfig
 from .models import DTYPES
 from .names import DEFAULT_RECEIVER, DEFAULT_SHARER
 from .translator import TranslatorConfig
-from .validate import check_types
+from .validate import Range, above, at_least, check_ranges, check_types, within
 
 METHODS = ("c2c", "lora", "translator")  # translator: closed-form fit of context translators (c2c.fit), then
 # optionally self-distillation (steps or epochs)
@@ -22,6 +22,36 @@ OBJECTIVES = ("tokens", "choices")
 
 class RecipeError(ValueError):
     """A training recipe that cannot run; raised before any model loads."""
+
+
+# Every numeric field of a recipe and the values it accepts (after its type is checked; None, where a field may be
+# null, passes); the ``fuser`` and ``translator`` mappings are checked by FuserConfig and TranslatorConfig.
+RANGES: dict[str, Range] = {
+    "distill_weight": within(0, 1, 0.5),
+    "distill_temperature": above(0, 0.1),
+    "max_examples": at_least(1, 1000),
+    "eval_examples": at_least(0, 64),
+    "max_length": at_least(2, 512),  # a prompt token and a response token
+    "steps": at_least(1, 300),
+    "epochs": above(0, 1),
+    "batch_size": at_least(1, 4),
+    "grad_accum": at_least(1, 1),
+    "lr": above(0, 1e-4),
+    "gate_lr": above(0, 1e-2),
+    "weight_decay": at_least(0, 0.01),
+    "warmup": within(0, 1, 0.1),
+    "clip": above(0, 1.0),
+    "seed": at_least(0, 42),
+    "log_every": at_least(1, 10),
+    "eval_every": at_least(1, 100),
+    "save_every": at_least(1, 100),
+    "sharer_cache_gb": at_least(0, 8),
+    "max_text_chars": at_least(1, 500),
+    "teacher_tokens": at_least(0, 32),  # 0: the data's own responses
+    "reconstruction_weight": at_least(0, 0.1),
+}
+LORA_RANGES: dict[str, Range] = {"r": at_least(1, 16), "lora_alpha": above(0, 32),
+                                 "lora_dropout": within(0, 1, 0.05, high_open=True)}
 
 
 @dataclass
@@ -78,6 +108,8 @@ class TrainConfig:
 
     def __post_init__(self):
         check_types(self, RecipeError)
+        check_ranges(self, RANGES, RecipeError)
+        self._check_lora()
         if self.dtype not in DTYPES:
             raise RecipeError(f"dtype {self.dtype!r} is not supported; expected one of {sorted(DTYPES)}")
         if self.method not in METHODS:
@@ -96,20 +128,33 @@ class TrainConfig:
             raise RecipeError("no training data: set `data` to a list of files or benchmark specs")
         if self.schedule not in ("linear", "cosine"):
             raise RecipeError(f"schedule {self.schedule!r} is unknown; expected linear or cosine")
-        if not 0.0 <= self.distill_weight <= 1.0:
-            raise RecipeError(f"distill_weight must be within [0, 1], got {self.distill_weight}")
         if self.distill_weight and self.objective != "choices":
             raise RecipeError(f"distill_weight={self.distill_weight} distils the sharer's ranking of choices and "
                               f"needs objective: choices (got objective: {self.objective})")
-        if self.distill_temperature <= 0:
-            raise RecipeError(f"distill_temperature must be > 0, got {self.distill_temperature}")
-        for name in ("batch_size", "grad_accum", "max_length", "log_every", "eval_every", "save_every"):
-            if getattr(self, name) < 1:
-                raise RecipeError(f"{name} must be >= 1, got {getattr(self, name)}")
         try:
             FuserConfig.from_dict(self.fuser)
         except (TypeError, ValueError) as error:
             raise RecipeError(f"fuser: {error}") from error
+
+    def _check_lora(self) -> None:
+        """The ``lora`` mapping: LoraConfig keys (checked against peft with method lora), its numbers in range."""
+        for key in ("r", "lora_alpha", "lora_dropout"):
+            value = self.lora.get(key)
+            kinds = int if key == "r" else (int, float)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, kinds)):
+                raise RecipeError(f"lora {key} must be {'an integer' if key == 'r' else 'a number'}, got {value!r}; "
+                                  f"e.g. {key}: {LORA_RANGES[key].example}")
+        check_ranges(self.lora, LORA_RANGES, RecipeError, "lora ")
+        if self.method == "lora":
+            try:
+                from peft import LoraConfig
+            except ImportError:
+                return
+            known = {f.name for f in fields(LoraConfig)}
+            unknown = sorted(set(self.lora) - known)
+            if unknown:
+                raise RecipeError(f"unknown lora keys {unknown}; they are peft LoraConfig fields, e.g. r, lora_alpha, "
+                                  "lora_dropout, target_modules")
 
     @property
     def distills(self) -> bool:
@@ -130,10 +175,6 @@ class TrainConfig:
             raise RecipeError("phase 2 of method translator (steps or epochs given) needs distill_data: benchmark "
                               "specs whose items carry a context, e.g. {benchmark: synthetic-1fact, split: train, "
                               "prompt_style: cloze, target: text}")
-        if self.teacher_tokens < 0:
-            raise RecipeError(f"teacher_tokens must be >= 0 (0: the data's own responses), got {self.teacher_tokens}")
-        if self.reconstruction_weight < 0:
-            raise RecipeError(f"reconstruction_weight must be >= 0, got {self.reconstruction_weight}")
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":

@@ -28,10 +28,14 @@ from .align import layer_map, render
 from .context import context_block, sharer_context_tokens
 from .models import LoadedModel
 from .rotary import Rotary
-from .validate import check_types
+from .validate import above, at_least, check_ranges, check_types
 
 STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 CONSTANT_SCALE = 1e-4  # inputs whose fitted scale is below this share of the median are constants (see forward)
+
+
+TRANSLATOR_RANGES = {"window": at_least(0, 1), "ridge": above(0, "[0.01, 0.1, 1.0]"), "max_context_tokens": at_least(1, 2048),
+                     "residual_rank": at_least(0, 0)}  # residual_rank 0: linear maps only
 
 
 @dataclass
@@ -44,18 +48,13 @@ class TranslatorConfig:
 
     def __post_init__(self):
         check_types(self, ValueError, "translator ")
-        if self.window < 0:
-            raise ValueError(f"translator window must be an integer >= 0, got {self.window!r}")
-        if not self.ridge or any(not isinstance(r, (int, float)) or r <= 0 for r in self.ridge):
-            raise ValueError(f"translator ridge must be a non-empty list of positive strengths, got {self.ridge!r}")
+        if not self.ridge or any(isinstance(r, bool) or not isinstance(r, (int, float)) for r in self.ridge):
+            raise ValueError(f"translator ridge must be a non-empty list of positive strengths, got {self.ridge!r}; "
+                             "e.g. ridge: [0.01, 0.1, 1.0]")
+        check_ranges(self, TRANSLATOR_RANGES, ValueError, "translator ")
         if self.storage_dtype not in STORAGE_DTYPES:
             raise ValueError(f"translator storage_dtype {self.storage_dtype!r} is unknown; expected one of "
                              f"{sorted(STORAGE_DTYPES)}")
-        if self.residual_rank < 0:
-            raise ValueError(f"translator residual_rank must be an integer >= 0 (0: linear maps only), got "
-                             f"{self.residual_rank!r}")
-        if self.max_context_tokens < 1:
-            raise ValueError(f"translator max_context_tokens must be a positive integer, got {self.max_context_tokens!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,11 +1,13 @@
-"""Type checks for the config dataclasses (recipes, checkpoint configs): a value of the wrong type gets one error
-that names the field, what was given and what was expected, instead of a traceback later."""
+"""Type and range checks for the config dataclasses (recipes, checkpoint configs): a value of the wrong type, or a
+number out of its range, gets one error that names the field, what was given and a valid example, instead of a
+traceback (or a run on a negative learning rate) later."""
 
 from __future__ import annotations
 
+import math
 import types
 import typing
-from dataclasses import fields
+from dataclasses import dataclass, fields
 
 
 def _matches(value, expected) -> bool:
@@ -56,3 +58,54 @@ def _example(expected) -> str:
     if origin in (typing.Union, types.UnionType):
         return _example(next(o for o in typing.get_args(expected) if o is not type(None)))
     return {bool: "true", int: "8", float: "0.001", str: "name", list: "[...]", dict: "{...}"}.get(origin or expected, "...")
+
+
+# ------------------------------------------------------------------------------------------------ ranges
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric field accepts: finite, within ``[low, high]`` (``low_open``/``high_open``: excluded);
+    ``example`` is a valid value the error shows."""
+
+    low: float | None = None
+    high: float | None = None
+    example: str = ""
+    low_open: bool = False
+    high_open: bool = False
+
+    def contains(self, value) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def describe(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        return f"within {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
+
+def at_least(low: float, example) -> Range:
+    return Range(low, example=str(example))
+
+
+def above(low: float, example) -> Range:
+    return Range(low, example=str(example), low_open=True)
+
+
+def within(low: float, high: float, example, high_open: bool = False) -> Range:
+    return Range(low, high, str(example), high_open=high_open)
+
+
+def check_ranges(values, table: dict[str, Range], error: type[Exception], where: str = "") -> None:
+    """Raise ``error`` naming the first field in ``table`` whose value is out of its range, the value given and a
+    valid example. ``values``: a dataclass instance or a mapping; None (an optional field left out) and absent
+    keys pass; a list is checked item by item. Run after ``check_types``: the values are numbers."""
+    for name, allowed in table.items():
+        value = values.get(name) if isinstance(values, dict) else getattr(values, name)
+        items = value if isinstance(value, (list, tuple)) else [value]
+        if value is None or all(item is None or allowed.contains(item) for item in items):
+            continue
+        each = " each" if isinstance(value, (list, tuple)) else ""
+        raise error(f"{where}{name} must{each} be {allowed.describe()}, got {value!r}; e.g. {name}: "
+                    f"{allowed.example}")

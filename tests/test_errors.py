@@ -3,6 +3,7 @@ and no run ever overwrites another's work (issue 18)."""
 
 import json
 import os
+import re
 import stat
 
 import pytest
@@ -105,3 +106,85 @@ def test_saved_files_keep_the_permissions_the_umask_gives(tmp_path):
         os.umask(previous)
     for name in ("fuser.safetensors", "c2c_config.json"):
         assert stat.S_IMODE((tmp_path / "fuser" / name).stat().st_mode) == 0o644
+
+
+# ------------------------------------------------------------------------------------------------ ranges (issue 31)
+# Every numeric field of a recipe, with a value out of its range (a recipe key, or MAPPING.KEY inside the fuser,
+# translator or lora mapping). Each is refused with the field, the value and a valid example before a model loads.
+OUT_OF_RANGE = {
+    "distill_weight": 1.5, "distill_temperature": 0, "max_examples": 0, "eval_examples": -1, "max_length": 0,
+    "steps": 0, "epochs": 0, "batch_size": 0, "grad_accum": -1, "lr": -1, "gate_lr": 0, "weight_decay": -0.1,
+    "warmup": 2, "clip": 0, "seed": -3, "log_every": 0, "eval_every": -5, "save_every": 0, "sharer_cache_gb": -1,
+    "max_text_chars": 0, "teacher_tokens": -1, "reconstruction_weight": -0.5,
+    "fuser.hidden_size": 0, "fuser.intermediate_size": -16, "fuser.num_layers": 1, "fuser.dropout": 1.0,
+    "fuser.temperature_start": 0, "fuser.temperature_end": -0.1,
+    "translator.window": -1, "translator.ridge": [0.1, -1], "translator.max_context_tokens": 0,
+    "translator.residual_rank": -2,
+    "lora.r": 0, "lora.lora_alpha": -32, "lora.lora_dropout": 1,
+}
+NOT_FINITE = {"lr": float("nan"), "gate_lr": float("inf"), "epochs": float("nan"), "fuser.dropout": float("nan"),
+              "translator.ridge": [float("inf")]}
+
+
+def numeric_fields(cls) -> set[str]:
+    import typing
+    from dataclasses import fields
+    hints = typing.get_type_hints(cls)
+    return {f.name for f in fields(cls) if {int, float} & set(typing.get_args(hints[f.name]) or [hints[f.name]])}
+
+
+def test_every_numeric_recipe_field_has_a_range_and_a_case():
+    from c2c.fuser import FuserConfig
+    from c2c.recipe import LORA_RANGES, RANGES
+    from c2c.translator import TranslatorConfig
+    assert numeric_fields(TrainConfig) == set(RANGES)
+    expected = set(RANGES) | {f"fuser.{n}" for n in numeric_fields(FuserConfig)} | \
+        {f"translator.{n}" for n in numeric_fields(TranslatorConfig) | {"ridge"}} | {f"lora.{n}" for n in LORA_RANGES}
+    assert set(OUT_OF_RANGE) == expected
+
+
+def base_recipe(key: str) -> dict:
+    if key.startswith("translator.") or key in ("max_text_chars", "teacher_tokens", "reconstruction_weight"):
+        return {"method": "translator", "data": ["a.jsonl"], "steps": 2, "distill_data": ["b.jsonl"]}
+    return {"method": "lora" if key.startswith("lora.") else "c2c", "data": ["a.jsonl"], "steps": 2}
+
+
+@pytest.mark.parametrize("key,value", [*OUT_OF_RANGE.items(), *NOT_FINITE.items()],
+                         ids=[*OUT_OF_RANGE, *(f"{k}-{v}" for k, v in NOT_FINITE.items())])
+def test_every_numeric_recipe_field_out_of_range_is_refused_before_any_model_loads(tmp_path, monkeypatch, key, value):
+    import math
+
+    import yaml
+
+    import c2c.train as training
+    monkeypatch.setattr(training, "load_model", lambda *a, **k: pytest.fail("a model loaded"))
+    base = base_recipe(key)
+    if key in ("steps", "epochs"):
+        base.pop("steps")
+    mapping, _, name = key.rpartition(".")
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump({**base, **({mapping: {name: value}} if mapping else {name: value})}))
+    finite = all(math.isfinite(v) for v in (value if isinstance(value, list) else [value]))
+    shown = re.escape(repr(value)) if finite else ".*"
+    message = rf"{name} must( each)? be (>=|>|within) .*got {shown}; e\.g\. {name}: "
+    with pytest.raises(RecipeError, match=message):
+        TrainConfig.from_file(path)
+    with pytest.raises(SystemExit, match=message):
+        main(["train", str(path)])
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--epochs", "0"], r"epochs must be > 0, got 0.0; e\.g\. epochs: 1"),
+    (["--epochs", "-2"], r"epochs must be > 0, got -2.0"),
+    (["--steps", "0"], r"steps must be >= 1, got 0; e\.g\. steps: 300"),
+    (["--set", "steps=-5"], r"steps must be >= 1, got -5"),
+    (["--set", "lr=-1"], r"lr must be > 0, got -1"),
+    (["--lr", "nan"], r"lr must be > 0, got nan"),
+    (["--set", "fuser.dropout=1.5"], r"fuser dropout must be within \[0, 1\), got 1.5"),
+])
+def test_out_of_range_flags_of_c2c_train_are_one_line_errors(tmp_path, monkeypatch, flags, message):
+    import c2c.train as training
+    monkeypatch.setattr(training, "load_model", lambda *a, **k: pytest.fail("a model loaded"))
+    path = recipe(tmp_path, "steps: 3\ndata: [a.jsonl]\n")
+    with pytest.raises(SystemExit, match=message):
+        main(["train", str(path), *flags])
