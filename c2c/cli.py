@@ -7,7 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from .names import DEFAULT_RECEIVER, DEFAULT_SHARER, LAYER_MAPS, METHODS, SCORINGS, TOKEN_ALIGNMENTS
+from .names import (DEFAULT_RECEIVER, DEFAULT_SHARER, FREE_MAX_NEW_TOKENS, LAYER_MAPS, METHODS, SCORINGS,
+                    TOKEN_ALIGNMENTS)
 
 
 def _model_arguments(parser: argparse.ArgumentParser, default_dtype: str | None = "float32") -> None:
@@ -161,7 +162,11 @@ def cmd_train(args) -> None:
     else:
         raise SystemExit("error: give a recipe (e.g. c2c train recipes/default_pair_choices.yaml) or --resume DIR "
                          "(an interrupted run's output folder)")
-    output = train(config, resume=bool(args.resume), overwrite=args.overwrite)
+    try:
+        output = train(config, resume=bool(args.resume), overwrite=args.overwrite)
+    except KeyboardInterrupt:  # Ctrl-C outside the training loop (loading, fitting, held-out evaluation)
+        from .train import TrainingInterrupted, resume_hint
+        raise TrainingInterrupted(f"stopped (Ctrl-C); {resume_hint(Path(config.output))}") from None
     print(f"saved to {output}")
 
 
@@ -192,8 +197,11 @@ def cmd_eval(args) -> None:
         pair = C2CModel.create(args.receiver or DEFAULT_RECEIVER, (args.sharer or [DEFAULT_SHARER])[:1],
                                chat_template=not args.no_chat_template, dtype=args.dtype, device=args.device)
     lora = load_lora_receiver(args.lora, args.dtype, args.device) if args.lora else None
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        raise SystemExit(f"error: --max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    budget = args.max_new_tokens or (FREE_MAX_NEW_TOKENS if args.scoring == "free" else 64)
     setup = EvalSetup(pair, lora, fuser_path=args.fuser, fused=bool(args.fuser), t2t_tokens=args.t2t_tokens,
-                      max_new_tokens=args.max_new_tokens)
+                      max_new_tokens=budget)
     run_eval(config, setup)
     print((Path(config.out) / "table.md").read_text())
     print(f"per-item records, summary.json and the plot are in {config.out}")
@@ -282,7 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "NAME:SPLIT:N also --limit (e.g. synthetic-3fact:test:200)")
     evaluate.add_argument("--methods", default="receiver,sharer,c2c",
                           help=f"comma-separated, from: {', '.join(METHODS)} (default receiver,sharer,c2c)")
-    evaluate.add_argument("--scoring", default="cloze-options", choices=SCORINGS, help="default cloze-options")
+    evaluate.add_argument("--scoring", default="cloze-options", choices=SCORINGS,
+                          help="default cloze-options; free: a greedy free-text answer scored by exact match, F1 and "
+                               "answer recall against the references (squad) or the gold choice's text")
     evaluate.add_argument("--split", default="test", help="test (default), dev, train or val, as the benchmark has")
     evaluate.add_argument("--limit", type=int, help="a seeded sample of N items per benchmark; a larger N extends "
                                                     "a smaller one, and finished items are reused from --out")
@@ -300,7 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--t2t-batch", type=int, default=1, metavar="N",
                           help="write t2t's sharer texts N items at a time (faster on many items; latency statistics "
                                "then come only from items run one at a time)")
-    evaluate.add_argument("--max-new-tokens", type=int, default=64, help="answer budget of the generate scoring")
+    evaluate.add_argument("--max-new-tokens", type=int, help="answer budget of the generate scoring (default 64) "
+                                                               f"and the free one (default {FREE_MAX_NEW_TOKENS})")
     evaluate.add_argument("--no-chat-template", action="store_true", help="without --fuser: raw prompts")
     evaluate.add_argument("--throughput-batch", type=int, metavar="N",
                           help="also time batched generation (N prompts at a time) for the receiver and C2C")
@@ -356,9 +367,15 @@ def main(argv: list[str] | None = None) -> None:
     from .models import ModelLoadError
     from .config import CheckpointError
     from .recipe import RecipeError
-    from .train import TrainingError
+    from .train import TrainingError, TrainingInterrupted
     try:
         args.run(args)
+    except TrainingInterrupted as error:  # Ctrl-C: a clean stop, one line on how to go on
+        print(error, file=sys.stderr)
+        raise SystemExit(130) from None
+    except KeyboardInterrupt:
+        print("interrupted (Ctrl-C)", file=sys.stderr)
+        raise SystemExit(130) from None
     except (ModelLoadError, CheckpointError, RecipeError, TrainingError, DataError, ValueError) as error:
         raise SystemExit(f"error: {error}") from None
 

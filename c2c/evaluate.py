@@ -21,7 +21,7 @@ from .align import as_messages, render
 from .context import with_context
 from .data import DataError, MCItem, load_benchmark
 from .layout import pad_rows
-from .metrics import agreement, markdown_table, paired_difference, plot, summarize
+from .metrics import agreement, markdown_table, paired_difference, plot, summarize, summarize_free
 from .models import LoadedModel
 from .names import DERIVED_METHODS, METHODS, RUN_METHODS, SCORINGS
 from .pair import C2CModel
@@ -38,6 +38,7 @@ PAIRED_COMPARISONS = (("c2c", "c2c-shuffled"), ("c2c", "receiver"), ("c2c", "sha
                       ("c2c-translated", "lora-receiver"), ("c2c-translated", "t2t"),
                       ("c2c-translated", "receiver-with-context"), ("c2c-translated", "c2c"),
                       ("receiver-enriched", "receiver"))
+FREE_COMPARISONS = (("receiver-with-context", "receiver"),)  # under free scoring also the ceiling's gain
 T2T_BACKGROUND_PROMPT = "Question: {question}\nUseful background knowledge for answering this question:"
 
 
@@ -161,10 +162,16 @@ def sharer_backgrounds(setup: EvalSetup, items: list[MCItem]) -> list[tuple[str,
 
 
 def shuffled_partners(items: list[MCItem], seed: int) -> dict[str, MCItem]:
-    """Each item's partner for the shuffled control: a seeded derangement (never the item itself)."""
+    """Each item's partner for the shuffled control: the next item in a seeded cycle (never the item itself),
+    skipping items with the same context (SQuAD's questions on one paragraph) while one with another is left."""
     order = list(range(len(items)))
     random.Random(seed).shuffle(order)
-    return {items[order[i]].id: items[order[(i + 1) % len(order)]] for i in range(len(order))}
+    n, partners = len(order), {}
+    for i, index in enumerate(order):
+        item, ahead = items[index], (items[order[(i + k) % n]] for k in range(1, n))
+        partners[item.id] = next((p for p in ahead if not item.context or p.context != item.context),
+                                 items[order[(i + 1) % n]])
+    return partners
 
 
 def derived_records(method: str, receiver: dict[str, dict], sharer: dict[str, dict]) -> list[dict]:
@@ -215,8 +222,9 @@ class EvalConfig:
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
             raise ValueError(f"unknown methods {unknown}; expected some of {METHODS}")
-        if self.scoring == "generate" and any(m in DERIVED_METHODS for m in self.methods):
-            raise ValueError("ensemble and routing need per-choice scores: use a letter or cloze scoring, not generate")
+        if self.scoring in ("generate", "free") and any(m in DERIVED_METHODS for m in self.methods):
+            raise ValueError(f"ensemble and routing need per-choice scores: use a letter or cloze scoring, "
+                             f"not {self.scoring}")
 
 
 def run_eval(config: EvalConfig, setup: EvalSetup) -> dict:
@@ -239,6 +247,9 @@ def run_eval(config: EvalConfig, setup: EvalSetup) -> dict:
         if not benchmark.items:
             raise DataError(f"{spec}: no usable items in {', '.join(report['files'])} ({report['rows_read']} rows read, "
                             f"dropped: {report['dropped'] or 'none'}); nothing to evaluate")
+        if config.scoring != "free" and not all(item.choices for item in benchmark.items):
+            raise ValueError(f"{spec}: its items are free-text questions without answer choices, which scoring "
+                             f"{config.scoring!r} cannot rank; evaluate them with --scoring free (scoring='free')")
         if benchmark.report["bad_rows"]:
             print(f"note: {benchmark.name}: --skip-bad skipped {len(benchmark.report['bad_rows'])} malformed rows "
                   f"(listed in summary.json), first: {benchmark.report['bad_rows'][0]}", file=sys.stderr)
@@ -251,11 +262,17 @@ def run_eval(config: EvalConfig, setup: EvalSetup) -> dict:
                 by_id = {m: {r["id"]: r for r in records[m]} for m in DERIVED_METHODS[method]}
                 records[method] = derived_records(method, by_id["receiver"], by_id["sharer"])
                 write_jsonl(folder / f"{method}.jsonl", records[method])
+        free = config.scoring == "free"  # free text: F1 (and the generation score) besides exact match
+        pairs = [(a, b) for a, b in PAIRED_COMPARISONS + (FREE_COMPARISONS if free else ())
+                 if a in records and b in records]
         summary["benchmarks"][benchmark.name] = {
             "n": len(benchmark.items), "split": benchmark.split, "scoring": config.scoring, "report": benchmark.report,
-            "methods": {m: summarize(records[m]) for m in config.methods},
-            "paired": {f"{a} - {b}": paired_difference(records[a], records[b]) for a, b in PAIRED_COMPARISONS
-                       if a in records and b in records},
+            "methods": {m: {**summarize(records[m]), **(summarize_free(records[m]) if free else {})}
+                        for m in config.methods},
+            "paired": {f"{a} - {b}": paired_difference(records[a], records[b], "f1" if free else "correct")
+                       for a, b in pairs},
+            **({"paired_generation": {f"{a} - {b}": paired_difference(records[a], records[b], "generation")
+                                      for a, b in pairs}} if free and any(i.rivals for i in benchmark.items) else {}),
             # the sharer's pick taken up: C2C above its shuffled control here is the sharer's answer carried over
             "agreement_with_sharer": {m: agreement(records[m], records["sharer"]) for m in RUN_METHODS
                                       if m != "sharer" and m in records and "sharer" in records}}

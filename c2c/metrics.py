@@ -34,17 +34,46 @@ def summarize(records: list[dict]) -> dict:
             else None}
 
 
-def paired_difference(records: list[dict], baseline: list[dict]) -> dict:
-    """Accuracy difference of two methods on the same items, with a 95% interval from the per-item
-    differences (normal approximation): the communication gain when the baseline is c2c-shuffled."""
-    by_id = {r["id"]: r["correct"] for r in baseline}
-    differences = [int(r["correct"]) - int(by_id[r["id"]]) for r in records if r["id"] in by_id]
+def mean_interval(values: list[float], z: float = 1.96) -> list[float] | None:
+    """A 95% interval on the mean of per-item values (normal approximation; None under two values)."""
+    if len(values) < 2:
+        return None
+    mean, half = statistics.fmean(values), z * statistics.stdev(values) / math.sqrt(len(values))
+    return [round(mean - half, 4), round(mean + half, 4)]
+
+
+def summarize_free(records: list[dict]) -> dict:
+    """Free-text scores (``c2c.answers``): exact match, answer recall and, on synthetic items, the generation
+    score, each with a Wilson interval; F1 (continuous) with a normal-approximation interval on its mean, clipped to
+    [0, 1]; F1 per subject (SQuAD: per question type)."""
+    n = len(records)
+    result = {}
+    for key in ("exact_match", "f1", "recall", "generation"):
+        if not records or any(key not in r for r in records):
+            continue
+        values = [float(r[key]) for r in records]
+        result[key] = round(statistics.fmean(values), 4)
+        interval = mean_interval(values)
+        result[f"{key}_ci95"] = wilson(int(sum(values)), n) if key != "f1" else \
+            None if interval is None else [max(interval[0], 0.0), min(interval[1], 1.0)]
+    subjects: dict[str, list[float]] = {}
+    for r in records:
+        subjects.setdefault(r["subject"] or "all", []).append(r["f1"])
+    result["per_subject_f1"] = {s: round(statistics.fmean(v), 4) for s, v in sorted(subjects.items())} \
+        if len(subjects) > 1 else None
+    return result
+
+
+def paired_difference(records: list[dict], baseline: list[dict], key: str = "correct") -> dict:
+    """Difference of two methods' per-item ``key`` (accuracy; F1 or the generation score for free text) on the
+    same items, with a 95% interval from the per-item differences (normal approximation): the communication gain
+    when the baseline is c2c-shuffled."""
+    by_id = {r["id"]: r[key] for r in baseline}
+    differences = [float(r[key]) - float(by_id[r["id"]]) for r in records if r["id"] in by_id]
     n = len(differences)
     if n < 2:
         return {"n": n, "difference": None, "ci95": None}
-    mean = statistics.fmean(differences)
-    half = 1.96 * statistics.stdev(differences) / math.sqrt(n)
-    return {"n": n, "difference": round(mean, 4), "ci95": [round(mean - half, 4), round(mean + half, 4)]}
+    return {"n": n, "difference": round(statistics.fmean(differences), 4), "ci95": mean_interval(differences)}
 
 
 def paired_text(result: dict) -> str:
@@ -66,7 +95,41 @@ def _quantile(values: list[float], q: float) -> float | None:
     return round(values[min(int(q * len(values)), len(values) - 1)], 2) if values else None
 
 
+def _timing(result: dict) -> str:
+    latency = result["latency_ms_mean"]
+    timing = "batched" if latency is None else f"{latency:.0f} ms"
+    if latency is not None and result.get("latency_n", result["n"]) < result["n"]:
+        timing += f" (n={result['latency_n']})"
+    return timing
+
+
+def _percent(value: float, interval: list[float] | None) -> str:
+    return f"{100 * value:.1f}" + (f" [{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]" if interval else "")
+
+
+def _paired_lines(summary: dict, names: list[str], key: str, caption: str) -> list[str]:
+    """A table of the paired differences under ``summary["benchmarks"][name][key]``, one column per benchmark."""
+    comparisons = list(dict.fromkeys(c for b in summary["benchmarks"].values() for c in b.get(key, {})))
+    if not comparisons:
+        return []
+    lines = ["", caption, "", "| difference | " + " | ".join(names) + " | mean |", "|---|" + "---|" * (len(names) + 1)]
+    for comparison in comparisons:
+        cells, differences = [], []
+        for name in names:
+            result = summary["benchmarks"][name].get(key, {}).get(comparison)
+            if result is None or result["difference"] is None:
+                cells.append("-")
+                continue
+            differences.append(result["difference"])
+            cells.append(f"{paired_text(result)} ({result['n']})")
+        mean = f"{100 * statistics.fmean(differences):+.1f}" if differences else "-"
+        lines.append(f"| {comparison} | " + " | ".join(cells) + f" | {mean} |")
+    return lines
+
+
 def markdown_table(summary: dict) -> str:
+    if summary["scoring"] == "free":
+        return free_text_table(summary)
     names = list(summary["benchmarks"])
     methods = list(dict.fromkeys(m for b in summary["benchmarks"].values() for m in b["methods"]))
     lines = [f"Scoring: `{summary['scoring']}`, split `{summary['split']}`, t2t sharer budget "
@@ -81,30 +144,11 @@ def markdown_table(summary: dict) -> str:
                 cells.append("-")
                 continue
             accuracies.append(result["accuracy"])
-            lo, hi = result["ci95"]
-            latency = result["latency_ms_mean"]
-            timing = "batched" if latency is None else f"{latency:.0f} ms"
-            if latency is not None and result.get("latency_n", result["n"]) < result["n"]:
-                timing += f" (n={result['latency_n']})"
-            cells.append(f"{100 * result['accuracy']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}], {timing}")
+            cells.append(f"{_percent(result['accuracy'], result['ci95'])}, {_timing(result)}")
         mean = f"{100 * statistics.fmean(accuracies):.1f}" if accuracies else "-"
         lines.append(f"| {method} | " + " | ".join(cells) + f" | {mean} |")
-    comparisons = list(dict.fromkeys(c for b in summary["benchmarks"].values() for c in b.get("paired", {})))
-    if comparisons:
-        lines += ["", "Paired differences on the same items, accuracy points [95% CI] (n); `c2c - c2c-shuffled` is the "
-                  "communication gain.", "",
-                  "| difference | " + " | ".join(names) + " | mean |", "|---|" + "---|" * (len(names) + 1)]
-        for comparison in comparisons:
-            cells, differences = [], []
-            for name in names:
-                result = summary["benchmarks"][name].get("paired", {}).get(comparison)
-                if result is None or result["difference"] is None:
-                    cells.append("-")
-                    continue
-                differences.append(result["difference"])
-                cells.append(f"{paired_text(result)} ({result['n']})")
-            mean = f"{100 * statistics.fmean(differences):+.1f}" if differences else "-"
-            lines.append(f"| {comparison} | " + " | ".join(cells) + f" | {mean} |")
+    lines += _paired_lines(summary, names, "paired", "Paired differences on the same items, accuracy points [95% CI] "
+                           "(n); `c2c - c2c-shuffled` is the communication gain.")
     agreeing = list(dict.fromkeys(m for b in summary["benchmarks"].values() for m in b.get("agreement_with_sharer", {})))
     if agreeing:
         lines += ["", "Agreement with the sharer's own pick, % of items [95% CI].", "",
@@ -114,9 +158,36 @@ def markdown_table(summary: dict) -> str:
             for name in names:
                 result = summary["benchmarks"][name].get("agreement_with_sharer", {}).get(method)
                 ok = result is not None and result["agreement"] is not None
-                cells.append(f"{100 * result['agreement']:.1f} [{100 * result['ci95'][0]:.1f}, "
-                             f"{100 * result['ci95'][1]:.1f}]" if ok else "-")
+                cells.append(_percent(result["agreement"], result["ci95"]) if ok else "-")
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+FREE_COLUMNS = {"exact_match": "exact match", "f1": "F1", "recall": "answer recall", "generation": "generation"}
+
+
+def free_text_table(summary: dict) -> str:
+    """Markdown for ``--scoring free``: per benchmark, each method's exact match, F1, answer recall (and the
+    generation score) with 95% intervals and latency; then the paired differences in F1 (and generation)."""
+    names = list(summary["benchmarks"])
+    lines = [f"Scoring: `free`, split `{summary['split']}`: a greedy answer of up to {summary['max_new_tokens']} new "
+             "tokens, its short answer scored by SQuAD's exact match, F1 and answer recall (a reference appears in "
+             "it), the best over all references; generation (synthetic tasks): the answer names the right value and "
+             "no other value of its attribute. % [95% CI: Wilson; F1 a normal approximation on the mean], mean "
+             "latency per item (ms, batch 1)."]
+    for name in names:
+        benchmark = summary["benchmarks"][name]
+        columns = [c for c in FREE_COLUMNS if any(c in r for r in benchmark["methods"].values())]
+        lines += ["", f"{name} (n={benchmark['n']}):", "",
+                  "| method | " + " | ".join(FREE_COLUMNS[c] for c in columns) + " | latency |",
+                  "|---|" + "---|" * (len(columns) + 1)]
+        for method, result in benchmark["methods"].items():
+            cells = [_percent(result[c], result[f"{c}_ci95"]) if c in result else "-" for c in columns]
+            lines.append(f"| {method} | " + " | ".join(cells) + f" | {_timing(result)} |")
+    lines += _paired_lines(summary, names, "paired", "Paired differences on the same items, F1 points [95% CI] (n); "
+                           "`c2c-translated - c2c-translated-shuffled` is the communication gain.")
+    lines += _paired_lines(summary, names, "paired_generation",
+                           "Paired differences on the same items, generation score points [95% CI] (n).")
     return "\n".join(lines) + "\n"
 
 
@@ -126,13 +197,15 @@ def plot(summary: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
     names = list(summary["benchmarks"])
     figure, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 4), squeeze=False)
+    metric = "f1" if summary["scoring"] == "free" else "accuracy"
     for axis, name in zip(axes[0], names):
         for method, result in summary["benchmarks"][name]["methods"].items():
             if result["latency_ms_mean"] is None:
                 continue
-            axis.scatter(result["latency_ms_mean"], 100 * result["accuracy"], label=method)
-            axis.annotate(method, (result["latency_ms_mean"], 100 * result["accuracy"]), fontsize=7)
-        axis.set(title=f"{name} ({summary['scoring']})", xlabel="mean latency per item (ms)", ylabel="accuracy (%)")
+            axis.scatter(result["latency_ms_mean"], 100 * result[metric], label=method)
+            axis.annotate(method, (result["latency_ms_mean"], 100 * result[metric]), fontsize=7)
+        axis.set(title=f"{name} ({summary['scoring']})", xlabel="mean latency per item (ms)",
+                 ylabel="F1 (%)" if metric == "f1" else "accuracy (%)")
         axis.set_xscale("log")
     figure.tight_layout()
     figure.savefig(path, dpi=120)

@@ -1,7 +1,7 @@
 """Scorers and scoring protocols. A *scorer* turns a prompt into a prefilled receiver state (ids + cache of all
-prompt tokens but the last); the protocols (generate, letter, cloze, cloze-options) run on that state the same
-way for every method. The receiver baseline is the pair with fusion off (``PairScorer(fuse=False)``): it and C2C
-differ by that one switch. ``ModelScorer`` is a model that is not the pair's receiver (the sharer, a LoRA
+prompt tokens but the last); the protocols (generate, letter, cloze, cloze-options, free) run on that state the
+same way for every method. The receiver baseline is the pair with fusion off (``PairScorer(fuse=False)``): it and
+C2C differ by that one switch. ``ModelScorer`` is a model that is not the pair's receiver (the sharer, a LoRA
 receiver) through the same passes (``c2c.scoring``)."""
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from transformers import DynamicCache
 
 from . import cache as kvcache
 from .align import as_messages, render
+from .answers import extract_answer, free_text_scores
 from .context import context_span, cut_context, with_context
-from .data import MCItem, cloze_continuations, extract_choice_letter, mc_prompt
+from .data import MCItem, cloze_continuations, extract_choice_letter, free_prompt, mc_prompt
 from .models import LoadedModel
 from .pair import C2CModel
 from .rotary import Rotary
@@ -127,7 +128,15 @@ def greedy_text(state: Prefilled, max_new_tokens: int) -> tuple[str, int]:
 
 
 def score_item(state: Prefilled, item: MCItem, scoring: str, max_new_tokens: int) -> dict:
-    """Prediction and per-choice scores of one prefilled item under a protocol."""
+    """Prediction and per-choice scores of one prefilled item under a protocol. Under ``free`` the prediction is
+    the short answer read from the generated text, scored against the item's references (``c2c.answers``);
+    ``correct`` is then the generation score where the item has rivals (synthetic), else exact match."""
+    if scoring == "free":
+        text, generated = greedy_text(state, max_new_tokens)
+        answer = extract_answer(text, item.question)
+        scores = free_text_scores(answer, item.gold_answers, item.rivals)
+        return {"prediction": answer, "text": text, "generated_tokens": generated, "scores": None,
+                "gold": item.gold_answers, "correct": scores.get("generation", scores["exact_match"]), **scores}
     if scoring == "generate":
         text, generated = greedy_text(state, max_new_tokens)
         return {"prediction": extract_choice_letter(text, len(item.choices)), "text": text,
@@ -146,6 +155,8 @@ def score_item(state: Prefilled, item: MCItem, scoring: str, max_new_tokens: int
 
 
 def item_prompt(item: MCItem, scoring: str) -> str:
+    if scoring == "free":
+        return free_prompt(item)
     return mc_prompt(item, {"generate": "generate", "letter": "cloze-options", "cloze": "cloze",
                             "cloze-options": "cloze-options"}[scoring])
 

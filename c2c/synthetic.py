@@ -5,7 +5,9 @@
 
 Names and attribute values are disjoint across the train, dev and test splits, so nothing learned about a test
 name or value can come from training; the right answer's position is balanced over the items, and the option
-order is drawn independently of the context. Without the context every method is at chance (1/3).
+order is drawn independently of the context. Without the context every method is at chance (1/3). Each item
+lists as ``rivals`` every other value of its attribute (of all splits): a free-text answer passes the generation
+score when it names the right value and none of them.
 
 Benchmarks ``synthetic-1fact``, ``synthetic-3fact`` and ``synthetic-5fact`` (facts per context) are generated
 on the fly by ``load_benchmark``; ``synthetic_items`` gives any size and seed.
@@ -68,7 +70,7 @@ def synthetic_items(split: str, n: int, facts: int = 1, seed: int = 0) -> list[d
         context = " ".join(ATTRIBUTES[a][1].format(name=p, value=v) for p, a, v in facts_of)
         items.append({"id": f"synthetic-{facts}fact-{split}-{seed}-{index}", "question": f"What is {person}'s {phrase}?",
                       "choices": choices, "answer": answer_positions[index], "context": context,
-                      "subject": attribute})
+                      "subject": attribute, "rivals": [v for v in ATTRIBUTES[attribute][2] if v != answer]})
     return items
 
 

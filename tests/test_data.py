@@ -294,6 +294,7 @@ def test_builtin_benchmarks():
     assert set(BENCHMARKS) == {
         "arc-easy", "arc-challenge", "openbookqa", "mmlu", "mmlu-redux", "ceval", "commonsenseqa",
         "arc-easy-evidence", "arc-challenge-evidence", "tipsheets",  # context handoff (see test_context.py)
+        "squad",  # free text (see test_free_text.py)
     }
 
 

@@ -1,8 +1,9 @@
 """Benchmark loading over the two sources: local files (c2c.data.local) and the Hugging Face hub (c2c.data.hub).
 
 Loads the multiple-choice benchmarks (ARC, OpenBookQA, MMLU, MMLU-Redux, C-Eval, CommonsenseQA, or any
-generic JSONL; with a context: ARC evidence, Tipsheets; or the synthetic context tasks) into one `Benchmark`
-of `MCItem`s, with a report of what was read, kept and dropped, and a seeded subset when asked for.
+generic JSONL; with a context: ARC evidence, Tipsheets; or the synthetic context tasks), and SQuAD (free-text
+answers, with a context), into one `Benchmark` of `MCItem`s, with a report of what was read, kept and dropped,
+and a seeded subset when asked for.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from ..synthetic import SYNTHETIC_SIZES, synthetic_benchmark_facts, synthetic_it
 from .hub import HUB, hub_id, hub_sources
 from .local import BENCHMARKS, DATA_DIR_ENV, benchmark_files, canonical_split, data_root, file_source
 from .rows import SKIP_HINT, DataError, MCItem, Row, RowError, Source, parse_generic, read_jsonl
+from .squad import parse_squad, squad_questions
 
 
 @dataclass
@@ -110,7 +112,8 @@ def load_benchmark(
     limit: int | None = None,
     seed: int = 0,
 ) -> Benchmark:
-    """Load a built-in benchmark (see BENCHMARKS) or a generic multiple-choice .jsonl file.
+    """Load a built-in benchmark (see BENCHMARKS), a generic multiple-choice .jsonl file, or every question of an
+    official SQuAD .json file (free text; no split is cut from a file given by its path).
 
     data_dir is a local folder in the shared data layout, or a Hugging Face dataset (see c2c.data.hub): "hf" for
     the benchmark's default one, "hf:OWNER/NAME[:CONFIG]", or "OWNER/NAME" when no such local path exists.
@@ -121,7 +124,7 @@ def load_benchmark(
     report["kept"] counts the usable items before `limit`; `limit` then picks a
     deterministic random subset (see `seeded_sample`), kept in file order.
     """
-    is_file = name.endswith(".jsonl") or os.sep in name
+    is_file = name.endswith((".jsonl", ".json")) or os.sep in name
     facts = None if is_file else synthetic_benchmark_facts(name)
     root, origin = (None, "") if is_file or facts else data_root(data_dir)
     hub = None if is_file or facts else hub_id(root)
@@ -137,16 +140,19 @@ def load_benchmark(
         split, sources, parse = _hub_fallback(name, split)
     elif name in BENCHMARKS:
         split, files, spec = benchmark_files(name, split, Path(root), origin)
-        sources, parse = [file_source(f, spec.read, spec.subject(f, split)) for f in files], spec.parse
+        sources, parse = [file_source(f, spec.reader(split), spec.subject(f, split)) for f in files], spec.parse
     elif is_file:
         path = Path(name)
         if not path.is_file():
-            raise DataError(f"benchmark file {path} not found; pass an existing .jsonl file")
-        sources, parse = [file_source(path, read_jsonl)], parse_generic
+            raise DataError(f"benchmark file {path} not found; pass an existing .jsonl file (multiple choice) or "
+                            "an official SQuAD .json file")
+        squad = path.suffix == ".json"
+        sources = [file_source(path, squad_questions if squad else read_jsonl)]
+        parse = parse_squad if squad else parse_generic
     else:
         raise DataError(
             f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}, "
-            "or a path to a .jsonl file with question/choices/answer per line "
+            "or a path to a .jsonl file with question/choices/answer per line or to an official SQuAD .json file "
             "(or any name with a hub dataset in data_dir='hf:OWNER/NAME')"
         )
     items, report = _collect(sources, parse, skip_bad)

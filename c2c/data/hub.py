@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .local import canonical_split
 from .rows import DataError, MCItem, Row, Source, get, parse_arc, parse_ceval, parse_generic, parse_mmlu_redux
+from .squad import parse_squad, split_rows
 
 MMLU_SUBJECTS = tuple(
     "abstract_algebra anatomy astronomy business_ethics clinical_knowledge college_biology college_chemistry "
@@ -92,6 +93,8 @@ class HubDataset:
     config: str | None = None
     subjects: tuple[str, ...] = ()  # one config per subject, loaded in turn; each item's subject
     splits: dict[str, str] = field(default_factory=dict)  # our split name -> the hub's
+    # our splits cut from one hub split: (where, record) rows, our split -> that split's rows
+    select: Callable[[Iterable[tuple[str, dict]], str], Iterable[tuple[str, dict]]] | None = None
 
 
 _VALIDATION = {"dev": "validation"}
@@ -104,6 +107,8 @@ HUB: dict[str, HubDataset] = {
     "mmlu-redux": HubDataset("edinburgh-dawg/mmlu-redux-2.0", _mmlu_redux, subjects=MMLU_SUBJECTS),
     "ceval": HubDataset("ceval/ceval-exam", _ceval, subjects=CEVAL_SUBJECTS),
     "commonsenseqa": HubDataset("tau/commonsense_qa", _arc, splits=_VALIDATION),
+    "squad": HubDataset("rajpurkar/squad", parse_squad, splits=dict.fromkeys(("train", "dev", "test"), "validation"),
+                        select=split_rows),  # SQuAD v1.1 dev, split by article as the local file
 }
 
 
@@ -190,4 +195,6 @@ def hub_sources(
     hub_split = hub.splits.get(split, split)
     configs = [(subject, subject) for subject in hub.subjects] or [(hub.config, None)]
     sources = [_source(load_dataset, hub.path, hub_config, hub_split, subject) for hub_config, subject in configs]
+    if hub.select is not None:
+        sources = [replace(source, rows=hub.select(source.rows, split)) for source in sources]
     return split, sources, hub.parse

@@ -1,9 +1,9 @@
 """Local files as a benchmark source: where each built-in benchmark lives under the data dir, and the data dir.
 
 BENCHMARKS names each built-in benchmark's folder, file pattern, splits (with their aliases and those refused)
-and row parser (c2c.data.rows). The data dir is, first that is given: data_dir= (--data-dir), else the
-C2C_DATA_DIR environment variable (read at each call), else none: the Hugging Face hub (c2c.data.hub).
-There is no default folder.
+and row parser (c2c.data.rows; SQuAD's in c2c.data.squad). The data dir is, first that is given: data_dir=
+(--data-dir), else the C2C_DATA_DIR environment variable (read at each call), else none: the Hugging Face hub
+(c2c.data.hub). There is no default folder.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from .rows import (
     read_jsonl,
     read_tsv,
 )
+from .squad import parse_squad, read_squad
 
 DATA_DIR_ENV = "C2C_DATA_DIR"
 
@@ -41,11 +42,16 @@ class BenchmarkSpec:
     folder: str
     pattern: str  # glob under folder; "{split}" is replaced by the split
     splits: tuple[str, ...]
-    read: Callable[[Path], Iterator[tuple[int, Any]]]
+    read: Callable[..., Iterator[tuple[int | str, Any]]]  # (path), or (path, split) with split_in_file
     parse: Callable[[Any, Row], MCItem | str]
     subject: Callable[[Path, str], str | None] = lambda path, split: None
     aliases: dict[str, str] = field(default_factory=dict)
     unavailable: dict[str, str] = field(default_factory=dict)  # split -> why it is not usable
+    split_in_file: bool = False  # every split is in the same file(s): read(path, split) picks the split's rows
+
+    def reader(self, split: str) -> Callable[[Path], Iterator[tuple[int | str, Any]]]:
+        """The file reader for ``split``."""
+        return (lambda path: self.read(path, split)) if self.split_in_file else self.read
 
 
 def _stem_minus_split(path: Path, split: str) -> str:
@@ -71,6 +77,9 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
     ),
     "tipsheets": BenchmarkSpec(
         "kvcomm", "tipsheets.jsonl", ("test",), read_jsonl, parse_tipsheets
+    ),
+    "squad": BenchmarkSpec(  # free text; SQuAD v1.1 dev split by article (c2c.data.squad)
+        "squad", "dev-v1.1.json", _TDT, read_squad, parse_squad, aliases={"val": "dev"}, split_in_file=True
     ),
     "openbookqa": BenchmarkSpec(
         "openbookqa", "{split}.tsv", _TDT, read_tsv, parse_openbookqa, aliases=_DEV_ALIASES
@@ -147,7 +156,8 @@ def benchmark_files(
     return split, files, spec
 
 
-def file_source(path: Path, read: Callable[[Path], Iterator[tuple[int, Any]]], subject: str | None = None) -> Source:
+def file_source(path: Path, read: Callable[[Path], Iterator[tuple[int | str, Any]]],
+                subject: str | None = None) -> Source:
     return Source(str(path), ((f"{path}:{line}", raw) for line, raw in read(path)), subject, path.stem)
 
 

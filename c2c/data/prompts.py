@@ -1,4 +1,5 @@
-"""Prompts for multiple-choice items, the same in training and evaluation, and the letter read from an answer."""
+"""Prompts for multiple-choice items, the same in training and evaluation, and the letter read from an answer;
+the prompt for a free-text answer."""
 
 from __future__ import annotations
 
@@ -20,6 +21,15 @@ Instructions:
 - Do not include any explanations, additional text, or punctuation besides the answer.
 
 The correct answer is"""
+
+
+# The free-text scoring's prompt, chosen on SQuAD dev articles (results/context_handoff/squad_prompt_choice.md)
+FREE_PROMPT = "Question: {question}\nAnswer:"
+
+
+def free_prompt(item: MCItem) -> str:
+    """User text for a free-text answer (``c2c eval --scoring free``); a context goes ahead of it."""
+    return FREE_PROMPT.format(question=item.question)
 
 
 def _options(item: MCItem) -> str:

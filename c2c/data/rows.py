@@ -18,7 +18,7 @@ import re
 import string
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,16 +39,30 @@ class RowError(Exception):
 
 @dataclass
 class MCItem:
+    """A benchmark item: multiple choice, or free text (no choices, ``answer`` -1, its ``references``)."""
+
     id: str
     question: str
     choices: list[str]
-    answer: int  # 0-based index of the gold choice
+    answer: int  # 0-based index of the gold choice (-1: a free-text item)
     subject: str | None = None
     context: str | None = None  # a text only the sharer reads (context-handoff benchmarks)
+    references: list[str] = field(default_factory=list)  # free-text reference answers (SQuAD)
+    rivals: list[str] = field(default_factory=list)  # wrong values a free-text answer must not name (synthetic)
+    title: str | None = None  # the source document (a SQuAD article)
 
     @property
     def letters(self) -> list[str]:
         return list(LETTERS[: len(self.choices)])
+
+    @property
+    def gold_answers(self) -> list[str]:
+        """What a free-text answer is scored against: the references, else the gold choice's text."""
+        if self.references:
+            return self.references
+        if not 0 <= self.answer < len(self.choices):
+            raise ValueError(f"item {self.id} has neither reference answers nor a gold choice to score free text by")
+        return [self.choices[self.answer]]
 
 
 # --------------------------------------------------------------------------- file readers
@@ -323,11 +337,22 @@ def parse_mmlu_redux(cells: dict, row: Row) -> MCItem | str:
     return item
 
 
+def _texts(obj: dict, key: str) -> list[str]:
+    """An optional list of non-empty texts (``references``, ``rivals``); [] when absent."""
+    value = obj.get(key) or []
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise RowError(f"{key} {str(value)[:80]!r}", "a list of non-empty texts (or no such field)")
+    return [v.strip() for v in value]
+
+
 def parse_generic(text: str, row: Row) -> MCItem:
+    """question, choices, answer; optional id, subject, context, and for free-text scoring references and rivals."""
     obj = json_obj(text)
     choices = _choices(get(obj, "choices"))
     answer = _answer_index(get(obj, "answer"), len(choices))
-    return _item(obj.get("id"), get(obj, "question"), choices, answer, row, obj.get("subject"), obj.get("context"))
+    item = _item(obj.get("id"), get(obj, "question"), choices, answer, row, obj.get("subject"), obj.get("context"))
+    item.references, item.rivals = _texts(obj, "references"), _texts(obj, "rivals")
+    return item
 
 
 def parse_tipsheets(text: str, row: Row) -> MCItem:
