@@ -25,6 +25,9 @@ import json
 import math
 import os
 import random
+import signal
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -45,12 +48,59 @@ from .recipe import RecipeError, TrainConfig
 from .runlog import MetricsLog, append_jsonl, atomic_write, read_jsonl
 from .translator import TranslatorConfig
 
-__all__ = ["train", "TrainConfig", "RecipeError", "TrainingError", "build_model", "load_examples", "evaluate_held_out",
-           "fit_translators"]
+__all__ = ["train", "TrainConfig", "RecipeError", "TrainingError", "TrainingInterrupted", "build_model",
+           "load_examples", "evaluate_held_out", "fit_translators"]
 
 
 class TrainingError(RuntimeError):
     """A run that had to stop (e.g. a non-finite loss); the last good checkpoint is kept."""
+
+
+class TrainingInterrupted(TrainingError):
+    """A run stopped by Ctrl-C; the message says where its checkpoint is and how to resume."""
+
+
+def resume_hint(output: Path, saved_step: int | None = None) -> str:
+    """One sentence: what an interrupted run in ``output`` kept and how to go on from it."""
+    state = output / "checkpoint" / "trainer_state.json"
+    if saved_step is None and state.is_file():
+        saved_step = json.loads(state.read_text()).get("step")
+    if saved_step and state.is_file():
+        return f"the checkpoint of step {saved_step} is kept; resume with: c2c train --resume {output}"
+    if (output / "train_config.json").is_file():
+        return (f"no checkpoint was saved yet (one is written every save_every steps); start again with: "
+                f"c2c train RECIPE --output {output} --overwrite")
+    return "nothing was saved; run the same command again"
+
+
+class Interrupt:
+    """SIGINT (Ctrl-C) during the training loop: the first lets the step finish, after which the loop saves a
+    checkpoint and stops (``requested``); a second raises KeyboardInterrupt at once, abandoning the step. Only
+    installed in the main thread; the previous handler is restored on exit."""
+
+    def __init__(self, announce: bool = True):
+        self.announce, self.flag, self.previous = announce, False, None
+
+    def __enter__(self) -> "Interrupt":
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+    def _handle(self, signum, frame) -> None:
+        if self.flag:
+            raise KeyboardInterrupt
+        self.flag = True
+        if self.announce:
+            print("\nCtrl-C: finishing this step, then saving a checkpoint and stopping (Ctrl-C again abandons the "
+                  "step)", file=sys.stderr, flush=True)
+
+    def requested(self, runtime: Runtime) -> bool:
+        """Whether any process was interrupted (a collective call: every process calls it after every step)."""
+        return global_count(int(self.flag), runtime) > 0
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -229,44 +279,58 @@ def train(config: TrainConfig, resume: bool = False, stop_after: int | None = No
         log.write({"step": 0, **evaluate_held_out(pair, trainable, held_out, config, runtime)})
     bar = tqdm(total=total, initial=step, desc=f"train {config.method}", disable=not runtime.main, dynamic_ncols=True)
     last_saved = step
-    while step < total and (stop_after is None or step < stop_after):
-        started = time.perf_counter()
-        pair.set_gate_temperature(step, total)
-        micro_batches = []
-        for micro in range(config.grad_accum):
-            indices = order.indices(step * config.grad_accum + micro)
-            rows = indices[runtime.rank * config.batch_size:(runtime.rank + 1) * config.batch_size]
-            micro_batches.append(prepare(pair, [train_set[i] for i in rows], runtime.device, config))
-        units = global_count(sum(b.units for b in micro_batches), runtime)  # response tokens, or items
-        processed = global_count(sum(int(b.batch.attention_mask.sum()) for b in micro_batches), runtime)
-        loss_sum = 0.0
-        for batch in micro_batches:
-            loss = objective_sum(pair, batch, config.method != "lora", config.reconstruction_weight) / units
-            loss.backward()
-            loss_sum += loss.item()
-        loss_sum = global_sum(loss_sum, runtime)
-        if not math.isfinite(loss_sum):
-            raise TrainingError(f"the loss became {loss_sum} at step {step + 1}; stopped without saving. The last "
-                                f"good checkpoint is {output / 'checkpoint'} (step {last_saved}). Lower lr or "
-                                f"gate_lr in the recipe and run `c2c train --resume {output}`.")
-        all_reduce_gradients(trainable, runtime)
-        grad_norm = torch.nn.utils.clip_grad_norm_([p for p in trainable.parameters() if p.requires_grad], config.clip)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        elapsed = time.perf_counter() - started
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss_sum:.4f}", tok_s=f"{processed / elapsed:.0f}")
-        if step % config.log_every == 0 or step == total:
-            log.write({"step": step, "loss": loss_sum, "grad_norm": float(grad_norm), "loss_units": units,
-                       "tokens_per_s": processed / elapsed, "step_s": elapsed, "lr": scheduler.get_last_lr()[0],
-                       **gate_summary(pair, config.method)})
-        if held_out and (step % config.eval_every == 0 or step == total):
-            log.write({"step": step, **evaluate_held_out(pair, trainable, held_out, config, runtime)})
-        if step % config.save_every == 0 or step == total:
-            save_checkpoint(output, pair, trainable, optimizer, scheduler, step, config, runtime)
-            last_saved = step
+    with Interrupt(runtime.main) as interrupt:  # Ctrl-C: finish the step, save, stop; twice: abandon it
+        try:
+            while step < total and (stop_after is None or step < stop_after):
+                started = time.perf_counter()
+                pair.set_gate_temperature(step, total)
+                micro_batches = []
+                for micro in range(config.grad_accum):
+                    indices = order.indices(step * config.grad_accum + micro)
+                    rows = indices[runtime.rank * config.batch_size:(runtime.rank + 1) * config.batch_size]
+                    micro_batches.append(prepare(pair, [train_set[i] for i in rows], runtime.device, config))
+                units = global_count(sum(b.units for b in micro_batches), runtime)  # response tokens, or items
+                processed = global_count(sum(int(b.batch.attention_mask.sum()) for b in micro_batches), runtime)
+                loss_sum = 0.0
+                for batch in micro_batches:
+                    loss = objective_sum(pair, batch, config.method != "lora", config.reconstruction_weight) / units
+                    loss.backward()
+                    loss_sum += loss.item()
+                loss_sum = global_sum(loss_sum, runtime)
+                if not math.isfinite(loss_sum):
+                    raise TrainingError(f"the loss became {loss_sum} at step {step + 1}; stopped without saving. The "
+                                        f"last good checkpoint is {output / 'checkpoint'} (step {last_saved}). Lower "
+                                        f"lr or gate_lr in the recipe and run `c2c train --resume {output}`.")
+                all_reduce_gradients(trainable, runtime)
+                grad_norm = torch.nn.utils.clip_grad_norm_([p for p in trainable.parameters() if p.requires_grad],
+                                                           config.clip)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                elapsed = time.perf_counter() - started
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_sum:.4f}", tok_s=f"{processed / elapsed:.0f}")
+                if step % config.log_every == 0 or step == total:
+                    log.write({"step": step, "loss": loss_sum, "grad_norm": float(grad_norm), "loss_units": units,
+                               "tokens_per_s": processed / elapsed, "step_s": elapsed,
+                               "lr": scheduler.get_last_lr()[0], **gate_summary(pair, config.method)})
+                if held_out and (step % config.eval_every == 0 or step == total):
+                    log.write({"step": step, **evaluate_held_out(pair, trainable, held_out, config, runtime)})
+                if step % config.save_every == 0 or step == total:
+                    save_checkpoint(output, pair, trainable, optimizer, scheduler, step, config, runtime)
+                    last_saved = step
+                if interrupt.requested(runtime) and step < total:  # every process stops after the same step
+                    if last_saved != step:
+                        save_checkpoint(output, pair, trainable, optimizer, scheduler, step, config, runtime)
+                        last_saved = step
+                    bar.close()
+                    raise TrainingInterrupted(f"stopped after step {step} of {total} (Ctrl-C); "
+                                              f"{resume_hint(output, step)}")
+        except KeyboardInterrupt:
+            bar.close()
+            raise TrainingInterrupted(f"stopped during step {step + 1} of {total} (Ctrl-C twice): that step is "
+                                      f"abandoned; {resume_hint(output, last_saved)}") from None
     bar.close()
     if store is not None and runtime.main:
         log.write({"event": "sharer_cache", **store.report()})

@@ -234,6 +234,46 @@ def test_resume_after_kill_9(tmp_path, data):
         torch.testing.assert_close(weights(cfg.output)[name], tensor, rtol=1e-4, atol=1e-5)
 
 
+def tiny_model_folders(root: Path) -> dict:
+    """The tiny pair saved as model folders, as `c2c train` loads models by their specs."""
+    for kind in ("llama", "gemma"):
+        tiny(kind).model.save_pretrained(root / kind)
+        tiny(kind).tokenizer.save_pretrained(root / kind)
+    return {"receiver": str(root / "llama"), "sharers": [str(root / "gemma")]}
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_c2c_train_stops_cleanly_and_resumes_exactly(tmp_path, data):
+    """SIGINT to `c2c train`: the step finishes, a checkpoint of it is saved, one line says how to resume, no
+    traceback; `c2c train --resume` then reaches the weights of an uninterrupted run."""
+    from c2c.cli import main
+    models = tiny_model_folders(tmp_path)
+    cfg = config(tmp_path, data, steps=30, save_every=7, **models)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(json.dumps({k: v for k, v in cfg.to_dict().items() if k != "recipe_dir"}))
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}  # same reduction order as this process
+    process = subprocess.Popen([sys.executable, "-m", "c2c.cli", "train", str(recipe)], env=env, cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = Path(cfg.output) / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None and \
+            not (log.exists() and sum('"loss"' in line for line in log.read_text().splitlines()) >= 3):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    last = err.strip().splitlines()[-1]
+    stopped = json.loads((Path(cfg.output) / "checkpoint" / "trainer_state.json").read_text())["step"]
+    assert 3 <= stopped < 30 and stopped % 7  # the interrupted step was saved, not only the last save_every one
+    assert last == (f"stopped after step {stopped} of 30 (Ctrl-C); the checkpoint of step {stopped} is kept; "
+                    f"resume with: c2c train --resume {cfg.output}")
+    main(["train", "--resume", cfg.output])
+    main(["train", str(recipe), "--output", str(tmp_path / "ref")])
+    for name, tensor in weights(tmp_path / "ref").items():
+        torch.testing.assert_close(weights(cfg.output)[name], tensor, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.slow
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path, data):
     common = dict(steps=4, save_every=4, log_every=1, seed=5,
@@ -285,6 +325,27 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_p
         run(cfg)
     assert json.loads((Path(cfg.output) / "checkpoint/trainer_state.json").read_text())["step"] == 4
     assert all(torch.isfinite(t).all() for t in weights(cfg.output).values())
+
+
+@pytest.mark.parametrize("presses", [1, 2])
+def test_ctrl_c_finishes_the_step_or_twice_abandons_it(tmp_path, data, monkeypatch, presses):
+    cfg = config(tmp_path, data, steps=10, save_every=2)
+    calls = {"n": 0}
+    real = training.objective_sum
+
+    def interrupted(*args):
+        calls["n"] += 1
+        if calls["n"] == 5:  # during step 5
+            for _ in range(presses):
+                os.kill(os.getpid(), signal.SIGINT)
+        return real(*args)
+    monkeypatch.setattr(training, "objective_sum", interrupted)
+    expected = (r"stopped after step 5 of 10 \(Ctrl-C\); the checkpoint of step 5" if presses == 1 else
+                r"stopped during step 5 of 10 \(Ctrl-C twice\): that step is abandoned; the checkpoint of step 4")
+    with pytest.raises(training.TrainingInterrupted, match=expected + r" is kept; resume with: c2c train --resume "):
+        run(cfg)
+    assert json.loads((Path(cfg.output) / "checkpoint/trainer_state.json").read_text())["step"] == 6 - presses
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is the caller's again
 
 
 def test_bad_recipes_fail_before_any_model_loads(tmp_path, data, monkeypatch):
