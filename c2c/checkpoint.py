@@ -74,7 +74,8 @@ def save_trainer_state(output: Path, trainable: torch.nn.Module, optimizer, sche
 def load_trainer_state(folder: Path, trainable: torch.nn.Module, optimizer, scheduler, device: torch.device) -> int:
     """Restore what ``save_trainer_state`` wrote into the given modules; returns the step to continue from."""
     if not (folder / "trainer_state.json").is_file():
-        raise RecipeError(f"cannot resume: {folder} holds no checkpoint (it is written every save_every steps)")
+        raise RecipeError(f"cannot resume: {folder} holds no checkpoint (one is written every save_every steps); "
+                          "start the run afresh with --overwrite")
     weights = load_file(str(folder / "trainable.safetensors"))
     named = {n: p for n, p in trainable.named_parameters() if p.requires_grad}
     if set(weights) != set(named):
@@ -111,7 +112,8 @@ def unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict, device: to
 
 def check_output(output: Path, resume: bool, overwrite: bool, main: bool = True) -> None:
     """A run never overwrites another's folder by accident: a non-empty output folder needs ``resume`` (continue
-    that run) or ``overwrite`` (start it afresh; only a c2c run folder is ever removed)."""
+    that run) or ``overwrite`` (start it afresh; only a c2c run folder is ever removed). The refusal names only
+    what works for that folder."""
     if resume or not output.exists():
         return
     if not output.is_dir():
@@ -119,13 +121,50 @@ def check_output(output: Path, resume: bool, overwrite: bool, main: bool = True)
     present = sorted(p.name for p in output.iterdir())
     if not present:
         return
+    holds = f"output folder {output} already holds {', '.join(present[:4])}{' ...' if len(present) > 4 else ''}"
+    is_run = (output / "train_config.json").is_file()
+    if not is_run:
+        raise RecipeError(f"{holds}, and it is not a c2c run folder (no train_config.json), so it is never "
+                          "overwritten: choose another --output, or empty that folder yourself")
     if not overwrite:
-        raise RecipeError(f"output folder {output} already holds {', '.join(present[:4])}"
-                          f"{' ...' if len(present) > 4 else ''}: a finished or interrupted run is never overwritten. "
-                          f"Continue it with --resume {output}, choose another --output, or start afresh with "
-                          "--overwrite")
-    if not (output / "train_config.json").is_file():
-        raise RecipeError(f"--overwrite replaces only a c2c run folder (one with train_config.json); {output} is "
-                          "not one: choose another --output")
+        if resumable(output):
+            todo = f"Continue it with --resume {output}, choose another --output, or start afresh with --overwrite"
+        else:
+            todo = "It saved no checkpoint to resume from: start it afresh with --overwrite, or choose another --output"
+        raise RecipeError(f"{holds}: a finished or interrupted run is never overwritten. {todo}")
     if main:
         shutil.rmtree(output)
+
+
+def resumable(output: Path) -> bool:
+    """Whether ``c2c train --resume`` can continue the run in ``output``: it saved a trainer checkpoint, or it is a
+    translator run (whose closed-form fit is redone, or whose phase 2 starts, without one)."""
+    if (output / "checkpoint" / "trainer_state.json").is_file() or (output / "checkpoint.previous").is_dir():
+        return True
+    try:
+        return json.loads((output / "train_config.json").read_text()).get("method") == "translator"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def clean_run_folder(output: Path) -> list[str]:
+    """Before a run resumes: remove what an interrupted write left in its folder (the temporaries of
+    ``atomic_write``, ``NAME.*.tmp``, and a half-staged ``checkpoint.partial``), and put back a checkpoint that
+    ``save_trainer_state`` had moved aside when it was killed before swapping the new one in. Returns the names."""
+    if not (output / "train_config.json").is_file():
+        return []
+    cleaned = [p for p in output.rglob("*.tmp") if p.is_file() and "." in p.name[:-4]]
+    for path in cleaned:
+        path.unlink()
+    partial = output / "checkpoint.partial"
+    if partial.is_dir():
+        shutil.rmtree(partial)
+        cleaned.append(partial)
+    previous = output / "checkpoint.previous"
+    if previous.is_dir():
+        if (output / "checkpoint").is_dir():
+            shutil.rmtree(previous)
+        else:
+            previous.rename(output / "checkpoint")
+        cleaned.append(previous)
+    return [str(p.relative_to(output)) for p in cleaned]

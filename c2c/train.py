@@ -35,7 +35,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from .checkpoint import check_output, load_trainer_state, save_trainer_state
+from .checkpoint import check_output, clean_run_folder, load_trainer_state, resumable, save_trainer_state
 from .context import with_context
 from .data import Conversation, DataError, load_training_data
 from .distributed import Runtime, all_reduce_gradients, global_count, global_sum, init_distributed
@@ -232,6 +232,12 @@ def train(config: TrainConfig, resume: bool = False, stop_after: int | None = No
     """
     check_output(Path(config.output), resume, overwrite, main=int(os.environ.get("RANK", "0")) == 0)
     output = Path(config.output)
+    if resume:  # before any model loads: a run that can go on, without what an interrupted write left behind
+        if not resumable(output):
+            raise RecipeError(f"cannot resume: {output} holds no checkpoint (one is written every save_every "
+                              "steps); start the run afresh with --overwrite")
+        if int(os.environ.get("RANK", "0")) == 0:
+            clean_run_folder(output)
     translator_from = None
     if config.method == "translator":
         if not config.distills:

@@ -82,14 +82,26 @@ def test_an_earlier_run_is_never_overwritten(tmp_path):
     (finished / "train_config.json").write_text("{}")
     (finished / "fuser.safetensors").write_bytes(b"68 minutes of training")
     config = TrainConfig(output=str(finished), steps=1, data=[str(tmp_path / "qa.jsonl")])
-    with pytest.raises(RecipeError, match=r"already holds fuser.safetensors, train_config.json.*--resume .*--overwrite"):
+    # a run that saved no checkpoint: --resume would refuse it, so only what works is offered
+    with pytest.raises(RecipeError, match=r"already holds fuser.safetensors, train_config.json.*never overwritten\. "
+                                          r"It saved no checkpoint to resume from: start it afresh with --overwrite"):
+        train(config)
+    with pytest.raises(RecipeError, match=r"no checkpoint.*afresh with --overwrite"):  # before any model loads
+        train(config, resume=True)
+    (finished / "checkpoint").mkdir()
+    (finished / "checkpoint" / "trainer_state.json").write_text("{}")
+    with pytest.raises(RecipeError, match=r"already holds checkpoint, fuser.safetensors, train_config.json.*"
+                                          r"Continue it with --resume .*--overwrite"):
         train(config)
     assert (finished / "fuser.safetensors").read_bytes() == b"68 minutes of training"
     other = tmp_path / "notes"
     other.mkdir()
     (other / "mine.txt").write_text("not a run")
-    with pytest.raises(RecipeError, match="not one: choose another --output"):
-        train(TrainConfig(output=str(other), steps=1, data=["x.jsonl"]), overwrite=True)
+    for overwrite in (False, True):  # not a run folder: neither --resume nor --overwrite is offered
+        with pytest.raises(RecipeError, match=r"holds mine.txt, and it is not a c2c run folder .*choose another "
+                                              r"--output, or empty that folder yourself$") as refused:
+            train(TrainConfig(output=str(other), steps=1, data=["x.jsonl"]), overwrite=overwrite)
+        assert "--resume" not in str(refused.value) and "--overwrite" not in str(refused.value)
     assert (other / "mine.txt").is_file()
     with pytest.raises(RecipeError, match="is a file"):
         train(TrainConfig(output=str(other / "mine.txt"), steps=1, data=["x.jsonl"]))

@@ -202,6 +202,26 @@ def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tmp_path, data)
     assert losses(resumed) == pytest.approx(losses(read_metrics(full)), rel=1e-5)
 
 
+def test_resume_cleans_what_an_interrupted_write_left_behind(tmp_path, data):
+    cfg = config(tmp_path, data, steps=6, save_every=2)
+    run(cfg, stop_after=4)
+    output = Path(cfg.output)
+    (output / "fuser.safetensors.k2j3h4x_.tmp").write_bytes(b"half a file")  # what atomic_write leaves at kill -9
+    (output / "c2c_config.json.a1b2c3.tmp").write_text("{")
+    (output / "checkpoint.partial").mkdir()
+    (output / "checkpoint.partial" / "trainable.safetensors").write_bytes(b"half")
+    # killed between save_trainer_state's two renames: the last checkpoint moved aside, the new one not yet in place
+    (output / "checkpoint").rename(output / "checkpoint.previous")
+    (output / "notes.tmp").write_text("a user's own file")  # not an atomic_write temporary: kept
+    run(cfg, resume=True)
+    assert sorted(p.name for p in output.rglob("*.tmp")) == ["notes.tmp"]
+    assert not (output / "checkpoint.partial").exists() and not (output / "checkpoint.previous").exists()
+    assert [m["step"] for m in metrics(output) if m.get("event") == "resume"] == [4]
+    reference = run(config(tmp_path / "ref", data, steps=6, save_every=2))
+    for name, tensor in weights(reference).items():
+        torch.testing.assert_close(weights(output)[name], tensor, rtol=1e-5, atol=1e-6)
+
+
 def test_training_minutes_leave_out_the_pause_of_a_resumed_run(tmp_path):
     hour = 3600.0
     records = [{"time": 0.0, "step": 0}, {"time": 600.0, "step": 10}, {"time": 10 * hour, "event": "resume", "step": 10},
