@@ -360,6 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    import warnings
+    warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"  # one line, no source line under it
     if hasattr(args, "verbose"):  # a command that loads models: "Loading weights" bars only with --verbose
         from transformers.utils import logging as transformers_logging
         (transformers_logging.enable_progress_bar if args.verbose else transformers_logging.disable_progress_bar)()

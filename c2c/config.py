@@ -26,6 +26,9 @@ class SharerConfig:
     shape: dict
     layer_map: list[int]
     token_alignment: str = "offsets"
+    # with a translator: the longest context, in this sharer's tokens, its map was fitted (or trained) on; a longer
+    # one is translated with a warning (None: not recorded, a checkpoint from before issue 31)
+    fitted_context_tokens: int | None = None
 
     def __post_init__(self):
         check_types(self, CheckpointError, "sharer ")
@@ -74,6 +77,12 @@ class C2CConfig:
         try:
             if not isinstance(data["sharers"], list) or not all(isinstance(x, dict) for x in data["sharers"]):
                 raise ValueError(f"sharers must be a list of objects, got {data['sharers']!r}")
+            for keys, known, where in [(data, cls.__dataclass_fields__, ""),
+                                       *((s, SharerConfig.__dataclass_fields__, "sharer ") for s in data["sharers"])]:
+                unknown = sorted(set(keys) - set(known))
+                if unknown:
+                    raise ValueError(f"unknown {where}keys {unknown} (known: {sorted(known)}); was it written by "
+                                     "another program, or edited by hand?")
             sharers = [SharerConfig(**s) for s in data["sharers"]]
             fuser = FuserConfig.from_dict(data["fuser"]) if data["fuser"] is not None else None
             translator = data.get("translator")

@@ -12,9 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .align import Message, Rendered, as_messages
+from .align import Message, Rendered, as_messages, render
 
 CONTEXT_HEADER = "Context:"
+MAX_CONTEXT_CHARS = 20_000  # the longest context file c2c generate and chat read (c2c serve: --max-context-chars)
+
+
+class ContextWarning(UserWarning):
+    """A context the pair takes but may not read well (e.g. longer than its translator was fitted on)."""
 
 
 def check_context(context: str) -> str:
@@ -95,22 +100,42 @@ def sharer_context_tokens(view: Rendered) -> list[int]:
     return [i for i, (start, end) in enumerate(view.offsets) if end > start and end > len(CONTEXT_HEADER)]
 
 
-def read_context_file(path: str | Path) -> str:
-    """The UTF-8 text of a sharer context file; a ValueError saying what was given and what to do otherwise."""
+def context_length(tokenizer, context: str) -> int:
+    """How many tokens of the context itself a sharer reads in the translated channel (``sharer_context_tokens``)."""
+    return len(sharer_context_tokens(render(tokenizer, [{"role": "user", "content": context_block(context)}],
+                                            chat=False)))
+
+
+def read_context_file(path: str | Path, max_chars: int | None = None) -> str:
+    """The UTF-8 text of a sharer context file of at most ``max_chars`` characters (default ``MAX_CONTEXT_CHARS``);
+    a ValueError saying what was given and what to do otherwise. Never reads more than the limit allows, so a
+    huge file (or a device such as /dev/zero) is refused at once."""
+    limit = MAX_CONTEXT_CHARS if max_chars is None else max_chars
     what = f"the sharer context file {str(path)!r}"
     todo = "give a UTF-8 text file holding what the sharer should read"
     file = Path(path).expanduser()
     if file.is_dir():
         raise ValueError(f"{what} is a folder, not a file; {todo}")
     try:
-        text = file.read_text(encoding="utf-8")
+        with file.open("rb") as handle:
+            data = handle.read(4 * limit + 4)  # a character takes at most 4 bytes in UTF-8
+            over = len(data) > 4 * limit
     except FileNotFoundError:
         raise ValueError(f"{what} does not exist; {todo}") from None
-    except UnicodeDecodeError as error:
-        raise ValueError(f"{what} is not UTF-8 text ({error.reason} at byte {error.start}); save it as UTF-8") \
-            from None
     except OSError as error:
         raise ValueError(f"{what} cannot be read ({error.strerror or error}); {todo}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        if not (over and error.start >= len(data) - 3):  # else only the cut through the last character
+            raise ValueError(f"{what} is not UTF-8 text ({error.reason} at byte {error.start}); save it as UTF-8") \
+                from None
+        text = data[:error.start].decode("utf-8")
+    if over or len(text) > limit:
+        size = f"{len(text):,} characters" if not over else f"{file.stat().st_size:,} bytes" if file.is_file() \
+            else f"more than {4 * limit:,} bytes"
+        raise ValueError(f"{what} holds {size}, over the limit of {limit:,} characters for a sharer context; give a "
+                         "shorter text (the part the question needs)")
     if not text.strip():
         raise ValueError(f"{what} is empty; write into it the text the sharer should read")
     return text

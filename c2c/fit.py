@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from .context import context_length
 from .data import DataError, load_benchmark, load_training_data
 from .pair import C2CModel
 from .synthetic import synthetic_items
@@ -75,7 +76,10 @@ def fit_pair(pair: C2CModel, texts: list[str], held_out: list[str], batch_size: 
                     bar.update(min(batch_size, len(group) - start))
         extracted = time.perf_counter() - started
         sharer_report = fit.solve()
-        sharer_report.update({"sharer": sharer.name, "extract_seconds": round(extracted, 1),
+        longest = max(context_length(sharer.tokenizer, text) for text in texts)
+        pair.config.sharers[index].fitted_context_tokens = longest  # a longer context is translated with a warning
+        sharer_report.update({"sharer": sharer.name, "longest_text_tokens": longest,
+                              "extract_seconds": round(extracted, 1),
                               "solve_seconds": round(time.perf_counter() - started - extracted, 1)})
         report["sharers"].append(sharer_report)
     return report

@@ -7,13 +7,14 @@ without a translated context has only the last region: the plain prompt, laid ou
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
 
 from .align import Prompt, Rendered, TokenAligner, as_messages, render
-from .context import (check_context, context_block, context_span, cut_context, question_start,
+from .context import (ContextWarning, check_context, context_block, context_span, cut_context, question_start,
                       sharer_context_tokens, with_context)
 from .models import LoadedModel
 
@@ -93,6 +94,13 @@ def row_layout(pair, prompt: Prompt, contexts: list[str | None]) -> RowLayout:
             raise ValueError(f"the context is {len(tokens)} tokens for sharer {pair.sharers[j].name}, over the "
                              f"translator's max_context_tokens={pair.config.translator.max_context_tokens}; "
                              "shorten it or split it")
+        fitted = pair.config.sharers[j].fitted_context_tokens
+        warned = pair.__dict__.setdefault("_warned_contexts", set())  # once per pair and sharer: a server or a
+        if fitted is not None and len(tokens) > fitted and j not in warned:  # chat would repeat it on every turn
+            warned.add(j)
+            warnings.warn(f"the context is {len(tokens)} tokens for sharer {pair.sharers[j].name}, longer than the "
+                          f"longest text its translator was fitted on ({fitted} tokens): the receiver may not read "
+                          "it (shorten the context to the part the question needs)", ContextWarning, stacklevel=5)
         sections[j] = [-1] * len(tokens)
         sharer_reads[j] = (sharer_view.ids, tokens)
     regions = [[view.ids[i] for i in cut.prefix], *sections, [view.ids[i] for i in cut.suffix]]

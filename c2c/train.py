@@ -36,7 +36,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from .checkpoint import check_output, clean_run_folder, load_trainer_state, resumable, save_trainer_state
-from .context import with_context
+from .context import context_length, with_context
 from .data import Conversation, DataError, load_training_data
 from .distributed import Runtime, all_reduce_gradients, global_count, global_sum, init_distributed
 from .fuser import FuserConfig
@@ -198,6 +198,8 @@ def translator_model(config: TrainConfig, receiver: LoadedModel, sharers: list[L
     pair = C2CModel.create(receiver, sharers, None, config.layer_map, config.token_alignment, config.chat_template,
                            translator=wanted)
     missing, unexpected = pair.translators.load_state_dict(fitted.translators.state_dict(), strict=False)
+    for mine, theirs in zip(pair.config.sharers, fitted.config.sharers):
+        mine.fitted_context_tokens = theirs.fitted_context_tokens
     if unexpected or any(".residuals." not in name for name in missing):
         raise RecipeError(f"{start}'s translator does not fit the recipe's (missing {missing[:3]}, unexpected "
                           f"{unexpected[:3]}); start from a checkpoint with the same translator settings")
@@ -254,6 +256,10 @@ def train(config: TrainConfig, resume: bool = False, stop_after: int | None = No
     pair, trainable = build_model(config, receiver, sharers, translator_from)
     pair.to(runtime.device)
     train_set, dropped = drop_over_long(pair, train_set, config.max_length, config.method == "translator")
+    if config.method == "translator" and train_set:  # phase 2 trains the maps on these contexts too
+        for sharer, record in zip(pair.sharers, pair.config.sharers):
+            longest = max((context_length(sharer.tokenizer, c.context) for c in train_set if c.context), default=0)
+            record.fitted_context_tokens = max(record.fitted_context_tokens or 0, longest)
     if config.teacher_tokens:
         train_set = teacher_continuations(pair, train_set, config.teacher_tokens, output / "teacher.jsonl")
     if not train_set:

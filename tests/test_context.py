@@ -135,6 +135,34 @@ def test_checkpoint_with_translator_round_trips_in_half_precision(tmp_path):
         C2CModel.from_pretrained(tmp_path / "t", receiver=pair.receiver, sharers=pair.sharers)
 
 
+def test_the_fit_records_the_longest_text_and_a_longer_context_warns_once(tmp_path):
+    """Issue 31: a context longer than any text the maps were fitted on exits 0 and may not reach the receiver; the
+    fit records the longest text (in sharer tokens, saved with the checkpoint) and a longer context warns, naming
+    both lengths, once per pair."""
+    import warnings
+
+    from c2c.context import ContextWarning, context_length
+    pair = fitted()
+    texts, _ = split_texts(fitting_texts([{"synthetic": 240, "facts": 2}]), 0.1, 0)
+    longest = max(context_length(tiny("gemma").tokenizer, t) for t in texts)
+    assert pair.config.sharers[0].fitted_context_tokens == longest == pair.report["sharers"][0]["longest_text_tokens"]
+    pair.save_pretrained(tmp_path / "fitted")
+    loaded = C2CModel.from_pretrained(tmp_path / "fitted", tiny("llama"), [tiny("gemma")])
+    assert loaded.config.sharers[0].fitted_context_tokens == longest
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded.prepare([QUESTION], sharer_contexts=[CONTEXT])  # within what it was fitted on: no warning
+    long = " ".join([CONTEXT] * 12)
+    length = context_length(tiny("gemma").tokenizer, long)
+    assert longest < length <= loaded.config.translator.max_context_tokens
+    with pytest.warns(ContextWarning, match=rf"the context is {length} tokens for sharer tiny-gemma, longer than the "
+                                            rf"longest text its translator was fitted on \({longest} tokens\)"):
+        loaded.prepare([QUESTION], sharer_contexts=[long])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded.prepare([QUESTION], sharer_contexts=[long])  # once per pair: a chat or a server does not repeat it
+
+
 def test_bad_contexts_are_clear_errors():
     pair = fitted()
     with pytest.raises(ValueError, match="sharer context is empty"):

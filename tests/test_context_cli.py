@@ -3,6 +3,7 @@
 
 import io
 import json
+import re
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 
@@ -120,6 +121,47 @@ def test_a_context_over_the_translators_limit_is_a_clear_error(checkpoint, tmp_p
     (small / "c2c_config.json").write_text(json.dumps(config))
     with pytest.raises(SystemExit, match="max_context_tokens=3"):
         main(["generate", "--fuser", str(small), "--no-stream", "--sharer-context", str(context_file), QUESTION])
+
+
+@pytest.mark.parametrize("channel", ["fuser", "translator"])
+def test_a_long_context_file_is_refused_at_once_before_any_model_loads(checkpoint, tmp_path, monkeypatch, channel):
+    """Issue 31: a 20,000-word file made a fuser prefill for minutes; every context file is bounded by the
+    command's character limit (lowered here), refused within a second with the limit named, on either channel."""
+    from c2c.pair import C2CModel as Pair
+    folder = checkpoint
+    if channel == "fuser":
+        folder = tmp_path / "fuser"
+        Pair.create(tiny("llama"), [tiny("gemma")]).save_pretrained(folder)
+    monkeypatch.setattr("c2c.context.MAX_CONTEXT_CHARS", 100)
+    monkeypatch.setattr(Pair, "from_pretrained", lambda *a, **k: pytest.fail("a model loaded"))
+    long = tmp_path / "long.txt"
+    long.write_text("word " * 21, encoding="utf-8")  # 105 characters
+    for path, says in ((long, "holds 105 characters, over the limit of 100 characters"),
+                       ("/dev/zero", "holds more than 400 bytes, over the limit of 100 characters")):  # no hang
+        with pytest.raises(SystemExit) as refused:
+            main(["generate", "--fuser", str(folder), "--sharer-context", str(path), QUESTION])
+        assert says in str(refused.value) and "\n" not in str(refused.value)
+    long.write_text("word " * 20, encoding="utf-8")  # 100 characters: taken (the model would load next)
+    with pytest.raises(BaseException, match="a model loaded"):
+        main(["generate", "--fuser", str(folder), "--sharer-context", str(long), QUESTION])
+
+
+def test_a_context_longer_than_the_translator_was_fitted_on_warns_in_one_line(checkpoint, tmp_path, monkeypatch):
+    import warnings
+
+    from c2c.context import ContextWarning
+    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)  # c2c's main sets its own: restored
+    config = json.loads((checkpoint / "c2c_config.json").read_text())
+    fitted = config["sharers"][0]["fitted_context_tokens"]
+    assert isinstance(fitted, int) and fitted > 0  # recorded by the fit
+    long = tmp_path / "long.txt"
+    long.write_text(" ".join([CONTEXT] * 12), encoding="utf-8")
+    with pytest.warns(ContextWarning) as caught:
+        main(["generate", "--fuser", str(checkpoint), "--max-new-tokens", "2", "--sharer-context", str(long), QUESTION])
+    (record,) = caught
+    shown = warnings.formatwarning(record.message, record.category, record.filename, record.lineno)
+    assert re.fullmatch(rf"warning: the context is \d+ tokens for sharer \S+, longer than the longest text its "
+                        rf"translator was fitted on \({fitted} tokens\): [^\n]*\n", shown)
 
 
 def test_help_texts_name_the_context_options(capsys):

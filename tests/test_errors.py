@@ -67,6 +67,8 @@ def _set(config, path, value):
     (lambda c: _set(c, ["receiver"], 5), "receiver must be a text"),
     (lambda c: _set(c, ["fuser", "dropout"], "none"), "dropout must be a number"),
     (lambda c: _set(c, ["sharers"], {"model": "x"}), "sharers must be a list of objects"),
+    (lambda c: _set(c, ["hidden_size"], 8), r"unknown keys \['hidden_size'\] \(known: \["),  # not an __init__ error
+    (lambda c: _set(c, ["sharers", 0, "window"], 8), r"unknown sharer keys \['window'\]"),
 ])
 def test_a_damaged_checkpoint_config_is_refused_before_any_model_loads(tmp_path, edit, message):
     folder = damaged(tmp_path, edit)
