@@ -19,6 +19,9 @@ layers per receiver layer, ``include_response``) is refused with a CheckpointErr
 from __future__ import annotations
 
 import json
+import re
+import warnings
+import zipfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
@@ -91,11 +94,19 @@ def read_json(path: Path):
 
 def load_state(path: Path) -> dict[str, torch.Tensor]:
     """A .pt file that must hold a plain state dict (str -> tensor); nothing else is unpickled."""
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; a raw pickle or anything else is refused
+        raise CheckpointError(f"{path} is not a file written by torch.save (a raw pickle, or another format); c2c "
+                              "reads only state dicts of tensors saved with torch.save(projector.state_dict(), path)")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on pickle protocols are not the user's concern
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # weights_only refuses pickled objects; truncated files fail here too
-        raise CheckpointError(f"{path} is not a plain state dict of tensors (torch.load with weights_only=True "
-                              f"refused it: {error})") from error
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        detail = f"it pickles a {found.group(1)} object" if found else \
+            f"torch.load with weights_only=True refused it: {str(error).strip().splitlines()[0][:200]}"
+        raise CheckpointError(f"{path} is not a plain state dict of tensors ({detail}); c2c never unpickles code: "
+                              "save torch.save(projector.state_dict(), path) instead") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} is not a plain state dict of tensors: it holds a {type(state).__name__}")
     bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]

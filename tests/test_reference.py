@@ -170,8 +170,17 @@ def test_wrong_shapes_a_missing_layer_and_pickled_objects_are_clear_errors(tmp_p
                                               "a str"):
         convert(final.parent)
     torch.save({"projector": torch.nn.Linear(2, 2)}, final / "projector_0.pt")  # a pickled module: refused
-    with pytest.raises(CheckpointError, match="projector_0.pt is not a plain state dict of tensors .*weights_only"):
+    with pytest.raises(CheckpointError, match=r"projector_0.pt is not a plain state dict of tensors \(it pickles a "
+                                              r"torch.nn.modules.linear.Linear object\); c2c never unpickles code") \
+            as refused:
         convert(final.parent)
+    assert "\n" not in str(refused.value) and "PyTorch 2.6" not in str(refused.value)  # none of torch's own text
+    import pickle
+    (final / "projector_0.pt").write_bytes(pickle.dumps({"key_in.weight": [0.0, 1.0]}))  # a raw pickle
+    with pytest.raises(CheckpointError, match=r"projector_0.pt is not a file written by torch.save \(a raw pickle") \
+            as refused:
+        convert(final.parent)
+    assert "\n" not in str(refused.value)
 
     final = write_reference(pair, tmp_path / "d") / "final"
     payload = json.loads((final / "projector_0.json").read_text())
