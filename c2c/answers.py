@@ -63,17 +63,17 @@ def free_text_scores(answer: str, references: list[str], rivals: list[str] = ())
 
 
 # ------------------------------------------------------------------------------------------------ extraction
-_STATED = re.compile(r"^(?:the\s+)?(?:short\s+)?answer(?:\s+to\s+(?:this|the)\s+question)?(?:\s+is)?\s*[:\-]?\s*",
-                     re.IGNORECASE)
+_STATED = re.compile(r"^(?:A:\s*|(?:the\s+)?(?:short\s+)?answer(?:\s+to\s+(?:this|the)\s+question)?"
+                     r"(?:\s+is)?\s*[:\-]?\s*)", re.IGNORECASE)  # "The answer is:", "Answer:", "A:"
 # a sentence ends at . ! ? before a space, except after an initial ("E. W.", "U.S.") or a title ("Dr.")
 _SENTENCE_END = re.compile(r"(?<![A-Z])(?<!\bDr)(?<!\bMr)(?<!\bMrs)(?<!\bMs)(?<!\bSt)(?<!\bvs)[.!?](?=\s)")
 _COPULA = re.compile(r"\b(?:is|are|was|were|did|does|do|has|have|had)\b", re.IGNORECASE)
 
 
 def extract_answer(text: str, question: str = "") -> str:
-    """The short answer in a generated text: its first non-empty line, without a leading "The answer is:", cut at
-    the end of its first sentence, without a restatement of the question ("Zelda's pet is a turtle." for "What is
-    Zelda's pet?" gives "a turtle")."""
+    """The short answer in a generated text: its first non-empty line, without a leading "The answer is:" (or
+    "A:"), cut at the end of its first sentence, without a restatement of the question ("Zelda's pet is a turtle."
+    for "What is Zelda's pet?" gives "a turtle")."""
     line = next((line.strip() for line in text.splitlines() if line.strip()), "")
     while (stated := _STATED.sub("", line, count=1)) != line:  # also "The answer is: The answer is: ..."
         line = stated

@@ -4,27 +4,36 @@ Loads the shipped fuser (fusers/default_pair: SmolLM2-135M-Instruct <- Gemma-3-2
 recipes/default_pair_choices.yaml), scores seeded ARC-Challenge test questions with the protocol it was trained
 for (cloze: the question alone, each choice ranked by its likelihood) for each method (the same code as
 `c2c eval`), then answers one of them in free text with the instruction-data fuser (fusers/default_pair_chat,
-recipes/default_pair_instruct.yaml), the one behind `c2c generate` and `c2c chat`.
+recipes/default_pair_instruct.yaml), the one behind `c2c generate` and `c2c chat`. Last, the context handoff in
+free text (fusers/context_handoff): SQuAD questions answered by the receiver alone, by the receiver reading the
+paragraph, and by the receiver from the paragraph that only the sharer read, translated into its cache.
 
 The questions come from examples/data/arc_challenge_demo.jsonl (50 ARC-Challenge test questions shipped with
-the project, see examples/data/README.md), so the demo runs offline on a fresh clone: the first N of that file,
+the project) and examples/data/squad_demo.json (four SQuAD v1.1 paragraphs of test articles; see
+examples/data/README.md for both), so the demo runs offline on a fresh clone: the first N of that file,
 which are the seeded sample load_benchmark("arc-challenge", "test", limit=N, seed=1) for the default N=5.
 --bench NAME asks a seeded sample of a full benchmark instead (from --data-dir, else $C2C_DATA_DIR, else the hub).
 
     python examples/side_by_side.py [--fuser DIR] [--chat-fuser DIR] [--questions N] [--seed S] [--scoring cloze]
-                                    [--bench arc-challenge [--split test] [--data-dir DIR]]
+                                    [--bench arc-challenge [--split test] [--data-dir DIR]] [--handoff DIR]
 """
 
 import argparse
 import time
 from pathlib import Path
 
-from c2c.data import load_benchmark, mc_prompt
+from c2c.answers import extract_answer, f1
+from c2c.context import with_context
+from c2c.data import free_prompt, load_benchmark, mc_prompt
 from c2c.evaluate import EvalSetup, method_runner
+from c2c.names import FREE_MAX_NEW_TOKENS
 from c2c.pair import C2CModel
 
 FUSERS = Path(__file__).resolve().parents[1] / "fusers"
 DEMO_QUESTIONS = Path(__file__).resolve().parent / "data" / "arc_challenge_demo.jsonl"
+DEMO_PARAGRAPHS = Path(__file__).resolve().parent / "data" / "squad_demo.json"
+# three questions with short factual answers, one per paragraph (chosen before seeing any model's answer)
+HANDOFF_QUESTIONS = ("University_of_Chicago-33-1", "Islamism-14-1", "Computational_complexity_theory-45-0")
 
 
 def main() -> None:
@@ -39,6 +48,7 @@ def main() -> None:
                                         "shipped questions")
     parser.add_argument("--split", default="test", help="with --bench")
     parser.add_argument("--data-dir", help="with --bench: the data dir (default $C2C_DATA_DIR, else the hub)")
+    parser.add_argument("--handoff", default=str(FUSERS / "context_handoff"), help="the context translator")
     args = parser.parse_args()
     if args.bench:
         items = load_benchmark(args.bench, args.split, args.data_dir, limit=args.questions, seed=args.seed).items
@@ -69,7 +79,30 @@ def main() -> None:
     for fuse in (False, True):
         text = chat.generate(items[0].question, max_new_tokens=48, fuse=fuse)[0]
         print(f"\n{'C2C' if fuse else 'receiver alone'}: {text.strip()!r}")
-    print("\nFull tables: results/default_pair/ (see its README for the commands).")
+    handoff(C2CModel.from_pretrained(args.handoff, receiver=pair.receiver, sharers=pair.sharers), args.handoff)
+    print("\nFull tables: results/default_pair/ and results/context_handoff/ (see their READMEs for the commands).")
+
+
+def handoff(pair: C2CModel, path: str) -> None:
+    """SQuAD questions in free text: the receiver alone, reading the paragraph, and from the sharer's reading."""
+    items = {item.id: item for item in load_benchmark(str(DEMO_PARAGRAPHS)).items}
+    print(f"\nContext handoff with {path}: the sharer reads a SQuAD paragraph, the receiver answers the question "
+          "from what the translator wrote into its cache (the short answer read from its greedy text, F1 against "
+          "the references)")
+    ways = {"receiver alone": lambda prompt, paragraph: pair.generate(prompt, max_new_tokens=FREE_MAX_NEW_TOKENS,
+                                                                       fuse=False),
+            "receiver reading the paragraph": lambda prompt, paragraph: pair.generate(
+                with_context(prompt, paragraph), max_new_tokens=FREE_MAX_NEW_TOKENS, fuse=False),
+            "from the sharer's reading": lambda prompt, paragraph: pair.generate(
+                prompt, sharer_contexts=paragraph, max_new_tokens=FREE_MAX_NEW_TOKENS)}
+    for item in map(items.get, HANDOFF_QUESTIONS):
+        print(f"\n{item.title.replace('_', ' ')}: {item.context[:100]}...\nQ: {item.question} "
+              f"(reference: {' / '.join(item.references)})")
+        for way, answer in ways.items():
+            started = time.perf_counter()
+            short = extract_answer(answer(free_prompt(item), item.context)[0], item.question)
+            print(f"  {way:>30}: {short!r} (F1 {100 * f1(short, item.references):.0f}, "
+                  f"{1000 * (time.perf_counter() - started):.0f} ms)")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ models."""
 import json
 import sys
 import types
+from pathlib import Path
 
 import pytest
 from conftest import make_pair
@@ -52,6 +53,8 @@ def test_squad_splits_by_article_and_carries_paragraph_references_title_and_ques
     sample = load_benchmark("squad", "train", squad_dir, limit=3, seed=1)
     assert len(sample.items) == 3 and sample.items == load_benchmark("squad", "train", squad_dir, limit=3, seed=1).items
     assert article_splits(["b", "a", "d", "c", "a"]) == {"a": "train", "b": "train", "c": "dev", "d": "test"}
+    whole = load_benchmark(str(squad_dir / "squad" / "dev-v1.1.json"))  # a file by its path: every question
+    assert whole.name == "dev-v1.1" and len(whole.items) == 16 and whole.items[2].title == "A"
 
 
 def test_question_types():
@@ -122,6 +125,7 @@ def test_answer_extraction():
     assert extract_answer("Dr. E. W. Scripps founded it in the U.S. in 1.5 years. Then", "Who founded it?") == \
         "Dr. E. W. Scripps founded it in the U.S. in 1.5 years"
     assert extract_answer("The answer to this question is:", "Who?") == extract_answer("", "Who?") == ""
+    assert extract_answer("A: The answer is: Ada\n", "Who?") == "Ada"
 
 
 # ------------------------------------------------------------------------------------------------ c2c eval
@@ -174,3 +178,14 @@ def test_the_shuffled_control_never_reads_the_same_paragraph():
     for seed in range(20):
         partners = shuffled_partners(items, seed)
         assert all(partners[item.id].context != item.context for item in items)
+
+
+def test_the_demo_paragraphs_are_few_and_from_test_articles():
+    from conftest import real_data
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    demo = load_benchmark(str(examples / "data" / "squad_demo.json"))
+    sys.path.insert(0, str(examples))
+    from side_by_side import HANDOFF_QUESTIONS
+    assert len(demo.items) <= 50 and set(HANDOFF_QUESTIONS) <= {item.id for item in demo.items}
+    test_titles = {item.title for item in load_benchmark("squad", "test", real_data()).items}
+    assert {item.title for item in demo.items} <= test_titles
