@@ -36,6 +36,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from .checkpoint import check_output, clean_run_folder, load_trainer_state, resumable, save_trainer_state
+from .config import load_config
 from .context import context_length, with_context
 from .data import Conversation, DataError, load_training_data
 from .distributed import Runtime, all_reduce_gradients, global_count, global_sum, init_distributed
@@ -244,6 +245,8 @@ def train(config: TrainConfig, resume: bool = False, stop_after: int | None = No
     if config.method == "translator":
         if not config.distills:
             return fit_translators(config, receiver, sharers)
+        if config.init_from:
+            load_config(config.init_from)  # a missing or damaged checkpoint is refused before any model loads
         receiver = receiver or load_model(config.receiver, config.dtype, config.device)
         sharers = sharers or [load_model(s, config.dtype, config.device) for s in config.sharers]
         translator_from = Path(config.init_from) if config.init_from else output / "closed_form"

@@ -117,6 +117,14 @@ def test_phase_two_trains_the_fitted_maps_and_resumes_exactly(tmp_path):
     assert loaded.config.translator.window == 0 and loaded.config.fuser is None
 
 
+def test_a_missing_init_from_is_refused_before_any_model_loads(tmp_path, monkeypatch):
+    import c2c.train as training
+    from c2c.config import CheckpointError
+    monkeypatch.setattr(training, "load_model", lambda *a, **k: pytest.fail("a model loaded"))
+    with pytest.raises(CheckpointError, match="nowhere is not a c2c checkpoint"):
+        train(recipe(tmp_path / "x", init_from=str(tmp_path / "nowhere"), data=[], steps=2))
+
+
 def test_phase_two_can_start_from_a_translator_checkpoint(tmp_path):
     models = dict(receiver=tiny("llama"), sharers=[tiny("gemma")])
     first = train(recipe(tmp_path / "fit", steps=None, distill_data=[]), **models)
