@@ -174,3 +174,13 @@ def test_a_low_rank_residual_starts_at_zero_and_trains_in_phase_two(tmp_path):
                for a, b in zip(x, y))  # the zero-started residual changes nothing
     with pytest.raises(RecipeError, match="window"):
         train(recipe(tmp_path / "bad", init_from=str(first), data=[], translator={"window": 1}), **models)
+
+
+def test_free_text_items_train_on_their_first_reference():
+    from c2c.data import DataError, MCItem
+    from c2c.data.training import mc_conversations
+    item = MCItem("q1", "When?", [], -1, context="It was 1905.", references=["1905", "in 1905"])
+    (conversation,) = mc_conversations([item], "cloze", "text")
+    assert conversation.messages[-1]["content"] == "1905" and conversation.context == "It was 1905."
+    with pytest.raises(DataError, match="free text"):
+        mc_conversations([item], "cloze", "choices")

@@ -113,16 +113,19 @@ def load_chat_jsonl(path: str | Path, skip_bad: bool = False) -> list[Conversati
 
 def mc_conversations(items: list[MCItem], prompt_style: str, target: str) -> list[Conversation]:
     """Training pairs from MC items; target "letter", "text", "both" (two per item), or "choices" (the answer
-    text, plus every choice's cloze continuation for the choice objective of ``c2c train``)."""
+    text, plus every choice's cloze continuation for the choice objective of ``c2c train``). Free-text items
+    (SQuAD) take target "text": their first reference answer."""
     targets = {"letter": ("letter",), "text": ("text",), "both": ("letter", "text"), "choices": ("choices",)}
     if target not in targets:
         raise ValueError(f"unknown target {target!r}; expected letter, text, both or choices")
     out = []
     for item in items:
+        if not item.choices and target != "text":
+            raise DataError(f"item {item.id} is free text (no choices): train on it with target: text")
         prompt = mc_prompt(item, prompt_style)
         for kind in targets[target]:
-            letter = item.letters[item.answer]
-            answer = f"The correct answer is {letter}." if kind == "letter" else item.choices[item.answer]
+            answer = f"The correct answer is {item.letters[item.answer]}." if kind == "letter" else \
+                item.gold_answers[0]
             messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
             choices = cloze_continuations(item) if kind == "choices" else None
             out.append(Conversation(messages, f"{item.id}#{kind}", choices, item.answer if choices else None,
