@@ -67,8 +67,8 @@ def table() -> str:
     name, split, limit = BENCH.split(":")
     items = {i.id: i for i in load_benchmark(name, split, limit=int(limit)).items}
     lines = [f"SQuAD dev articles, {limit} seeded questions (`{BENCH}`), default pair's receiver (SmolLM2-135M-"
-             "Instruct), greedy. F1 / exact match / answer recall in % (F1 95% CI: normal approximation); gap = "
-             "F1 with the paragraph - F1 alone.", "",
+             "Instruct), greedy. F1 of each method, exact match and answer recall of receiver-with-context, in % "
+             "(F1 95% CI: normal approximation); gap = F1 with the paragraph - F1 alone.", "",
              "| prompt | budget | extraction | receiver F1 | receiver-with-context F1 [95% CI] | EM | recall | gap |",
              "|---|---|---|---|---|---|---|---|"]
     for prompt in PROMPTS:

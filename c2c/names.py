@@ -9,7 +9,7 @@ RENAMED_ALIGNMENTS = {"first": "reencode_first", "longest": "reencode_longest"}
 LAYER_MAPS = ("last_aligned", "spread")
 
 SCORINGS = ("generate", "letter", "cloze", "cloze-options", "free")  # free: a free-text answer, scored by text
-FREE_MAX_NEW_TOKENS = 32  # the free scoring's default answer budget (chosen on SQuAD dev articles)
+FREE_MAX_NEW_TOKENS = 24  # the free scoring's default answer budget (chosen on SQuAD dev articles)
 RUN_METHODS = ("receiver", "sharer", "t2t", "c2c", "c2c-shuffled", "lora-receiver")
 # On items with a context that only the sharer reads (context handoff):
 CONTEXT_METHODS = ("receiver-with-context", "sharer-with-context", "c2c-translated", "c2c-translated-shuffled",

@@ -24,7 +24,7 @@ The correct answer is"""
 
 
 # The free-text scoring's prompt, chosen on SQuAD dev articles (results/context_handoff/squad_prompt_choice.md)
-FREE_PROMPT = "Question: {question}\nAnswer:"
+FREE_PROMPT = "Answer the question with a short phrase from the context.\nQuestion: {question}\nAnswer:"
 
 
 def free_prompt(item: MCItem) -> str:
