@@ -25,16 +25,31 @@ from .runlog import atomic_write
 
 class SharerCaches:
     """A sharer-cache provider. The last batch's K/V are kept: a step that reads them twice (the sharer's own
-    choice scores, then fusion) gets them once. Frozen sharers make this exact."""
+    choice scores, then fusion) gets them once. Frozen sharers make this exact.
+
+    The last batch is recognised by its sharer input tensors themselves (the same objects, not modified in place
+    since), never by their values: reading values would copy them from the GPU and wait for it on every prefill.
+    A batch prepared again from the same prompts is another batch (its sharers run again); ``Batch.to`` a device it
+    is already on keeps its tensors, so it stays the same batch."""
 
     def __init__(self):
         self._last: tuple[tuple, list[list[KV]]] | None = None
 
+    @staticmethod
+    def _key(batch) -> tuple:
+        """The sharer inputs' identity: each tensor (held, so its id is never reused) and its in-place version."""
+        return tuple((tensor, _version(tensor)) for pair in zip(batch.sharer_ids, batch.sharer_mask) for tensor in pair)
+
+    def _matches(self, key: tuple) -> bool:
+        last = self._last[0] if self._last is not None else None
+        return last is not None and len(last) == len(key) and all(
+            tensor is seen and version == seen_version for (tensor, version), (seen, seen_version) in zip(key, last))
+
     def __call__(self, pair, batch, chunks=None) -> list[list[KV]]:
         """``chunks``: a ``scoring.Chunks`` for the sharers' passes, when they run."""
-        key = tuple((ids.device, ids.shape, ids.cpu().numpy().tobytes(), mask.cpu().numpy().tobytes())
-                    for ids, mask in zip(batch.sharer_ids, batch.sharer_mask))
-        if self._last is None or self._last[0] != key:
+        key = self._key(batch)
+        if not self._matches(key):
+            self._last = None  # the previous batch's K/V are not kept while the next ones are computed
             self._last = (key, self.compute(pair, batch, chunks))
         return self._last[1]
 
@@ -106,6 +121,15 @@ class SharerKVStore(SharerCaches):
     def report(self) -> dict:
         return {"folder": str(self.folder), "hits": self.hits, "misses": self.misses, "bytes": self.bytes,
                 "max_bytes": self.max_bytes, "not_stored_over_budget": self.over_budget}
+
+
+def _version(tensor: torch.Tensor) -> object:
+    """How often ``tensor`` was modified in place; tensors made under ``torch.inference_mode`` keep no count, so
+    theirs is a fresh object, equal to nothing (such a batch is never taken for the last one: always correct)."""
+    try:
+        return tensor._version
+    except RuntimeError:
+        return object()
 
 
 def _load(path: Path) -> list[KV]:
