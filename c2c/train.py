@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -446,15 +447,18 @@ def teacher_continuations(pair: C2CModel, conversations: list[Conversation], tok
     """The conversations with their responses replaced by the teacher's own greedy continuation (the receiver
     reading the context as text, ``tokens`` new tokens): the student then learns to answer in the teacher's words.
     Written to ``path`` as they are made and read back from it on resume, so they are generated once."""
-    done = {record["source"]: record["response"] for record in read_jsonl(path)} if path.is_file() else {}
-    todo = [c for c in conversations if c.source not in done]
+    def key(conversation: Conversation) -> str:  # the teacher's input: one item may come with several prompts
+        prompt = json.dumps([split(conversation)[0], conversation.context], ensure_ascii=False)
+        return hashlib.sha1(prompt.encode()).hexdigest()
+    done = {record["key"]: record["response"] for record in read_jsonl(path) if "key" in record}
+    todo = list({key(c): c for c in conversations if key(c) not in done}.values())
     for start in tqdm(range(0, len(todo), batch_size), desc="teacher continuations", disable=not todo,
                       dynamic_ncols=True):
         rows = todo[start:start + batch_size]
         prompts = [with_context(split(c)[0], c.context) for c in rows]
         texts = pair.generate(prompts, max_new_tokens=tokens, fuse=False)
-        records = [{"source": c.source, "response": text} for c, text in zip(rows, texts)]
+        records = [{"key": key(c), "source": c.source, "response": text} for c, text in zip(rows, texts)]
         append_jsonl(path, records)
-        done.update((r["source"], r["response"]) for r in records)
-    return [dataclasses.replace(c, messages=c.messages[:-1] + [{"role": "assistant", "content": done[c.source]}])
-            for c in conversations if done[c.source].strip()]
+        done.update((r["key"], r["response"]) for r in records)
+    return [dataclasses.replace(c, messages=c.messages[:-1] + [{"role": "assistant", "content": done[key(c)]}])
+            for c in conversations if done[key(c)].strip()]

@@ -184,3 +184,18 @@ def test_free_text_items_train_on_their_first_reference():
     assert conversation.messages[-1]["content"] == "1905" and conversation.context == "It was 1905."
     with pytest.raises(DataError, match="free text"):
         mc_conversations([item], "cloze", "choices")
+
+
+def test_teacher_continuations_are_made_once_per_prompt_and_context(tmp_path, monkeypatch):
+    from c2c.train import teacher_continuations
+    calls = []
+    monkeypatch.setattr(C2CModel, "generate", lambda self, prompts, **kw: calls.append(len(prompts)) or
+                        [f" answer {len(calls)}.{i}" for i in range(len(prompts))])
+    item = ROWS[0]
+    free = Conversation([{"role": "user", "content": "Answer briefly.\n" + item.messages[0]["content"]},
+                         item.messages[1]], item.source, context=item.context)  # the same item, another prompt
+    rows = [item, free, item]
+    out = teacher_continuations(tiny_pair(), rows, 4, tmp_path / "teacher.jsonl")
+    assert calls == [2] and [c.messages[-1]["content"] for c in out] == [" answer 1.0", " answer 1.1", " answer 1.0"]
+    again = teacher_continuations(tiny_pair(), rows, 4, tmp_path / "teacher.jsonl")  # a resume reads them back
+    assert calls == [2] and [c.messages for c in again] == [c.messages for c in out]

@@ -37,7 +37,10 @@ def _options(item: MCItem) -> str:
 
 
 def mc_prompt(item: MCItem, style: str) -> str:
-    """User text for an item: "cloze", "cloze-options" or "generate" (the C2C paper's zero-shot prompt)."""
+    """User text for an item: "cloze", "cloze-options", "generate" (the C2C paper's zero-shot prompt) or "free"
+    (``free_prompt``: the free-text scoring's, for training on what it asks)."""
+    if style == "free":
+        return free_prompt(item)
     if style == "cloze":
         return f"Question: {item.question}\nAnswer:"
     if style == "cloze-options":
@@ -46,7 +49,7 @@ def mc_prompt(item: MCItem, style: str) -> str:
         return _GENERATE_TEMPLATE.format(
             question=item.question, choices=_options(item).rstrip("\n"), letters="/".join(item.letters)
         )
-    raise ValueError(f"unknown prompt style {style!r}; expected cloze, cloze-options or generate")
+    raise ValueError(f"unknown prompt style {style!r}; expected cloze, cloze-options, generate or free")
 
 
 def cloze_continuations(item: MCItem) -> list[str]:
