@@ -91,7 +91,10 @@ SIZES = {  # what each measurement runs on: full (the issue's sizes) and tiny (t
                  train_response=8, decode_prompt=16, decode_new=4, decode_batches=[1, 4], context_tokens=48,
                  repeats=1, fuser=dict(hidden_size=16, intermediate_size=16)),
 }
-TOLERANCE = {"bf16_logits_rel_rms": 0.05, "bf16_fusion_shift_cosine": 0.9, "translator_rel_max": 1e-3}
+# bf16 against float32 on the same weights: root-mean-square logit error over the logits' spread (the default pair's
+# shapes on the CPU gave 0.036; the same receiver in two passes instead of one, 0.018), and the cosine between what
+# fusion changes in the logits in each dtype (0.996). The translator in float32 on the device against the CPU.
+TOLERANCE = {"bf16_logits_rel_rms": 0.1, "bf16_fusion_shift_cosine": 0.9, "translator_rel_max": 1e-3}
 WORDS = ("the cell uses light energy to split water and make sugar while carbon dioxide enters through small "
          "pores in the leaf and oxygen leaves as a product of the reaction").split()
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
