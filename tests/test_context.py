@@ -1,6 +1,7 @@
 """Context handoff on tiny models: the translated channel, the fused-prompt channel with a context, the
 cache-enrichment oracle, synthetic data and the evaluation methods."""
 
+import copy
 import functools
 import json
 
@@ -367,7 +368,8 @@ def test_gradients_reach_every_translator_map_and_match_a_finite_difference():
     """The receiver's passes after a translated section keep their graph, so the loss on what follows the context
     reaches every map (float64 models and maps; the loss itself is computed on float32 logits)."""
     torch.manual_seed(0)
-    pair = C2CModel.create(tiny("llama"), [tiny("gemma")], translator=TranslatorConfig(window=1), chat_template=False)
+    receiver, sharer = copy.deepcopy(tiny("llama")), copy.deepcopy(tiny("gemma"))  # the shared ones stay float32
+    pair = C2CModel.create(receiver, [sharer], translator=TranslatorConfig(window=1), chat_template=False)
     for model in (pair.receiver.model, pair.sharers[0].model, pair.translators):
         model.double()
     maps = pair.translators[0].maps
