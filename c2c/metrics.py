@@ -127,12 +127,22 @@ def _paired_lines(summary: dict, names: list[str], key: str, caption: str) -> li
     return lines
 
 
+def _split_text(summary: dict) -> str:
+    """The split the items came from: the run's, unless benchmarks overrode it (``NAME:SPLIT``)."""
+    splits = {name: b.get("split", summary["split"]) for name, b in summary["benchmarks"].items()}
+    if set(splits.values()) <= {summary["split"]}:
+        return f"split `{summary['split']}`"
+    if len(set(splits.values())) == 1:
+        return f"split `{next(iter(splits.values()))}`"
+    return "splits " + ", ".join(f"{name} `{split}`" for name, split in splits.items())
+
+
 def markdown_table(summary: dict) -> str:
     if summary["scoring"] == "free":
         return free_text_table(summary)
     names = list(summary["benchmarks"])
     methods = list(dict.fromkeys(m for b in summary["benchmarks"].values() for m in b["methods"]))
-    lines = [f"Scoring: `{summary['scoring']}`, split `{summary['split']}`, t2t sharer budget "
+    lines = [f"Scoring: `{summary['scoring']}`, {_split_text(summary)}, t2t sharer budget "
              f"{summary['t2t_tokens']} new tokens. Accuracy % [95% CI], mean latency per item (ms, batch 1).", "",
              "| method | " + " | ".join(f"{n} (n={summary['benchmarks'][n]['n']})" for n in names) + " | mean |",
              "|---|" + "---|" * (len(names) + 1)]
@@ -170,7 +180,7 @@ def free_text_table(summary: dict) -> str:
     """Markdown for ``--scoring free``: per benchmark, each method's exact match, F1, answer recall (and the
     generation score) with 95% intervals and latency; then the paired differences in F1 (and generation)."""
     names = list(summary["benchmarks"])
-    lines = [f"Scoring: `free`, split `{summary['split']}`: a greedy answer of up to {summary['max_new_tokens']} new "
+    lines = [f"Scoring: `free`, {_split_text(summary)}: a greedy answer of up to {summary['max_new_tokens']} new "
              "tokens, its short answer scored by SQuAD's exact match, F1 and answer recall (a reference appears in "
              "it), the best over all references; generation (synthetic tasks): the answer names the right value and "
              "no other value of its attribute. % [95% CI: Wilson; F1 a normal approximation on the mean], mean "

@@ -306,3 +306,13 @@ def test_the_receiver_baseline_is_the_pair_with_fusion_off():
     alone = state_continuations(ModelScorer("receiver", pair.receiver, chat=False).prefill(prompt), continuations)
     fused = state_continuations(PairScorer("c2c", pair).prefill(prompt), continuations)
     assert baseline == alone != fused  # one switch apart from C2C, and exactly the model alone
+
+
+def test_the_table_names_the_split_each_benchmark_came_from():
+    from c2c.metrics import _split_text
+    summary = {"split": "test", "benchmarks": {"arc": {"split": "test"}, "ceval": {"split": "val"}}}
+    assert _split_text(summary) == "splits arc `test`, ceval `val`"
+    summary["benchmarks"] = {"synthetic-1fact": {"split": "dev"}, "squad": {"split": "dev"}}
+    assert _split_text(summary) == "split `dev`"
+    summary["benchmarks"] = {"arc": {"split": "test"}}
+    assert _split_text(summary) == "split `test`"
