@@ -248,13 +248,15 @@ def train(config: TrainConfig, resume: bool = False, stop_after: int | None = No
             return fit_translators(config, receiver, sharers)
         if config.init_from:
             load_config(config.init_from)  # a missing or damaged checkpoint is refused before any model loads
+        if int(os.environ.get("RANK", "0")) == 0:  # a run folder from the start: --resume keeps its fit and teacher
+            output.mkdir(parents=True, exist_ok=True)
+            (output / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
         receiver = receiver or load_model(config.receiver, config.dtype, config.device)
         sharers = sharers or [load_model(s, config.dtype, config.device) for s in config.sharers]
         translator_from = Path(config.init_from) if config.init_from else output / "closed_form"
         if not config.init_from and not (translator_from / "fuser.safetensors").is_file():  # not fitted yet
             fit_translators(config, receiver, sharers, translator_from)
         resume = resume and (output / "checkpoint").is_dir()  # else stopped before phase 2's first checkpoint
-        output.mkdir(parents=True, exist_ok=True)
     runtime = init_distributed(config.device)
     train_set, held_out = load_examples(config)
     pair, trainable = build_model(config, receiver, sharers, translator_from)

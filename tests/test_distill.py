@@ -199,3 +199,26 @@ def test_teacher_continuations_are_made_once_per_prompt_and_context(tmp_path, mo
     assert calls == [2] and [c.messages[-1]["content"] for c in out] == [" answer 1.0", " answer 1.1", " answer 1.0"]
     again = teacher_continuations(tiny_pair(), rows, 4, tmp_path / "teacher.jsonl")  # a resume reads them back
     assert calls == [2] and [c.messages for c in again] == [c.messages for c in out]
+
+
+def test_a_run_stopped_before_its_first_checkpoint_resumes_with_its_fit_and_teacher(tmp_path, monkeypatch):
+    """The folder is a run from its start: stopped while making teacher continuations, it resumes from them."""
+    import c2c.train as training
+    models = dict(receiver=tiny("llama"), sharers=[tiny("gemma")])
+    config = recipe(tmp_path / "run", teacher_tokens=2)
+    original = training.teacher_continuations
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(training, "teacher_continuations", stop)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, **models)
+    assert json.loads((tmp_path / "run" / "train_config.json").read_text())["teacher_tokens"] == 2
+    assert (tmp_path / "run" / "closed_form" / "fuser.safetensors").is_file()
+    monkeypatch.setattr(training, "teacher_continuations", original)
+    with pytest.raises(RecipeError, match="--resume"):
+        train(config, **models)
+    fitted = (tmp_path / "run" / "closed_form" / "fuser.safetensors").stat().st_mtime_ns
+    train(config, resume=True, **models)
+    assert (tmp_path / "run" / "closed_form" / "fuser.safetensors").stat().st_mtime_ns == fitted  # not refitted
+    assert (tmp_path / "run" / "fuser.safetensors").is_file()
