@@ -54,7 +54,8 @@ def model_card(pair, train_config: dict | None = None, summary: dict | None = No
     config = pair.config
     lines = ["---", "library_name: c2c", "tags: [cache-to-cache, kv-cache, fuser]",
              f"base_model: {config.receiver}", "---", "",
-             f"# C2C fuser: {config.receiver} <- {', '.join(s.model for s in config.sharers)}", "",
+             f"# C2C {'fuser' if config.fuser is not None else 'context translator'}: {config.receiver} <- "
+             f"{', '.join(s.model for s in config.sharers)}", "",
              "A Cache-to-Cache fuser (arXiv 2510.03215): the sharer's KV-cache is projected into the receiver's, layer "
              "by layer, and the receiver answers from the fused cache. Both models stay frozen; this repository "
              "holds only what was trained.", "",
@@ -72,8 +73,10 @@ def model_card(pair, train_config: dict | None = None, summary: dict | None = No
                   f"layers per branch, {sum(p.numel() for p in pair.fusers.parameters()):,} parameters; receiver "
                   f"input {fuser.receiver_input}, position-free keys {fuser.position_free}"]
     if config.translator is not None:
-        lines.append(f"- context translator: window {config.translator.window}, stored as "
-                     f"{config.translator.storage_dtype}")
+        lines.append(f"- context translator: window {config.translator.window}, residual rank "
+                     f"{config.translator.residual_rank}, {sum(p.numel() for p in pair.translators.parameters()):,} "
+                     f"parameters stored as {config.translator.storage_dtype}: a context only the sharer reads is "
+                     "translated into receiver K/V where its text would stand (`sharer_contexts=`)")
     if config.fuser is not None:
         gates, is_open = pair.gate_logits(), pair.open_gates()  # (sharers, layers, 2)
         lines += ["", "## Gates (open when the logit is positive)", "", "| receiver layer | "
@@ -89,23 +92,29 @@ def model_card(pair, train_config: dict | None = None, summary: dict | None = No
                   f"`{train_config.get('objective')}`, steps {train_config.get('steps')}, epochs "
                   f"{train_config.get('epochs')}, batch {train_config.get('batch_size')}, lr {train_config.get('lr')}, "
                   f"seed {train_config.get('seed')}", "- data: " + ("; ".join(json.dumps(d) for d in data) or "none"),
+                  *([f"- started from `{train_config['init_from']}`"] if train_config.get("init_from") else []),
+                  *(["- self-distillation data: " + "; ".join(json.dumps(d) for d in train_config["distill_data"])]
+                    if train_config.get("distill_data") else []),
                   "- the whole recipe is `train_config.json` in this repository"]
     if summary:
+        free = summary.get("scoring") == "free"
         lines += ["", "## Evaluation", "", f"`c2c eval`, scoring `{summary.get('scoring')}`, split "
-                  f"`{summary.get('split')}`. Accuracy % (n). `c2c-shuffled` is the control where the sharer reads "
-                  "another item: the fuser's gain over it is what the sharer's cache carried.", ""]
+                  f"`{summary.get('split')}`. {'F1' if free else 'Accuracy'} % (n). The `-shuffled` methods are the "
+                  "control where the sharer reads another item: the gain over it is what the sharer's cache carried.",
+                  ""]
         benchmarks = summary.get("benchmarks", {})
         methods = list(dict.fromkeys(m for b in benchmarks.values() for m in b["methods"]))
         lines += ["| method | " + " | ".join(benchmarks) + " |", "|---|" + "---|" * len(benchmarks)]
         for method in methods:
-            cells = [f"{100 * b['methods'][method]['accuracy']:.1f} ({b['methods'][method]['n']})"
+            cells = [f"{100 * b['methods'][method]['f1' if free else 'accuracy']:.1f} ({b['methods'][method]['n']})"
                      if method in b["methods"] else "-" for b in benchmarks.values()]
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
-        gains = [(name, b.get("paired", {}).get("c2c - c2c-shuffled")) for name, b in benchmarks.items()]
-        gains = [(name, g) for name, g in gains if g and g.get("difference") is not None]
-        if gains:
-            lines += ["", "Communication gain, c2c - c2c-shuffled, paired on the same items (points, 95% CI): "
-                      + "; ".join(f"{name} {paired_text(g)}" for name, g in gains) + "."]
+        for channel in ("c2c", "c2c-translated"):
+            gains = [(name, b.get("paired", {}).get(f"{channel} - {channel}-shuffled")) for name, b in benchmarks.items()]
+            gains = [(name, g) for name, g in gains if g and g.get("difference") is not None]
+            if gains:
+                lines += ["", f"Communication gain, {channel} - {channel}-shuffled, paired on the same items (points, "
+                          "95% CI): " + "; ".join(f"{name} {paired_text(g)}" for name, g in gains) + "."]
     return "\n".join(lines) + "\n"
 
 

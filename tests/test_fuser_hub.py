@@ -102,3 +102,20 @@ def test_push_to_hub_uploads_the_fuser_with_a_model_card(tmp_path, monkeypatch):
     FakeHub.uploads = []
     pair.save_pretrained(tmp_path / "other", push_to_hub=True, repo_id="me/other")
     assert FakeHub.uploads[0][1] == "me/other" and "README.md" in FakeHub.uploads[1][2]
+
+
+def test_a_translator_card_names_its_phases_and_its_gain_over_the_shuffled_control():
+    from c2c.fuser_hub import model_card
+    from c2c.translator import TranslatorConfig
+    pair = C2CModel.create(tiny("llama"), [tiny("gemma")], translator=TranslatorConfig(window=0), chat_template=False)
+    gain = {"n": 500, "difference": 0.25, "ci95": [0.2, 0.3]}
+    summary = {"scoring": "cloze", "split": "test", "benchmarks": {"synthetic-1fact": {
+        "methods": {"c2c-translated": {"accuracy": 0.7, "n": 500}, "c2c-translated-shuffled": {"accuracy": 0.45, "n": 500}},
+        "paired": {"c2c-translated - c2c-translated-shuffled": gain}}}}
+    card = model_card(pair, {"method": "translator", "init_from": "runs/fit", "steps": 3,
+                             "distill_data": [{"benchmark": "squad"}]}, summary)
+    assert "# C2C context translator: tiny-llama <- tiny-gemma" in card and "residual rank 0" in card
+    assert "- started from `runs/fit`" in card and '- self-distillation data: {"benchmark": "squad"}' in card
+    assert "| c2c-translated | 70.0 (500) |" in card
+    assert "c2c-translated - c2c-translated-shuffled, paired on the same items (points, 95% CI): synthetic-1fact " \
+           "+25.0 [+20.0, +30.0]." in card
