@@ -25,10 +25,9 @@ from c2c.metrics import paired_text  # noqa: E402
 from c2c.runlog import training_minutes  # noqa: E402
 
 RIDGE_CLOZE = Path("results/context_handoff")
-TRANSLATORS = {"ridge": "closed-form (ridge) maps", "distill": "phase 2, synthetic facts",
-               "distill_squad": "phase 2, + SQuAD train articles", "distill_squad_residual": "the same + rank-64 residual"}
-RUNS = {"distill": "runs/context_handoff_distill", "distill_squad": "runs/context_handoff_distill_squad",
-        "distill_squad_residual": "runs/context_handoff_distill_squad_residual"}
+TRANSLATORS = {"ridge": "closed-form (ridge) maps", "distill": "phase 2, synthetic facts (320 steps)",
+               "distill_squad": "phase 2 continued on SQuAD train articles + synthetic (160 more steps)"}
+RUNS = {"distill": "runs/context_handoff_distill", "distill_squad": "runs/context_handoff_distill_squad"}
 CLOZE, FREE = ("synthetic-1fact", "synthetic-3fact"), ("synthetic-1fact", "squad")
 METHODS = ("receiver", "receiver-with-context", "c2c-translated", "c2c-translated-shuffled", "t2t", "lora-receiver")
 
@@ -90,7 +89,7 @@ def dev_table(root: Path) -> list[str]:
     lines = ["Dev items only (`synthetic-*fact` dev split, names and values unseen in any fit; SQuAD dev articles): "
              "accuracy (cloze) or F1 (free) of the translated context, and the share of the gap it closes "
              "[bootstrap 95% CI].", "",
-             "| translator | training minutes | synthetic-1fact cloze | synthetic-3fact cloze | squad F1 |",
+             "| translator | phase-2 minutes (this run) | synthetic-1fact cloze | synthetic-3fact cloze | squad F1 |",
              "|---|---|---|---|---|"]
     for name, label in TRANSLATORS.items():
         cells = []
