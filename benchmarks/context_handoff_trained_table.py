@@ -177,6 +177,30 @@ def breakdowns(root: Path) -> list[str]:
     return lines
 
 
+def token_breakdown(root: Path) -> list[str]:
+    """The synthetic free-text generation score by how many tokens the right value takes for each model, over the
+    items where the receiver reading the text states it: a translated section has one position per sharer token."""
+    from c2c.models import load_model
+    tokenizers = {role: load_model(spec).tokenizer for role, spec in (("receiver", "smollm2-135m-instruct"),
+                                                                       ("sharer", "gemma3-270m"))}
+    folder = root / "test" / "free"
+    ceiling, channel = records(folder, "synthetic-1fact", "receiver-with-context"), \
+        records(folder, "synthetic-1fact", "c2c-translated")
+    groups: dict[str, list[bool]] = {}
+    for item, record in channel.items():
+        if not ceiling.get(item, {}).get("generation"):
+            continue
+        counts = {role: len(t(" " + record["gold"][0], add_special_tokens=False)["input_ids"])
+                  for role, t in tokenizers.items()}
+        key = ", ".join(f"{role} {'1 token' if n == 1 else '2+ tokens'}" for role, n in counts.items())
+        groups.setdefault(key, []).append(bool(record["generation"]))
+    lines = ["synthetic-1fact (free): the trained translator states the right value, by the value's token count "
+             "(items where the receiver reading the text states it):", "", "| value tokens | n | stated % |",
+             "|---|---|---|"]
+    lines += [f"| {key} | {len(v)} | {pct(sum(v) / len(v))} |" for key, v in sorted(groups.items())]
+    return lines + [""]
+
+
 def plot(results: dict, path: Path) -> None:
     titles = list(next(iter(results.values())))
     fig, ax = plt.subplots(figsize=(8, 4))
@@ -218,7 +242,7 @@ def targets(results: dict, root: Path) -> dict:
 def main(root: Path) -> None:
     test_lines, results = test_tables(root)
     (root / "dev.md").write_text("\n".join(dev_table(root)))
-    (root / "table.md").write_text("\n".join(test_lines + breakdowns(root)))
+    (root / "table.md").write_text("\n".join(test_lines + breakdowns(root) + token_breakdown(root)))
     (root / "targets.json").write_text(json.dumps(targets(results, root), indent=2) + "\n")
     plot(results, root / "gap_closed.png")
     print((root / "dev.md").read_text(), (root / "table.md").read_text(), (root / "targets.json").read_text(), sep="\n")

@@ -56,12 +56,16 @@ def model_card(pair, train_config: dict | None = None, summary: dict | None = No
              f"base_model: {config.receiver}", "---", "",
              f"# C2C {'fuser' if config.fuser is not None else 'context translator'}: {config.receiver} <- "
              f"{', '.join(s.model for s in config.sharers)}", "",
-             "A Cache-to-Cache fuser (arXiv 2510.03215): the sharer's KV-cache is projected into the receiver's, layer "
-             "by layer, and the receiver answers from the fused cache. Both models stay frozen; this repository "
-             "holds only what was trained.", "",
+             ("A Cache-to-Cache fuser (arXiv 2510.03215): the sharer's KV-cache is projected into the receiver's, "
+              "layer by layer, and the receiver answers from the fused cache." if config.fuser is not None else
+              "A context translator for Cache-to-Cache communication: a context only the sharer reads is translated, "
+              "layer by layer, into receiver K/V placed where its text would stand, and the receiver answers from "
+              "it.") + " Both models stay frozen; this repository holds only what was trained.", "",
              "```python", "from c2c import C2CModel",
              "pair = C2CModel.from_pretrained(\"OWNER/NAME\")  # loads the models named below by their specs",
-             "print(pair.generate(\"Why is the sky blue?\")[0])", "```", "", "## The pair", "",
+             "print(pair.generate(\"Why is the sky blue?\")[0])" if config.fuser is not None else
+             "print(pair.generate(\"Question: What is Zelda's pet?\\nAnswer:\", sharer_contexts=\"Zelda's pet is a "
+             "turtle.\")[0])", "```", "", "## The pair", "",
              f"- receiver: `{config.receiver}` ({config.receiver_shape['num_layers']} layers); chat template "
              f"{'used' if config.chat_template else 'not used'}"]
     for sharer in config.sharers:
@@ -88,8 +92,10 @@ def model_card(pair, train_config: dict | None = None, summary: dict | None = No
             lines.append(f"| {layer} | " + " | ".join(cells) + " |")
     if train_config:
         data = train_config.get("data") or []
+        objective = "self-distillation (KL, teacher: the receiver reading the text)" \
+            if train_config.get("method") == "translator" else train_config.get("objective")
         lines += ["", "## Training", "", f"- method `{train_config.get('method')}`, objective "
-                  f"`{train_config.get('objective')}`, steps {train_config.get('steps')}, epochs "
+                  f"`{objective}`, steps {train_config.get('steps')}, epochs "
                   f"{train_config.get('epochs')}, batch {train_config.get('batch_size')}, lr {train_config.get('lr')}, "
                   f"seed {train_config.get('seed')}", "- data: " + ("; ".join(json.dumps(d) for d in data) or "none"),
                   *([f"- started from `{train_config['init_from']}`"] if train_config.get("init_from") else []),

@@ -82,7 +82,7 @@ def test_shipped_chat_fuser_answers_in_free_text(models):
 def test_shipped_translator_answers_from_a_context_the_receiver_never_read(models):
     """The README's context-handoff example; and on 24 seeded synthetic test items (names and values never seen
     in fitting) the receiver picks the right choice far more often from the item's own context than from another
-    item's (19 vs 9 here; the full test in results/context_handoff: 67.0% vs 39.0% of 500)."""
+    item's (the full test in results/context_handoff/trained: 77.4% vs 37.4% of 500)."""
     pair = C2CModel.from_pretrained(SHIPPED_HANDOFF, receiver=models[0], sharers=[models[1]])
     question = "Question: What is Zelda's pet?\nAnswer:"
     assert "turtle" in pair.generate(question, sharer_contexts="Zelda's pet is a turtle.\n", max_new_tokens=8)[0]
