@@ -31,6 +31,14 @@ def make_pair(receiver: str = "llama", sharers=("gemma",), fuser: FuserConfig = 
     return pair.eval()
 
 
+def count_sharer_runs(pair: C2CModel) -> list[int]:
+    """The sharer indices of every sharer pass ``pair`` runs from now on (``pair.sharer_kv`` calls)."""
+    calls: list[int] = []
+    real = pair.sharer_kv
+    pair.sharer_kv = lambda *args: calls.append(args[0]) or real(*args)
+    return calls
+
+
 @pytest.fixture
 def isolated_cache(tmp_path, monkeypatch):
     """Model conversions of a test go to its own folder, not to the user's ~/.cache/c2c."""

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import SMALL_FUSER, make_pair
+from conftest import SMALL_FUSER, count_sharer_runs, make_pair
 from tiny import tiny
 
 from c2c import cache as kvcache
@@ -510,9 +510,7 @@ def test_a_position_free_fuser_reads_keys_without_rotary_and_writes_its_key_resi
 
 def test_the_sharers_run_once_for_a_batch_read_twice():
     pair = make_pair()
-    calls = []
-    real = pair.sharer_kv
-    pair.sharer_kv = lambda *args: calls.append(args[0]) or real(*args)
+    calls = count_sharer_runs(pair)
     batch = pair.prepare(PROMPTS)
     first = pair.sharer_caches(batch)
     assert pair.sharer_caches(batch) is first and calls == [0]

@@ -3,7 +3,7 @@ the sharer ids from the GPU and waited for it on every prefill. The batch is rec
 and their in-place versions."""
 
 import torch
-from conftest import make_pair
+from conftest import count_sharer_runs, make_pair
 
 from c2c.batch import Batch
 from c2c.kvstore import SharerCaches
@@ -38,9 +38,7 @@ def test_the_last_batch_is_recognised_without_reading_its_values():
 
 def test_a_batch_changed_in_place_or_prepared_again_is_computed_again():
     pair = make_pair()
-    calls = []
-    real = pair.sharer_kv
-    pair.sharer_kv = lambda *args: calls.append(args[0]) or real(*args)
+    calls = count_sharer_runs(pair)
     batch = pair.prepare(PROMPTS)
     first = pair.sharer_caches(batch)
     assert pair.sharer_caches(batch.to(pair.device)) is first and len(calls) == 1
