@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 30: the context translator trained end to end (phase 2, self-distillation through the receiver), chosen on
 # dev items, measured on test items against the receiver, the receiver reading the text, the shuffled control,
-# the closed-form (ridge) translator and (cloze) a LoRA receiver. Every step resumes: training from its checkpoint,
+# the closed-form (ridge) translator, t2t and a LoRA receiver. Every step resumes: training from its checkpoint,
 # evaluation from its per-item records. C2C_DATA_DIR must point at the shared data (SQuAD, instruction texts).
 #   benchmarks/context_handoff_trained.sh [train | dev | test | table | all]   (CHOSEN=DIR: the translator for test)
 set -euo pipefail
@@ -28,8 +28,8 @@ if run train; then  # the ridge fit (about 19 min), phase 2 from it, then contin
 fi
 
 # The choice among the translators, on dev items only: the receiver's records are shared by every translator.
-evaluate() {  # translator folder, output folder, scoring, benchmarks, methods
-  $C2C eval --fuser "$1" --bench "$4" --scoring "$3" --seed 0 --methods "$5" --out "$2"
+evaluate() {  # translator folder, output folder, scoring, benchmarks, methods, other c2c eval options...
+  $C2C eval --fuser "$1" --bench "$4" --scoring "$3" --seed 0 --methods "$5" --out "$2" "${@:6}"
 }
 if run dev; then
   for scoring in cloze free; do
@@ -58,7 +58,9 @@ if run test; then
   for bench in synthetic-1fact squad; do
     copy $OUT/test/free $OUT/test/free_ridge $bench receiver receiver-with-context; done
   evaluate $RIDGE $OUT/test/free_ridge free synthetic-1fact:test:200,squad:test:100 $CONTEXT_METHODS
-  evaluate $CHOSEN $OUT/test/free free synthetic-1fact:test:200,squad:test:100 $CONTEXT_METHODS
+  train recipes/context_handoff_lora.yaml runs/context_handoff_lora   # the LoRA receiver of issue 16's recipe
+  evaluate $CHOSEN $OUT/test/free free synthetic-1fact:test:200,squad:test:100 $CONTEXT_METHODS,t2t,lora-receiver \
+    --method-limit t2t=40 --lora runs/context_handoff_lora
 fi
 if run table; then
   .venv/bin/python benchmarks/context_handoff_trained_table.py $OUT   # -> dev.md, table.md, targets.json, plot
