@@ -185,6 +185,25 @@ def build_model(config: TrainConfig, receiver: LoadedModel | None = None,
     return pair, receiver.model
 
 
+def phase_two_start(config: TrainConfig, receiver: LoadedModel | None, sharers: list[LoadedModel] | None
+                    ) -> tuple[LoadedModel, list[LoadedModel], Path]:
+    """Before a translator's phase 2: its run folder (written first, so that --resume keeps the fit and the
+    teacher's answers), the models, and the translator it starts from: ``init_from``, else the closed-form fit
+    in ``OUTPUT/closed_form``, fitted now unless an earlier start of this run already did."""
+    output = Path(config.output)
+    if config.init_from:
+        load_config(config.init_from)  # a missing or damaged checkpoint is refused before any model loads
+    if int(os.environ.get("RANK", "0")) == 0:
+        output.mkdir(parents=True, exist_ok=True)
+        (output / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    receiver = receiver or load_model(config.receiver, config.dtype, config.device)
+    sharers = sharers or [load_model(s, config.dtype, config.device) for s in config.sharers]
+    start = Path(config.init_from) if config.init_from else output / "closed_form"
+    if not config.init_from and not (start / "fuser.safetensors").is_file():
+        fit_translators(config, receiver, sharers, start)
+    return receiver, sharers, start
+
+
 def translator_model(config: TrainConfig, receiver: LoadedModel, sharers: list[LoadedModel], start: Path
                      ) -> tuple[C2CModel, torch.nn.Module]:
     """Phase 2's pair: the recipe's translator (a new residual starts at zero) holding the maps and statistics of
@@ -246,16 +265,7 @@ def train(config: TrainConfig, resume: bool = False, stop_after: int | None = No
     if config.method == "translator":
         if not config.distills:
             return fit_translators(config, receiver, sharers)
-        if config.init_from:
-            load_config(config.init_from)  # a missing or damaged checkpoint is refused before any model loads
-        if int(os.environ.get("RANK", "0")) == 0:  # a run folder from the start: --resume keeps its fit and teacher
-            output.mkdir(parents=True, exist_ok=True)
-            (output / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-        receiver = receiver or load_model(config.receiver, config.dtype, config.device)
-        sharers = sharers or [load_model(s, config.dtype, config.device) for s in config.sharers]
-        translator_from = Path(config.init_from) if config.init_from else output / "closed_form"
-        if not config.init_from and not (translator_from / "fuser.safetensors").is_file():  # not fitted yet
-            fit_translators(config, receiver, sharers, translator_from)
+        receiver, sharers, translator_from = phase_two_start(config, receiver, sharers)
         resume = resume and (output / "checkpoint").is_dir()  # else stopped before phase 2's first checkpoint
     runtime = init_distributed(config.device)
     train_set, held_out = load_examples(config)

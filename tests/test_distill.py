@@ -222,3 +222,11 @@ def test_a_run_stopped_before_its_first_checkpoint_resumes_with_its_fit_and_teac
     train(config, resume=True, **models)
     assert (tmp_path / "run" / "closed_form" / "fuser.safetensors").stat().st_mtime_ns == fitted  # not refitted
     assert (tmp_path / "run" / "fuser.safetensors").is_file()
+
+
+def test_logits_from_a_column_inside_a_translated_section_are_refused():
+    pair = tiny_pair()
+    micro = distillation_batch(pair, ROWS[:1], torch.device("cpu"))
+    section = next(s for s in micro.batch.sections if s is not None)
+    with pytest.raises(ValueError, match="inside a translated section"):
+        pair.logits_from(micro.batch, section.start + 1)
