@@ -190,7 +190,8 @@ def cmd_eval(args) -> None:
     config = EvalConfig(benchmarks=args.bench.split(","), methods=args.methods.split(","), scoring=args.scoring,
                         split=args.split, limit=args.limit, seed=args.seed, out=args.out, data_dir=args.data_dir,
                         skip_bad=args.skip_bad, recompute=args.recompute, method_limits=limits,
-                        throughput_batch=args.throughput_batch, t2t_batch=args.t2t_batch)
+                        throughput_batch=args.throughput_batch, t2t_batch=args.t2t_batch,
+                        batch_size=args.batch_size)
     if args.fuser:
         pair = C2CModel.from_pretrained(args.fuser, dtype=args.dtype, device=args.device)
     else:  # the models alone: an untrained pair, whose receiver with fusion off is the receiver baseline
@@ -310,6 +311,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--t2t-batch", type=int, default=1, metavar="N",
                           help="write t2t's sharer texts N items at a time (faster on many items; latency statistics "
                                "then come only from items run one at a time)")
+    evaluate.add_argument("--batch-size", type=int, metavar="N",
+                          help="score N items per forward under the cloze scorings, each record bearing 1/N of the "
+                               "batch's time (default: 8 on a GPU, 1 on a CPU; t2t, receiver-enriched and the "
+                               "letter/generate/free scorings run one item at a time)")
     evaluate.add_argument("--max-new-tokens", type=int, help="answer budget of the generate scoring (default 64) "
                                                                f"and the free one (default {FREE_MAX_NEW_TOKENS})")
     evaluate.add_argument("--no-chat-template", action="store_true", help="without --fuser: raw prompts")

@@ -26,7 +26,8 @@ from .models import LoadedModel
 from .names import DERIVED_METHODS, METHODS, RUN_METHODS, SCORINGS
 from .pair import C2CModel
 from .runlog import read_jsonl, training_minutes, write_jsonl
-from .scorers import EnrichedScorer, ModelScorer, PairScorer, Scorer, item_prompt, score_item
+from .scorers import (BATCHED_SCORINGS, EnrichedScorer, ModelScorer, PairScorer, Scorer, item_prompt, score_item,
+                      score_items)
 from .scoring import decode
 
 __all__ = ["EvalConfig", "EvalSetup", "run_eval", "run_method", "method_runner", "sharer_backgrounds",
@@ -71,7 +72,9 @@ class EvalSetup:
 
 def method_runner(method: str, setup: EvalSetup, items: list[MCItem], scoring: str, seed: int,
                   backgrounds: dict[str, tuple[str, int]] | None = None) -> Callable[[MCItem], dict]:
-    """A function that evaluates one item with ``method`` and returns its record (without timing).
+    """A function that evaluates one item with ``method`` and returns its record (without timing). Where the
+    method and protocol can score several items in one forward (cloze protocols, every method but t2t and
+    receiver-enriched) it also has ``.batch``: a list of items -> their records, each as the function gives it.
 
     For t2t, ``backgrounds`` may hold sharer texts already written for some items (``sharer_backgrounds``,
     batched); each is used once, and any other item's is written on the spot."""
@@ -82,6 +85,14 @@ def method_runner(method: str, setup: EvalSetup, items: list[MCItem], scoring: s
             text, extra = prefix(item)
             state = scorer.prefill(text + item_prompt(item, scoring), partner(item), context(item))
             return {**score_item(state, item, scoring, setup.max_new_tokens), **extra}
+
+        def run_batch(batch: list[MCItem]) -> list[dict]:
+            texts, extras = zip(*(prefix(item) for item in batch))
+            state = scorer.prefill_batch([text + item_prompt(item, scoring) for text, item in zip(texts, batch)],
+                                         [partner(item) for item in batch], [context(item) for item in batch])
+            return [{**result, **extra} for result, extra in zip(score_items(state, batch, scoring), extras)]
+        if scoring in BATCHED_SCORINGS and hasattr(scorer, "prefill_batch") and method != "t2t":
+            run.batch = run_batch  # several items per forward (``run_method`` with batch_size > 1)
         return run
 
     def own_context(item: MCItem) -> str:
@@ -213,8 +224,13 @@ class EvalConfig:
     method_limits: dict[str, int] | None = None  # e.g. {"t2t": 50}: that method sees only the first 50 items
     throughput_batch: int | None = None  # also measure batched generation throughput (receiver vs C2C)
     t2t_batch: int = 1  # t2t's sharer texts generated this many items at a time (those items get no latency)
+    # items scored per forward (cloze protocols; t2t, receiver-enriched and the other protocols run one at a
+    # time); None: ``default_batch_size`` of the device
+    batch_size: int | None = None
 
     def __post_init__(self):
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1 (items per forward), got {self.batch_size}")
         if self.t2t_batch < 1:
             raise ValueError(f"t2t_batch must be >= 1 (items per batched sharer generation), got {self.t2t_batch}")
         if self.scoring not in SCORINGS:
@@ -330,6 +346,12 @@ def run_method(method: str, setup: EvalSetup, items: list[MCItem], config: EvalC
     if todo:
         backgrounds: dict[str, tuple[str, int]] = {}
         run = method_runner(method, setup, items, config.scoring, config.seed, backgrounds)
+        batch_size = config.batch_size or default_batch_size(setup.pair.device)
+        run_batch = getattr(run, "batch", None) if batch_size > 1 else None
+        if run_batch is not None:
+            if config.warmup:
+                run_batch(todo[:batch_size])  # warm-up: first calls pay for allocation and lazy initialisation
+            return run_batched(method, run_batch, items, todo, batch_size, path, folder, done)
         for item in todo[:config.warmup]:
             run(item)  # warm-up: first calls pay for allocation and lazy initialisation
         group_size = config.t2t_batch if method == "t2t" else 1
@@ -354,4 +376,31 @@ def run_method(method: str, setup: EvalSetup, items: list[MCItem], config: EvalC
                     handle.flush()
                     done[item.id] = record
                     progress.update()
+    return [done[item.id] for item in items]
+
+
+def default_batch_size(device: torch.device | str) -> int:
+    """Items per forward when ``c2c eval`` is not given --batch-size: 8 on a GPU, 1 on a CPU."""
+    return 8 if torch.device(device).type == "cuda" else 1
+
+
+def run_batched(method: str, run_batch: Callable[[list[MCItem]], list[dict]], items: list[MCItem],
+                todo: list[MCItem], batch_size: int, path: Path, folder: Path, done: dict[str, dict]) -> list[dict]:
+    """``run_method``'s loop with ``batch_size`` items per forward: each record gets its share of the batch's
+    time as its latency and the batch's size as ``batch``; records are appended (and reused) per item."""
+    with path.open("a") as handle, tqdm(total=len(todo), desc=f"{folder.name} {method}",
+                                        dynamic_ncols=True) as progress:
+        for start in range(0, len(todo), batch_size):
+            group = todo[start:start + batch_size]
+            started = time.perf_counter()
+            results = run_batch(group)
+            latency = (time.perf_counter() - started) * 1000 / len(group)
+            for item, result in zip(group, results):
+                record = {"id": item.id, "subject": item.subject, "gold": item.answer,
+                          "correct": result["prediction"] == item.answer, "latency_ms": latency,
+                          "batch": len(group), **result}
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+                done[item.id] = record
+            handle.flush()
+            progress.update(len(group))
     return [done[item.id] for item in items]

@@ -17,6 +17,7 @@ from .align import as_messages, render
 from .answers import extract_answer, free_text_scores
 from .context import context_span, cut_context, with_context
 from .data import MCItem, cloze_continuations, extract_choice_letter, free_prompt, mc_prompt
+from .layout import pad_rows
 from .models import LoadedModel
 from .pair import C2CModel
 from .rotary import Rotary
@@ -29,14 +30,22 @@ class Prefilled:
 
     model: torch.nn.Module
     tokenizer: object
-    input_ids: torch.Tensor  # (1, P)
+    input_ids: torch.Tensor  # (B, P): one prompt, or (``prefill_batch``) B left-padded prompts
     cache: DynamicCache  # P - 1 positions
+    attention_mask: torch.Tensor | None = None  # (B, P); None: every column is a token (a single prompt)
+
+    @property
+    def mask(self) -> torch.Tensor:
+        return self.attention_mask if self.attention_mask is not None else torch.ones_like(self.input_ids)
 
 
 class Scorer(Protocol):
     name: str
 
     def prefill(self, prompt: str, other_prompt: str | None = None, context: str | None = None) -> Prefilled: ...
+
+
+BATCHED_SCORINGS = ("cloze", "cloze-options")  # the protocols ``score_items`` runs on several prompts at once
 
 
 @dataclass
@@ -55,6 +64,19 @@ class ModelScorer:
         ids = torch.tensor([view.ids], device=self.model.model.device)
         cache = prompt_cache(self.model.model, ids, torch.ones_like(ids))
         return Prefilled(self.model.model, self.model.tokenizer, ids, cache)
+
+    @torch.no_grad()
+    def prefill_batch(self, prompts: list[str], other_prompts: list[str | None],
+                      contexts: list[str | None]) -> Prefilled:
+        """``prefill`` of several prompts in one left-padded batch (per-row mask and positions)."""
+        rows = [render(self.model.tokenizer, with_context(p, c) if c else as_messages(p), self.chat).ids
+                for p, c in zip(prompts, contexts)]
+        device = self.model.model.device
+        pad = self.model.tokenizer.pad_token_id or 0
+        ids = pad_rows(rows, pad, left=True).to(device)
+        mask = pad_rows([[1] * len(row) for row in rows], 0, left=True).to(device)
+        cache = prompt_cache(self.model.model, ids, mask)
+        return Prefilled(self.model.model, self.model.tokenizer, ids, cache, mask)
 
 
 @dataclass
@@ -109,6 +131,24 @@ class PairScorer:
         cache = self.pair.prefill(batch, fuse=self.fuse)
         return Prefilled(self.pair.receiver.model, self.pair.receiver.tokenizer, batch.input_ids, cache)
 
+    @torch.no_grad()
+    def prefill_batch(self, prompts: list[str], other_prompts: list[str | None],
+                      contexts: list[str | None]) -> Prefilled:
+        """``prefill`` of several prompts in one batch, laid out by ``C2CModel.prepare`` (left padding, per-row
+        alignment and translated sections); a row without ``other_prompt`` has its sharer read its own prompt."""
+        if self.fuse:
+            sharer_prompts = [o or p for p, o in zip(prompts, other_prompts)] if any(other_prompts) else None
+            batch = self.pair.prepare(prompts, sharer_prompts=sharer_prompts,
+                                      sharer_contexts=list(contexts) if any(contexts) else None,
+                                      context_channel=self.channel)
+        else:
+            batch = self.pair.prepare([with_context(p, c) if c else p for p, c in zip(prompts, contexts)])
+        batch = batch.to(self.pair.device)
+        cache = self.pair.prefill(batch, fuse=self.fuse)
+        columns = slice(0, batch.prompt_length)
+        return Prefilled(self.pair.receiver.model, self.pair.receiver.tokenizer, batch.input_ids[:, columns], cache,
+                         batch.attention_mask[:, columns])
+
 
 # ------------------------------------------------------------------------------------------------ protocols
 @torch.no_grad()
@@ -117,6 +157,23 @@ def state_continuations(state: Prefilled, continuations: list[str]) -> list[tupl
     sums, counts = continuation_logprobs(state.model, state.tokenizer, state.input_ids,
                                                  torch.ones_like(state.input_ids), state.cache, [continuations])
     return [(float(total), int(count)) for total, count in zip(sums, counts)]
+
+
+@torch.no_grad()
+def score_items(state: Prefilled, items: list[MCItem], scoring: str) -> list[dict]:
+    """``score_item`` of the B items whose prompts ``state`` holds (``prefill_batch``), every choice of every
+    item in one forward; cloze protocols only (``BATCHED_SCORINGS``)."""
+    if scoring not in BATCHED_SCORINGS:
+        raise ValueError(f"scoring {scoring!r} scores one item at a time; batched: {BATCHED_SCORINGS}")
+    continuations = [cloze_continuations(item) for item in items]
+    sums, _ = continuation_logprobs(state.model, state.tokenizer, state.input_ids, state.mask, state.cache,
+                                    continuations)
+    results = []
+    for row, texts in zip(sums.split([len(texts) for texts in continuations]), continuations):
+        scores = [float(total) / len(text) for total, text in zip(row, texts)]
+        results.append({"prediction": max(range(len(scores)), key=scores.__getitem__), "scores": scores,
+                        "generated_tokens": 0})
+    return results
 
 
 @torch.no_grad()
