@@ -9,7 +9,7 @@ from pathlib import Path
 from .fuser import FuserConfig
 from .models import LoadedModel
 from .translator import TranslatorConfig
-from .validate import check_types
+from .validate import check_known_keys, check_types
 
 FORMAT_VERSION = 2  # 2: optional context translators, optional fusers
 CONFIG_NAME = "c2c_config.json"
@@ -77,12 +77,10 @@ class C2CConfig:
         try:
             if not isinstance(data["sharers"], list) or not all(isinstance(x, dict) for x in data["sharers"]):
                 raise ValueError(f"sharers must be a list of objects, got {data['sharers']!r}")
-            for keys, known, where in [(data, cls.__dataclass_fields__, ""),
-                                       *((s, SharerConfig.__dataclass_fields__, "sharer ") for s in data["sharers"])]:
-                unknown = sorted(set(keys) - set(known))
-                if unknown:
-                    raise ValueError(f"unknown {where}keys {unknown} (known: {sorted(known)}); was it written by "
-                                     "another program, or edited by hand?")
+            hint = "; was it written by another program, or edited by hand?"
+            check_known_keys(data, cls, ValueError, hint=hint)
+            for sharer in data["sharers"]:
+                check_known_keys(sharer, SharerConfig, ValueError, "sharer ", hint)
             sharers = [SharerConfig(**s) for s in data["sharers"]]
             fuser = FuserConfig.from_dict(data["fuser"]) if data["fuser"] is not None else None
             translator = data.get("translator")

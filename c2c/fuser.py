@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .validate import above, at_least, check_ranges, check_types, within
+from .validate import above, at_least, check_known_keys, check_ranges, check_types, within
 
 
 @dataclass
@@ -59,10 +59,7 @@ class FuserConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "FuserConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown fuser config keys {sorted(unknown)}; known keys are {sorted(known)}")
+        check_known_keys(data, cls, ValueError, "fuser config ")
         return cls(**data)
 
 

@@ -13,7 +13,7 @@ from .fuser import FuserConfig
 from .models import DTYPES
 from .names import DEFAULT_RECEIVER, DEFAULT_SHARER
 from .translator import TranslatorConfig
-from .validate import Range, above, at_least, check_ranges, check_types, within
+from .validate import Range, above, at_least, check_known_keys, check_ranges, check_types, within
 
 METHODS = ("c2c", "lora", "translator")  # translator: closed-form fit of context translators (c2c.fit), then
 # optionally self-distillation (steps or epochs)
@@ -178,10 +178,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise RecipeError(f"unknown recipe keys {unknown}; known keys are {sorted(known)}")
+        check_known_keys(data, cls, RecipeError, "recipe ")
         return cls(**data)
 
     @classmethod

@@ -28,7 +28,7 @@ from .align import layer_map, render
 from .context import context_block, sharer_context_tokens
 from .models import LoadedModel
 from .rotary import Rotary
-from .validate import above, at_least, check_ranges, check_types
+from .validate import above, at_least, check_known_keys, check_ranges, check_types
 
 STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 CONSTANT_SCALE = 1e-4  # inputs whose fitted scale is below this share of the median are constants (see forward)
@@ -61,9 +61,7 @@ class TranslatorConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "TranslatorConfig":
-        unknown = sorted(set(data) - {f for f in cls.__dataclass_fields__})
-        if unknown:
-            raise ValueError(f"unknown translator keys {unknown}; known: {sorted(cls.__dataclass_fields__)}")
+        check_known_keys(data, cls, ValueError, "translator ")
         return cls(**data)
 
 

@@ -60,6 +60,15 @@ def _example(expected) -> str:
     return {bool: "true", int: "8", float: "0.001", str: "name", list: "[...]", dict: "{...}"}.get(origin or expected, "...")
 
 
+def check_known_keys(data: dict, cls, error: type[Exception], what: str = "", hint: str = "") -> None:
+    """Raise ``error`` naming the keys of ``data`` that are not fields of the dataclass ``cls``, and the known ones
+    (what ``cls(**data)`` would otherwise report as an ``__init__`` TypeError)."""
+    known = sorted(f.name for f in fields(cls))
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise error(f"unknown {what}keys {unknown} (known: {known}){hint}")
+
+
 # ------------------------------------------------------------------------------------------------ ranges
 @dataclass(frozen=True)
 class Range:
