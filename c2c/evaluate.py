@@ -368,15 +368,20 @@ def run_method(method: str, setup: EvalSetup, items: list[MCItem], config: EvalC
                 for item in group:
                     started = time.perf_counter()
                     result = run(item)
-                    latency = (time.perf_counter() - started) * 1000 + shared_ms
-                    record = {"id": item.id, "subject": item.subject, "gold": item.answer,
-                              "correct": result["prediction"] == item.answer, "latency_ms": latency, **batched,
-                              **result}
+                    record = item_record(item, result, (time.perf_counter() - started) * 1000 + shared_ms,
+                                         **batched)
                     handle.write(json.dumps(record, ensure_ascii=False) + "\n")
                     handle.flush()
                     done[item.id] = record
                     progress.update()
     return [done[item.id] for item in items]
+
+
+def item_record(item: MCItem, result: dict, latency_ms: float, **extra) -> dict:
+    """One line of a method's per-item file: the item, whether the prediction is right, its latency, ``extra``
+    (how it was batched), then what the protocol returned (free text sets its own ``gold`` and ``correct``)."""
+    return {"id": item.id, "subject": item.subject, "gold": item.answer, "correct": result["prediction"] == item.answer,
+            "latency_ms": latency_ms, **extra, **result}
 
 
 def default_batch_size(device: torch.device | str) -> int:
@@ -396,9 +401,7 @@ def run_batched(method: str, run_batch: Callable[[list[MCItem]], list[dict]], it
             results = run_batch(group)
             latency = (time.perf_counter() - started) * 1000 / len(group)
             for item, result in zip(group, results):
-                record = {"id": item.id, "subject": item.subject, "gold": item.answer,
-                          "correct": result["prediction"] == item.answer, "latency_ms": latency,
-                          "batch": len(group), **result}
+                record = item_record(item, result, latency, batch=len(group))
                 handle.write(json.dumps(record, ensure_ascii=False) + "\n")
                 done[item.id] = record
             handle.flush()

@@ -57,13 +57,8 @@ class ModelScorer:
     model: LoadedModel
     chat: bool
 
-    @torch.no_grad()
     def prefill(self, prompt: str, other_prompt: str | None = None, context: str | None = None) -> Prefilled:
-        messages = with_context(prompt, context) if context else as_messages(prompt)
-        view = render(self.model.tokenizer, messages, self.chat)
-        ids = torch.tensor([view.ids], device=self.model.model.device)
-        cache = prompt_cache(self.model.model, ids, torch.ones_like(ids))
-        return Prefilled(self.model.model, self.model.tokenizer, ids, cache)
+        return self.prefill_batch([prompt], [other_prompt], [context])
 
     @torch.no_grad()
     def prefill_batch(self, prompts: list[str], other_prompts: list[str | None],
@@ -120,16 +115,8 @@ class PairScorer:
     channel: str | None = None
     fuse: bool = True
 
-    @torch.no_grad()
     def prefill(self, prompt: str, other_prompt: str | None = None, context: str | None = None) -> Prefilled:
-        if self.fuse:
-            batch = self.pair.prepare([prompt], sharer_prompts=[other_prompt] if other_prompt else None,
-                                      sharer_contexts=[context] if context else None, context_channel=self.channel)
-        else:
-            batch = self.pair.prepare([with_context(prompt, context) if context else prompt])
-        batch = batch.to(self.pair.device)
-        cache = self.pair.prefill(batch, fuse=self.fuse)
-        return Prefilled(self.pair.receiver.model, self.pair.receiver.tokenizer, batch.input_ids, cache)
+        return self.prefill_batch([prompt], [other_prompt], [context])
 
     @torch.no_grad()
     def prefill_batch(self, prompts: list[str], other_prompts: list[str | None],
@@ -198,15 +185,12 @@ def score_item(state: Prefilled, item: MCItem, scoring: str, max_new_tokens: int
         text, generated = greedy_text(state, max_new_tokens)
         return {"prediction": extract_choice_letter(text, len(item.choices)), "text": text,
                 "generated_tokens": generated, "scores": None}
-    if scoring == "letter":
-        with torch.no_grad():
-            logits = next_token_logits(state.model, state.input_ids, state.cache)
-        ids = [state.tokenizer(f" {letter}", add_special_tokens=False)["input_ids"][0] for letter in item.letters]
-        scores = torch.log_softmax(logits, -1)[ids].tolist()
-    else:  # cloze protocols: log-likelihood per character of each choice text, as lm-evaluation-harness's acc_norm
-        continuations = cloze_continuations(item)
-        scores = [total / len(text) for (total, _), text in
-                  zip(state_continuations(state, continuations), continuations)]
+    if scoring != "letter":  # cloze protocols: log-likelihood per character of each choice, as lm-eval's acc_norm
+        return score_items(state, [item], scoring)[0]
+    with torch.no_grad():
+        logits = next_token_logits(state.model, state.input_ids, state.cache)
+    ids = [state.tokenizer(f" {letter}", add_special_tokens=False)["input_ids"][0] for letter in item.letters]
+    scores = torch.log_softmax(logits, -1)[ids].tolist()
     return {"prediction": max(range(len(scores)), key=scores.__getitem__), "scores": scores,
             "generated_tokens": 0}
 
