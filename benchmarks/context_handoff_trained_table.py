@@ -41,6 +41,13 @@ def score(record: dict, key: str) -> float:
     return float(record[key])
 
 
+def bootstrap(rows: list, statistic, draws: int) -> list[float]:
+    """A 95% interval of ``statistic`` over the items, resampling them with replacement (seed 0)."""
+    rng = random.Random(0)
+    values = sorted(statistic([rng.choice(rows) for _ in rows]) for _ in range(draws))
+    return [round(values[int(0.025 * draws)], 4), round(values[int(0.975 * draws) - 1], 4)]
+
+
 def gap_closed(folder: Path, bench: str, key: str, channel_folder: Path | None = None, draws: int = 2000) -> dict:
     """(channel - receiver) / (with context - receiver) over the items all three have, with a bootstrap interval."""
     receiver, ceiling = records(folder, bench, "receiver"), records(folder, bench, "receiver-with-context")
@@ -53,10 +60,7 @@ def gap_closed(folder: Path, bench: str, key: str, channel_folder: Path | None =
     def ratio(sample):
         r, c, t = (sum(column) for column in zip(*sample))
         return (t - r) / (c - r) if c != r else float("nan")
-    rng = random.Random(0)
-    values = sorted(ratio([rng.choice(rows) for _ in rows]) for _ in range(draws))
-    return {"n": len(ids), "closed": round(ratio(rows), 4),
-            "ci95": [round(values[int(0.025 * draws)], 4), round(values[int(0.975 * draws) - 1], 4)]}
+    return {"n": len(ids), "closed": round(ratio(rows), 4), "ci95": bootstrap(rows, ratio, draws)}
 
 
 def stated_share(folder: Path, bench: str = "synthetic-1fact", draws: int = 2000) -> dict:
@@ -66,10 +70,8 @@ def stated_share(folder: Path, bench: str = "synthetic-1fact", draws: int = 2000
     rows = [bool(channel[i]["generation"]) for i in ceiling if i in channel and ceiling[i]["generation"]]
     if not rows:
         return {"n": 0, "share": None, "ci95": None}
-    rng = random.Random(0)
-    values = sorted(sum(s) / len(s) for s in ([rng.choice(rows) for _ in rows] for _ in range(draws)))
     return {"n": len(rows), "share": round(sum(rows) / len(rows), 4),
-            "ci95": [round(values[int(0.025 * draws)], 4), round(values[int(0.975 * draws) - 1], 4)]}
+            "ci95": bootstrap(rows, lambda sample: sum(sample) / len(sample), draws)}
 
 
 def pct(x: float | None) -> str:
