@@ -11,7 +11,7 @@ import torch
 from . import layout
 from .align import Prompt, Rendered, as_messages, render
 from .layout import TranslatedSection, pad_rows
-from .models import LoadedModel
+from .models import max_positions, sliding_window
 
 
 CONTEXT_CHANNELS = (None, "translated", "fused")
@@ -33,27 +33,23 @@ class Batch:
 
     def prompt_tokens(self) -> list[int]:
         """Per row, the receiver tokens of its prompt: its real columns less those of translated contexts."""
-        counts = self.attention_mask[:, :self.prompt_length].sum(1)
+        counts = self.attention_mask[:, :self.prompt_length].sum(1).tolist()
         for section in self.sections:
             if section is not None:
-                counts = counts - (section.positions >= 0).sum(1)
-        return counts.tolist()
+                counts = [count - tokens for count, tokens in zip(counts, section.tokens)]
+        return counts
 
     def to(self, device: torch.device) -> "Batch":
         move = lambda t: t.to(device) if t is not None else None  # noqa: E731
         return Batch(move(self.input_ids), move(self.attention_mask), self.prompt_length,
                      [move(t) for t in self.sharer_ids], [move(t) for t in self.sharer_mask],
                      [move(t) for t in self.positions], move(self.labels),
-                     [s.to(device) if s else None for s in self.sections], self.fuse_prompt)
+                     self.sections, self.fuse_prompt)  # a section's contexts move when they are translated
 
 
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     """Positions that skip padding, as ``generate`` computes them: (B, N) -> (B, N)."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
-def max_positions(model: LoadedModel) -> int:
-    return getattr(model.model.config.get_text_config(decoder=True), "max_position_embeddings", None) or 1 << 30
 
 
 def render_prompt(pair, prompt: Prompt) -> Rendered:
@@ -106,7 +102,7 @@ def prepare(pair, prompts: Sequence[Prompt], responses: Sequence[str] | None = N
     widths = [max(len(row.regions[r]) for row in rows) for r in range(len(rows[0].regions))]
     starts = [sum(widths[:r]) for r in range(len(widths))]
     limit = max_positions(pair.receiver)
-    window = layout.sliding_window(pair.receiver)
+    window = sliding_window(pair.receiver)
     for row in rows:
         length = sum(len(region) for region in row.regions)
         if length + max_new_tokens > limit:
@@ -129,7 +125,7 @@ def prepare(pair, prompts: Sequence[Prompt], responses: Sequence[str] | None = N
     for j, (sharer, aligner) in enumerate(zip(pair.sharers, pair.aligners)):
         sharer_rows, maps = [], []
         for index, (prompt, row) in enumerate(zip(prompts, rows)):
-            alignment = layout.align_row(pair, j, aligner, prompt, row, contexts[index][j])
+            alignment = layout.align_row(pair, j, aligner, prompt, row, layout.context_text(contexts[index][j]))
             if sharer_prompts is not None:
                 other = sharer_prompts[index]
                 other_alignment = aligner.align(as_messages(other), render_prompt(pair, other),
@@ -152,7 +148,7 @@ def prepare(pair, prompts: Sequence[Prompt], responses: Sequence[str] | None = N
         sharer_ids.append(pad_rows(sharer_rows, sharer.tokenizer.pad_token_id, left=True))
         sharer_mask.append(pad_rows([[1] * len(r) for r in sharer_rows], 0, left=True))
         positions.append(torch.tensor(maps, dtype=torch.long))
-        sections.append(layout.translated_section(pair, j, rows, starts, widths))
+        sections.append(layout.translated_section(rows, j, starts, widths))
     prompt_length = input_ids.shape[1]
     labels = None
     if responses is not None:

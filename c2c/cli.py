@@ -57,12 +57,16 @@ def cmd_inspect(args) -> None:
     print(json.dumps(report, indent=2, ensure_ascii=False) if args.json else format_report(report))
 
 
-def _sharer_context(path: str | None) -> str | None:
-    """The text of ``--sharer-context FILE``, checked before any model loads; one error line otherwise."""
+def _sharer_context(path: str | None):
+    """``--sharer-context FILE``: its text, or the translated context it holds (a ``.safetensors`` file that
+    ``c2c read-context`` wrote), checked before any model loads; one error line otherwise."""
     if path is None:
         return None
     from .context import read_context_file  # light: no torch, no models
     try:
+        if Path(path).suffix == ".safetensors":
+            from .translated_context import TranslatedContext
+            return TranslatedContext.load(path)
         return read_context_file(path)
     except ValueError as error:
         raise SystemExit(f"error: --sharer-context: {error}") from None
@@ -120,6 +124,29 @@ def cmd_generate(args) -> None:
     if not stream:
         for output in outputs:
             print(output)
+
+
+def cmd_read_context(args) -> None:
+    import time
+    context = _sharer_context(args.context)
+    if not isinstance(context, str):
+        raise SystemExit(f"error: --context {args.context} is already a translated context; give the text file")
+    if not args.out.endswith(".safetensors"):
+        raise SystemExit(f"error: --out {args.out}: a translated context is saved as .safetensors; e.g. --out "
+                         f"{Path(args.out).with_suffix('.safetensors')}")
+    pair = _load_pair(args)
+    if pair.translators is None:
+        raise SystemExit(f"error: {args.fuser or 'this pair'} has no context translator; give --fuser a translator "
+                         "checkpoint (e.g. fusers/context_handoff)")
+    started = time.perf_counter()
+    try:
+        read = pair.read_context(context, args.sharer_index)
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
+    path = read.save(args.out)
+    print(f"read {read.tokens} context tokens in {time.perf_counter() - started:.1f} s; saved to {path} "
+          f"({read.nbytes / 2**20:.1f} MiB); use it with: c2c generate --fuser {args.fuser} --sharer-context {path} "
+          '"QUESTION"')
 
 
 def cmd_train(args) -> None:
@@ -219,8 +246,11 @@ def cmd_serve(args) -> None:
     from .serve import serve
     if args.max_context_chars < 1:
         raise SystemExit(f"error: --max-context-chars must be at least 1, got {args.max_context_chars}")
-    serve(_load_pair(args), host=args.host, port=args.port, api_key=args.api_key,
-          max_context_chars=args.max_context_chars)
+    if args.context_cache_mb < 0:
+        raise SystemExit(f"error: --context-cache-mb must be >= 0, got {args.context_cache_mb}")
+    pair = _load_pair(args)
+    pair.context_memo.max_bytes = int(args.context_cache_mb * 2**20)
+    serve(pair, host=args.host, port=args.port, api_key=args.api_key, max_context_chars=args.max_context_chars)
 
 
 def cmd_convert_reference(args) -> None:
@@ -262,9 +292,20 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--no-fuse", action="store_true", help="the receiver alone (it ignores --sharer-context)")
     generate.add_argument("--sharer-context", metavar="FILE",
                           help="a UTF-8 text file that only the sharer reads, ahead of each prompt; the receiver "
-                               "never sees its text (it gets it translated or fused from the sharer's cache)")
+                               "never sees its text (it gets it translated or fused from the sharer's cache); or a "
+                               ".safetensors context that c2c read-context translated before")
     generate.add_argument("--seed", type=int, default=0)
     generate.set_defaults(run=cmd_generate)
+
+    read = commands.add_parser("read-context", help="translate a context once and save it for later questions",
+                               description="The sharer reads a text file once; its K/V, translated into the "
+                                           "receiver's, are saved to a .safetensors file that c2c generate "
+                                           "--sharer-context takes (no sharer pass then). Needs a translator.")
+    _pair_arguments(read)
+    read.add_argument("--context", required=True, metavar="FILE", help="the UTF-8 text file the sharer reads")
+    read.add_argument("--out", required=True, metavar="FILE.safetensors", help="where to save the translated context")
+    read.add_argument("--sharer-index", type=int, default=0, help="which sharer reads it (default 0)")
+    read.set_defaults(run=cmd_read_context)
 
     train = commands.add_parser("train", help="train a fuser (or the LoRA baseline) from a recipe")
     train.add_argument("recipe", nargs="?", help="YAML recipe (see recipes/)")
@@ -342,8 +383,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--api-key", help="require the header 'Authorization: Bearer KEY' on /v1")
-    serve.add_argument("--max-context-chars", type=int, default=20000, metavar="N",
-                       help="longest sharer_context a request may send, in characters (default 20000; longer: 400)")
+    serve.add_argument("--max-context-chars", type=int, default=32000, metavar="N",
+                       help="longest sharer_context a request may send, in characters (default 32000; longer: 400)")
+    serve.add_argument("--context-cache-mb", type=float, default=1024, metavar="MB",
+                       help="translated contexts kept for repeated sharer_context texts, by content (default 1024 "
+                            "MiB of K/V; 0: read every context afresh)")
     serve.set_defaults(run=cmd_serve)
 
     convert = commands.add_parser("convert-reference", help="convert a fuser trained with the reference "

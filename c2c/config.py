@@ -29,6 +29,9 @@ class SharerConfig:
     # with a translator: the longest context, in this sharer's tokens, its map was fitted (or trained) on; a longer
     # one is translated with a warning (None: not recorded, a checkpoint from before issue 31)
     fitted_context_tokens: int | None = None
+    # with a translator: the sharer layers each receiver layer's map reads (None: a checkpoint from before layer
+    # types counted, whose maps read the window around their partner; see translator.source_layers)
+    translator_sources: list[list[int]] | None = None
 
     def __post_init__(self):
         check_types(self, CheckpointError, "sharer ")

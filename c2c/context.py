@@ -15,7 +15,8 @@ from pathlib import Path
 from .align import Message, Rendered, as_messages, render
 
 CONTEXT_HEADER = "Context:"
-MAX_CONTEXT_CHARS = 20_000  # the longest context file c2c generate and chat read (c2c serve: --max-context-chars)
+MAX_CONTEXT_CHARS = 32_000  # longest context file c2c generate and chat read (c2c serve: --max-context-chars); 4,096
+# tokens of English take about 18,000 characters
 
 
 class ContextWarning(UserWarning):
@@ -100,10 +101,16 @@ def sharer_context_tokens(view: Rendered) -> list[int]:
     return [i for i, (start, end) in enumerate(view.offsets) if end > start and end > len(CONTEXT_HEADER)]
 
 
+def sharer_reading(tokenizer, context: str) -> tuple[Rendered, list[int]]:
+    """What a sharer reads in the translated channel: its rendering of ``context_block(context)``, and the indices
+    of the context's own tokens in it (``sharer_context_tokens``)."""
+    view = render(tokenizer, [{"role": "user", "content": context_block(context)}], chat=False)
+    return view, sharer_context_tokens(view)
+
+
 def context_length(tokenizer, context: str) -> int:
     """How many tokens of the context itself a sharer reads in the translated channel (``sharer_context_tokens``)."""
-    return len(sharer_context_tokens(render(tokenizer, [{"role": "user", "content": context_block(context)}],
-                                            chat=False)))
+    return len(sharer_reading(tokenizer, context)[1])
 
 
 def read_context_file(path: str | Path, max_chars: int | None = None) -> str:

@@ -14,9 +14,9 @@ from typing import Sequence
 import torch
 
 from .align import Prompt, Rendered, TokenAligner, as_messages, render
-from .context import (ContextWarning, check_context, context_block, context_span, cut_context, question_start,
-                      sharer_context_tokens, with_context)
-from .models import LoadedModel
+from .context import ContextWarning, check_context, context_span, cut_context, question_start, sharer_reading, with_context
+from .models import max_positions
+from .translated_context import TranslatedContext
 
 
 def pad_rows(rows: Sequence[Sequence[int]], value: int, left: bool) -> torch.Tensor:
@@ -28,17 +28,13 @@ def pad_rows(rows: Sequence[Sequence[int]], value: int, left: bool) -> torch.Ten
 
 @dataclass
 class TranslatedSection:
-    """Receiver columns ``[start, end)`` that hold one sharer's translated context instead of receiver tokens."""
+    """Receiver columns ``[start, end)`` that hold one sharer's translated context instead of receiver tokens: row
+    b's context fills the last ``tokens[b]`` of them (left padding before it, as every region)."""
 
     start: int
     end: int
-    sharer_ids: torch.Tensor  # (B, S): the sharer's reading of ``Context: {context}``, left-padded
-    sharer_mask: torch.Tensor  # (B, S)
-    positions: torch.Tensor  # (B, end - start): the sharer position translated into each column, -1 = none
-
-    def to(self, device: torch.device) -> "TranslatedSection":
-        return TranslatedSection(self.start, self.end, self.sharer_ids.to(device), self.sharer_mask.to(device),
-                                 self.positions.to(device))
+    contexts: list[str | TranslatedContext | None]  # per row: the text to read, an already read context, or none
+    tokens: list[int]  # per row: the context's translated positions (0: none)
 
 
 @dataclass
@@ -48,65 +44,79 @@ class RowLayout:
     regions: list[list[int]]  # receiver ids before the context, per sharer its section (-1 each), ids after
     view_columns: dict[int, int]  # view token index -> index among the laid-out entries (dropped tokens absent)
     translated: list[int]  # sharers whose context this row translates
-    sharer_reads: dict[int, tuple[list[int], list[int]]] = field(default_factory=dict)  # sharer ids, context tokens
+    contexts: dict[int, str | TranslatedContext] = field(default_factory=dict)  # per translating sharer
+    tokens: dict[int, int] = field(default_factory=dict)  # per translating sharer: its context's positions
 
 
-def sliding_window(model: LoadedModel) -> int | None:
-    config = model.model.config.get_text_config(decoder=True)
-    window = getattr(config, "sliding_window", None)
-    types = getattr(config, "layer_types", None) or []
-    return window if window and ("sliding_attention" in types or getattr(config, "use_sliding_window", False)) else None
+def context_text(context: str | TranslatedContext | None) -> str | None:
+    return context.text if isinstance(context, TranslatedContext) else context
 
 
-def row_contexts(pair, sharer_contexts: Sequence | None, rows: int) -> list[list[str | None]]:
-    """Per row, per sharer: the context that sharer reads, or None."""
+def row_contexts(pair, sharer_contexts: Sequence | None, rows: int) -> list[list[str | TranslatedContext | None]]:
+    """Per row, per sharer: the context that sharer reads (a text, or one it already read), or None."""
     if sharer_contexts is None:
         return [[None] * len(pair.sharers) for _ in range(rows)]
-    if isinstance(sharer_contexts, str) or len(sharer_contexts) != rows:
+    if isinstance(sharer_contexts, (str, TranslatedContext)) or len(sharer_contexts) != rows:
         raise ValueError(f"sharer_contexts needs one entry per prompt ({rows}), got "
-                         f"{1 if isinstance(sharer_contexts, str) else len(sharer_contexts)}")
+                         f"{1 if isinstance(sharer_contexts, (str, TranslatedContext)) else len(sharer_contexts)}")
     out = []
     for entry in sharer_contexts:
         per_sharer = list(entry) if isinstance(entry, (list, tuple)) else [entry] * len(pair.sharers)
         if len(per_sharer) != len(pair.sharers):
             raise ValueError(f"a row gives {len(per_sharer)} contexts for {len(pair.sharers)} sharers")
-        out.append([None if c is None else check_context(c) for c in per_sharer])
+        if pair.translators is None and any(isinstance(c, TranslatedContext) for c in per_sharer):
+            raise ValueError("a translated context was given to a pair without a context translator; give its text "
+                             "(context.text) instead")
+        out.append([c if c is None or isinstance(c, TranslatedContext) else check_context(c) for c in per_sharer])
     return out
 
 
-def row_layout(pair, prompt: Prompt, contexts: list[str | None]) -> RowLayout:
+def row_layout(pair, prompt: Prompt, contexts: list[str | TranslatedContext | None]) -> RowLayout:
     """The receiver's regions for one row: [before context, one section per translating sharer, after]."""
     translating = [j for j, c in enumerate(contexts) if c is not None and pair.translators is not None]
     sections: list[list[int]] = [[] for _ in pair.sharers]
     if not translating:
         view = pair.render_prompt(prompt)
         return RowLayout(view, None, [[], *sections, list(view.ids)], {i: i for i in range(len(view.ids))}, [])
-    context = contexts[translating[0]]
+    context = context_text(contexts[translating[0]])
     messages = with_context(prompt, context)
     view = render(pair.receiver.tokenizer, messages, pair.config.chat_template)
     cut = cut_context(view, context_span(view, messages, context))
-    sharer_reads = {}
+    tokens = {j: context_tokens(pair, j, contexts[j]) for j in translating}
     for j in translating:
-        sharer_view = render(pair.sharers[j].tokenizer, [{"role": "user", "content": context_block(contexts[j])}],
-                             chat=False)
-        tokens = sharer_context_tokens(sharer_view)
-        if len(tokens) > pair.config.translator.max_context_tokens:
-            raise ValueError(f"the context is {len(tokens)} tokens for sharer {pair.sharers[j].name}, over the "
-                             f"translator's max_context_tokens={pair.config.translator.max_context_tokens}; "
-                             "shorten it or split it")
-        fitted = pair.config.sharers[j].fitted_context_tokens
-        warned = pair.__dict__.setdefault("_warned_contexts", set())  # once per pair and sharer: a server or a
-        if fitted is not None and len(tokens) > fitted and j not in warned:  # chat would repeat it on every turn
-            warned.add(j)
-            warnings.warn(f"the context is {len(tokens)} tokens for sharer {pair.sharers[j].name}, longer than the "
-                          f"longest text its translator was fitted on ({fitted} tokens): the receiver may not read "
-                          "it (shorten the context to the part the question needs)", ContextWarning, stacklevel=5)
-        sections[j] = [-1] * len(tokens)
-        sharer_reads[j] = (sharer_view.ids, tokens)
+        sections[j] = [-1] * tokens[j]
     regions = [[view.ids[i] for i in cut.prefix], *sections, [view.ids[i] for i in cut.suffix]]
     kept = cut.prefix + [None] * sum(len(s) for s in sections) + cut.suffix
     view_columns = {i: k for k, i in enumerate(kept) if i is not None}
-    return RowLayout(view, question_start(context), regions, view_columns, translating, sharer_reads)
+    return RowLayout(view, question_start(context), regions, view_columns, translating,
+                     {j: contexts[j] for j in translating}, tokens)
+
+
+def context_tokens(pair, j: int, context: str | TranslatedContext) -> int:
+    """How many positions sharer ``j``'s translation of ``context`` takes, after checking that the models take
+    it (and, for a context read before, that this pair read it)."""
+    sharer = pair.sharers[j]
+    if isinstance(context, TranslatedContext):
+        context.check(pair.context_identity(j))
+        count = context.tokens
+    else:
+        view, tokens = sharer_reading(sharer.tokenizer, context)
+        if len(view.ids) > max_positions(sharer):
+            raise ValueError(f"the context is {len(view.ids)} tokens for sharer {sharer.name}, over the "
+                             f"{max_positions(sharer)} positions it takes; shorten it or split it")
+        count = len(tokens)
+    limit = pair.config.translator.max_context_tokens
+    if limit is not None and count > limit:
+        raise ValueError(f"the context is {count} tokens for sharer {sharer.name}, over the translator's "
+                         f"max_context_tokens={limit}; shorten it or split it")
+    fitted = pair.config.sharers[j].fitted_context_tokens
+    warned = pair.__dict__.setdefault("_warned_contexts", set())  # once per pair and sharer: a server or a
+    if fitted is not None and count > fitted and j not in warned:  # chat would repeat it on every turn
+        warned.add(j)
+        warnings.warn(f"the context is {count} tokens for sharer {sharer.name}, longer than the longest text its "
+                      f"translator was fitted on ({fitted} tokens): the receiver may not read it (shorten the "
+                      "context to the part the question needs)", ContextWarning, stacklevel=6)
+    return count
 
 
 def align_row(pair, j: int, aligner: TokenAligner, prompt: Prompt, row: RowLayout, context: str | None):
@@ -124,16 +134,10 @@ def align_row(pair, j: int, aligner: TokenAligner, prompt: Prompt, row: RowLayou
                                  {last: (receiver_start or 0, sharer_start)})
 
 
-def translated_section(pair, j: int, rows: list[RowLayout], starts: list[int], widths: list[int]
+def translated_section(rows: list[RowLayout], j: int, starts: list[int], widths: list[int]
                        ) -> TranslatedSection | None:
-    """Sharer ``j``'s section of the batch: its readings of the rows' contexts and which positions to translate."""
+    """Sharer ``j``'s section of the batch: which context each row translates there."""
     if widths[1 + j] == 0:
         return None
-    # a row without this sharer's context reads one pad token whose K/V nothing uses
-    reads = [row.sharer_reads.get(j, ([pair.sharers[j].tokenizer.pad_token_id], [])) for row in rows]
-    width = max(len(ids) for ids, _ in reads)
-    ids = pad_rows([r for r, _ in reads], pair.sharers[j].tokenizer.pad_token_id, left=True)
-    mask = pad_rows([[1] * len(r) for r, _ in reads], 0, left=True)
-    positions = pad_rows([[width - len(r) + t for t in tokens] or [-1] for r, tokens in reads], -1, left=True)
-    positions = torch.cat([torch.full((len(rows), max(widths[1 + j] - positions.shape[1], 0)), -1), positions], 1)
-    return TranslatedSection(starts[1 + j], starts[1 + j] + widths[1 + j], ids, mask, positions)
+    return TranslatedSection(starts[1 + j], starts[1 + j] + widths[1 + j], [row.contexts.get(j) for row in rows],
+                             [row.tokens.get(j, 0) for row in rows])

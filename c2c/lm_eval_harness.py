@@ -41,7 +41,7 @@ from lm_eval import utils as lm_utils
 from lm_eval.api.model import LM
 from lm_eval.api.registry import MODEL_REGISTRY, register_model
 
-from .batch import max_positions
+from .models import max_positions
 from .data import MCItem, cloze_continuations, mc_prompt
 from .pair import C2CModel
 from .scoring import prompt_cache, token_continuations

@@ -79,6 +79,28 @@ class ModelShape:
         return cls(config.model_type, config.num_hidden_layers, kv_heads, head_dim, config.vocab_size)
 
 
+def sliding_window(model: "LoadedModel") -> int | None:
+    """The window of a model's sliding-attention layers (positions each sees), or None when it has none."""
+    config = model.model.config.get_text_config(decoder=True)
+    window = getattr(config, "sliding_window", None)
+    sliding = "sliding_attention" in (getattr(config, "layer_types", None) or []) or \
+        getattr(config, "use_sliding_window", False)
+    return window if window and sliding else None
+
+
+def max_positions(model: "LoadedModel") -> int:
+    return getattr(model.model.config.get_text_config(decoder=True), "max_position_embeddings", None) or 1 << 30
+
+
+def global_attention_layers(model: "LoadedModel") -> list[int]:
+    """The layers that attend to every earlier position when others only see a sliding window (Gemma 3: one in
+    six); empty when every layer does."""
+    if sliding_window(model) is None:
+        return []
+    types = getattr(model.model.config.get_text_config(decoder=True), "layer_types", None) or []
+    return [layer for layer, kind in enumerate(types) if kind != "sliding_attention"]
+
+
 @dataclass
 class LoadedModel:
     name: str  # the spec it was loaded from; stored in checkpoints so they can reload the pair

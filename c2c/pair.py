@@ -28,11 +28,13 @@ from .batch import Batch, Prompt, position_ids
 from .config import (CONFIG_NAME, WEIGHTS_NAME, C2CConfig, CheckpointError, SharerConfig, check_shape, load_config,
                      shape_dict)
 from .fuser import BranchStack, FuserConfig, LayerFuser, temperature_at
+from .context import check_context, sharer_reading
 from .kvstore import SharerRun
 from .layout import TranslatedSection
-from .models import LoadedModel, load_model
+from .models import LoadedModel, global_attention_layers, load_model
 from .rotary import Rotary
-from .translator import STORAGE_DTYPES, ContextTranslator, TranslatorConfig, plain_kv
+from .translated_context import ContextMemo, TranslatedContext, text_key, weights_fingerprint
+from .translator import STORAGE_DTYPES, ContextTranslator, TranslatorConfig, left_padded, position_free_kv, source_layers
 
 __all__ = ["C2CModel", "C2CConfig", "SharerConfig", "CheckpointError", "Batch", "Prompt", "load_config",
            "CONFIG_NAME", "WEIGHTS_NAME"]
@@ -56,8 +58,12 @@ class C2CModel(nn.Module):
             nn.ModuleList(LayerFuser(s.shape.num_kv_heads, s.shape.head_dim, r.num_kv_heads, r.head_dim, config.fuser)
                           for _ in range(r.num_layers) if config.fuser is not None)
             for s in sharers)
-        self.translators = nn.ModuleList(ContextTranslator(s.shape, r, config.translator) for s in sharers) \
+        self.translators = nn.ModuleList(ContextTranslator(s.shape, r, config.translator, c.translator_sources)
+                                         for s, c in zip(sharers, config.sharers)) \
             if config.translator is not None else None
+        # contexts read recently, reused by the next question about them (bounded: see read_context)
+        self.context_memo = ContextMemo()
+        self._identities: dict[int, tuple[tuple, dict]] = {}
         position_free = config.fuser is not None and config.fuser.position_free
         self.receiver_rotary = Rotary(receiver.model) if config.translator is not None or position_free else None
         self.sharer_rotaries = [Rotary(s.model) for s in sharers] if position_free else None
@@ -94,9 +100,11 @@ class C2CModel(nn.Module):
         sharer_configs = []
         for sharer, strategy in zip(sharers, maps):
             alignment = "identity" if same_tokenizer(receiver.tokenizer, sharer.tokenizer) else token_alignment
+            sources = source_layers(receiver.shape.num_layers, sharer.shape.num_layers, translator.window,
+                                    global_attention_layers(sharer)) if translator is not None else None
             sharer_configs.append(SharerConfig(sharer.name, shape_dict(sharer),
                                                layer_map(strategy, receiver.shape.num_layers, sharer.shape.num_layers),
-                                               alignment))
+                                               alignment, translator_sources=sources))
         fuser = fuser if fuser is not None or translator is not None else FuserConfig()
         config = C2CConfig(receiver.name, shape_dict(receiver), sharer_configs, fuser, chat_template,
                            translator=translator)
@@ -146,6 +154,7 @@ class C2CModel(nn.Module):
         return model.eval()  # as transformers' from_pretrained: hard gates, no dropout; call .train() to train
 
     def load_fuser_weights(self, path: Path) -> None:
+        self.context_memo.clear()
         weights = checkpoint.read_fuser_weights(path, self.trained_state())
         self.fusers.load_state_dict({k: v for k, v in weights.items() if not k.startswith("translators.")}, strict=True)
         if self.translators is not None:
@@ -185,9 +194,7 @@ class C2CModel(nn.Module):
     def sharer_kv(self, index: int, ids: torch.Tensor, mask: torch.Tensor, chunks: scoring.Chunks | None = None
                   ) -> list[kvcache.KV]:
         """Sharer ``index`` prefills left-padded ``ids`` (B, S): per layer (B, H_S, S, d_S)."""
-        cache = kvcache.full_length_cache()
-        scoring.extend_cache(self.sharers[index].model, cache, ids, mask, position_ids(mask), chunks)
-        return kvcache.all_kv(cache)
+        return scoring.model_kv(self.sharers[index].model, ids, mask, chunks)
 
     def prefill(self, batch: Batch, fuse: bool = True, chunks: scoring.Chunks | None = None,
                 end: int | None = None) -> DynamicCache:
@@ -258,20 +265,93 @@ class C2CModel(nn.Module):
             runs[column + 1] = (run_id == run_id[:, column:column + 1]) & fused & rows[:, None]
         return runs
 
-    def translated_kv(self, index: int, section: TranslatedSection, positions: torch.Tensor) -> list[kvcache.KV]:
-        """Sharer ``index``'s context translated into receiver K/V per layer (B, H_R, W, d_R), keys rotated to
-        the receiver ``positions`` (B, W) of the section's columns, zeros in padding columns."""
-        with torch.no_grad():
-            sharer_kv = plain_kv(self.sharers[index], section.sharer_ids, section.sharer_mask)
-        present = section.positions >= 0  # (B, W)
-        gather = section.positions.clamp(min=0)[:, None, :, None]  # (B, 1, W, 1)
-        picked = [tuple(t.gather(2, gather.expand(-1, t.shape[1], -1, t.shape[3])) for t in kv) for kv in sharer_kv]
-        out = []
-        keep = present[:, None, :, None]
-        for layer, (keys, values) in enumerate(self.translators[index](picked)):
-            keys = self.receiver_rotary.apply(keys, layer, positions)
+    # ----------------------------------------------------------------------------------------- contexts
+    @torch.no_grad()
+    def read_context(self, text: str, sharer: int = 0) -> TranslatedContext:
+        """Sharer ``sharer`` reads ``text`` once, translated into receiver K/V: pass the result as a sharer context
+        (to ``generate``, ``prepare``...) for every question about it, or ``save`` it. Recent readings are kept in
+        ``context_memo`` (bounded by bytes), so reading the same text again costs nothing."""
+        if self.translators is None:
+            raise ValueError("this pair has no context translator to read a context with; load a translator "
+                             "checkpoint (c2c train with method: translator)")
+        if not 0 <= sharer < len(self.sharers):
+            raise ValueError(f"sharer {sharer} is out of range for a pair with {len(self.sharers)} sharer(s)")
+        return self.read_contexts(sharer, [check_context(text)])[0]
+
+    def read_contexts(self, index: int, texts: Sequence[str]) -> list[TranslatedContext]:
+        """Sharer ``index``'s translated readings of ``texts``, in the receiver's dtype on its device; texts read
+        recently come from ``context_memo``, the others are read in one batch. While the translator trains (grad
+        enabled) every text is read afresh in float32, with its graph, and nothing is kept."""
+        translator = self.translators[index]
+        if torch.is_grad_enabled() and any(p.requires_grad for p in translator.parameters()):
+            return [TranslatedContext(text, kv, {}) for text, kv in zip(texts, self._translate(index, texts))]
+        state = self._translator_state(index)
+        keys = [(index, state, text_key(text)) for text in texts]
+        found = {key: self.context_memo.get(key) for key in dict.fromkeys(keys)}
+        missing = [text for key, text in dict(zip(keys, texts)).items() if found[key] is None]
+        if missing:
+            identity = self.context_identity(index)
             dtype = self.receiver.model.dtype
-            out.append((torch.where(keep, keys, 0).to(dtype), torch.where(keep, values, 0).to(dtype)))
+            with torch.no_grad():
+                for key, text, kv in zip([k for k in found if found[k] is None], missing,
+                                         self._translate(index, missing)):
+                    found[key] = TranslatedContext(text, [(k.to(dtype), v.to(dtype)) for k, v in kv], identity)
+                    self.context_memo.put(key, found[key])
+        return [found[key] for key in keys]
+
+    def _translate(self, index: int, texts: Sequence[str]) -> list[list[kvcache.KV]]:
+        """Per text, per receiver layer, position-free (H_R, T, d_R) K and V: the sharer's reading of each text (in
+        one left-padded batch, read in chunks) translated at the T tokens of the context itself."""
+        sharer = self.sharers[index]
+        reads = [sharer_reading(sharer.tokenizer, text) for text in texts]
+        ids, mask, padding = left_padded([view.ids for view, _ in reads], sharer.tokenizer.pad_token_id,
+                                         sharer.model.device)
+        with torch.no_grad():
+            sharer_kv = position_free_kv(sharer, ids, mask)  # per layer (B, H_S, S, d_S)
+        rows = torch.tensor([b for b, (_, tokens) in enumerate(reads) for _ in tokens], device=ids.device)
+        columns = torch.tensor([padding[b] + t for b, (_, tokens) in enumerate(reads) for t in tokens], device=ids.device)
+        picked = [tuple(kvcache.select_tokens(t, rows, columns) for t in kv) for kv in sharer_kv]  # (1, H_S, ΣT, d_S)
+        counts = [len(tokens) for _, tokens in reads]
+        per_layer = [(k[0].split(counts, dim=1), v[0].split(counts, dim=1)) for k, v in self.translators[index](picked)]
+        return [[(keys[b], values[b]) for keys, values in per_layer] for b in range(len(texts))]
+
+    def context_identity(self, index: int = 0) -> dict:
+        """What a reading by sharer ``index`` belongs to: the receiver, the sharer and the translator's weights
+        (a fingerprint, recomputed only when they change)."""
+        state = self._translator_state(index)
+        cached = self._identities.get(index)
+        if cached is None or cached[0] != state:
+            sharer = self.config.sharers[index]
+            identity = {"receiver": self.config.receiver, "receiver_shape": self.config.receiver_shape,
+                        "sharer": sharer.model, "sharer_shape": sharer.shape,
+                        "translator": weights_fingerprint(self.translators[index])}
+            cached = self._identities[index] = (state, identity)
+        return cached[1]
+
+    def _translator_state(self, index: int) -> tuple:
+        """Changes whenever translator ``index``'s weights do (in place: an optimizer step, a load)."""
+        return tuple((t.data_ptr(), t._version) for t in self.translators[index].state_dict().values())
+
+    def translated_kv(self, index: int, section: TranslatedSection, positions: torch.Tensor) -> list[kvcache.KV]:
+        """Sharer ``index``'s contexts in a section, as receiver K/V per layer (B, H_R, W, d_R): keys rotated to
+        the receiver ``positions`` (B, W) of the section's columns, zeros in padding columns. Texts are read (or
+        taken from ``context_memo``) in one batch; contexts read before are placed as they are."""
+        texts = [c for c in section.contexts if isinstance(c, str)]
+        fresh = iter(self.read_contexts(index, texts) if texts else [])
+        readings = [None if c is None else c if isinstance(c, TranslatedContext) else next(fresh)
+                    for c in section.contexts]
+        width = section.end - section.start
+        dtype = self.receiver.model.dtype
+        out = []
+        for layer in range(self.receiver.shape.num_layers):
+            placed = []
+            for slot in range(2):
+                rows = [F.pad(r.kv[layer][slot].to(positions.device), (0, 0, width - r.tokens, 0)) if r is not None
+                        else None for r in readings]
+                like = next(row for row in rows if row is not None)
+                placed.append(torch.stack([row if row is not None else torch.zeros_like(like) for row in rows]))
+            keys = self.receiver_rotary.apply(placed[0], layer, positions)  # padding stays zero: rotating 0 is 0
+            out.append((keys.to(dtype), placed[1].to(dtype)))
         return out
 
     def _fuse(self, cache: DynamicCache, batch: Batch, sharer_kv: list[list[kvcache.KV]], select: torch.Tensor
@@ -434,8 +514,8 @@ class C2CModel(nn.Module):
                  **generate_kwargs) -> list[str]:
         """Fused prefill, then the receiver's stock ``generate`` decodes from the fused cache.
 
-        ``sharer_contexts``: a context only the sharers read, per prompt (see ``prepare``); with fusion off the
-        receiver answers without it, exactly as alone. ``generate_kwargs`` go to ``transformers`` ``generate``
+        ``sharer_contexts``: a context only the sharers read, per prompt (see ``prepare``), as text or as read
+        before (``read_context``); with fusion off the receiver answers without it, exactly as alone. ``generate_kwargs`` go to ``transformers`` ``generate``
         (e.g. ``stopping_criteria``). ``prepared``: the batch ``prepare`` made of these prompts (and contexts), so
         that they are not tokenized again (the server prepares each batch once, on its model thread).
         ``prefill_chunks``: prefill in pieces (see ``scoring.Chunks``)."""
@@ -443,7 +523,7 @@ class C2CModel(nn.Module):
         prompts = [prompts] if single else list(prompts)
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        if isinstance(sharer_contexts, str):
+        if isinstance(sharer_contexts, (str, TranslatedContext)):
             sharer_contexts = [sharer_contexts] * len(prompts)
         contexts = sharer_contexts if fuse else None
         batch = prepared if prepared is not None else self.prepare(
@@ -466,6 +546,7 @@ class C2CModel(nn.Module):
                             "(load_model(spec, dtype) or --dtype) instead of casting the pair")
         for model in [self.receiver, *self.sharers]:
             model.model.to(device)
+        self.context_memo.clear()
         return super().to(device)
 
     @property

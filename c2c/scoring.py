@@ -39,6 +39,15 @@ def extend_cache(model: nn.Module, cache: DynamicCache, input_ids: torch.Tensor,
             chunks.between()
 
 
+def model_kv(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, chunks: Chunks | None = None
+             ) -> list[kvcache.KV]:
+    """A model's K/V of left-padded ``input_ids`` (B, N), every position of every layer kept: per layer
+    (B, H, N, d), rotary applied as the model caches them."""
+    cache = kvcache.full_length_cache()
+    extend_cache(model, cache, input_ids, attention_mask, position_ids(attention_mask), chunks)
+    return kvcache.all_kv(cache)
+
+
 def prompt_cache(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> DynamicCache:
     """A full-length cache of left-padded prompts (B, P) minus their last token: P - 1 positions."""
     cache = kvcache.full_length_cache()

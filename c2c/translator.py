@@ -24,8 +24,11 @@ import torch
 from torch import nn
 
 from . import cache as kvcache
+from . import scoring
 from .align import layer_map, render
-from .context import context_block, sharer_context_tokens
+from .batch import position_ids
+from .context import context_block, sharer_reading
+from .layout import pad_rows
 from .models import LoadedModel
 from .rotary import Rotary
 from .validate import above, at_least, check_known_keys, check_ranges, check_types
@@ -34,7 +37,7 @@ STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16"
 CONSTANT_SCALE = 1e-4  # inputs whose fitted scale is below this share of the median are constants (see forward)
 
 
-TRANSLATOR_RANGES = {"window": at_least(0, 1), "ridge": above(0, "[0.01, 0.1, 1.0]"), "max_context_tokens": at_least(1, 2048),
+TRANSLATOR_RANGES = {"window": at_least(0, 1), "ridge": above(0, "[0.01, 0.1, 1.0]"), "max_context_tokens": at_least(1, 4096),
                      "residual_rank": at_least(0, 0)}  # residual_rank 0: linear maps only
 
 
@@ -43,7 +46,7 @@ class TranslatorConfig:
     window: int = 1  # sharer layers read on each side of the partner layer (1: three layers)
     ridge: list[float] = field(default_factory=lambda: [1e-3, 1e-2, 1e-1, 1.0])  # candidate strengths (x tokens)
     storage_dtype: str = "float16"  # how the maps are saved; they always compute in float32
-    max_context_tokens: int = 2048  # sharer tokens of one context
+    max_context_tokens: int | None = None  # longest context in sharer tokens (None: as long as both models take)
     residual_rank: int = 0  # > 0: a low-rank nonlinear residual on each map, trained in phase 2 (zero at the start)
 
     def __post_init__(self):
@@ -65,24 +68,33 @@ class TranslatorConfig:
         return cls(**data)
 
 
-def source_layers(receiver_layers: int, sharer_layers: int, window: int) -> list[list[int]]:
-    """Per receiver layer, the sharer layers its map reads: ``2 * window + 1`` consecutive layers around the
-    proportional partner, shifted inward at the ends so that every map has the same input size."""
+def source_layers(receiver_layers: int, sharer_layers: int, window: int, global_layers: Sequence[int] = ()
+                  ) -> list[list[int]]:
+    """Per receiver layer, the ``2 * window + 1`` sharer layers its map reads: the global-attention layer nearest
+    its proportional partner, and the ``2 * window`` other layers nearest the partner (ties: nearer that global
+    layer, then lower). ``global_layers``: the sharer's layers that attend to the whole context, when some of its
+    layers only see a sliding window (Gemma 3); empty when every layer is global, where the rule reads the
+    partner's window, shifted inward at the ends so that every map has the same input size."""
     width = min(2 * window + 1, sharer_layers)
     sources = []
     for partner in layer_map("spread", receiver_layers, sharer_layers):
-        first = min(max(partner - window, 0), sharer_layers - width)
-        sources.append(list(range(first, first + width)))
+        anchor = min(global_layers, key=lambda g: (abs(g - partner), g)) if global_layers else partner
+        others = sorted((l for l in range(sharer_layers) if l != anchor),
+                        key=lambda l: (abs(l - partner), abs(l - anchor), l))
+        sources.append(sorted([anchor, *others[:width - 1]]))
     return sources
 
 
 class ContextTranslator(nn.Module):
     """One sharer's translator into the receiver: a linear map per receiver layer (see module docstring)."""
 
-    def __init__(self, sharer_shape, receiver_shape, config: TranslatorConfig):
+    def __init__(self, sharer_shape, receiver_shape, config: TranslatorConfig, sources: list[list[int]] | None = None):
         super().__init__()
         self.config = config
-        self.sources = source_layers(receiver_shape.num_layers, sharer_shape.num_layers, config.window)
+        self.sources = sources or source_layers(receiver_shape.num_layers, sharer_shape.num_layers, config.window)
+        if len({len(s) for s in self.sources}) != 1 or len(self.sources) != receiver_shape.num_layers:
+            raise ValueError(f"translator sources {self.sources} must give every one of the receiver's "
+                             f"{receiver_shape.num_layers} layers the same number of sharer layers")
         self.receiver_heads, self.receiver_dim = receiver_shape.num_kv_heads, receiver_shape.head_dim
         inputs = len(self.sources[0]) * 2 * sharer_shape.num_kv_heads * sharer_shape.head_dim
         outputs = 2 * receiver_shape.num_kv_heads * receiver_shape.head_dim
@@ -141,25 +153,23 @@ class LowRankResidual(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------ K/V of text
-def plain_kv(model: LoadedModel, ids: torch.Tensor, mask: torch.Tensor) -> list[kvcache.KV]:
-    """A model's position-free K/V of left-padded ``ids`` (B, N): per layer (B, H, N, d), rotary removed.
+READ_CHUNK_TOKENS = 512  # a context is read in pieces of this many tokens: memory bounded at any length
 
-    Runs the base model (no LM head: only K/V are needed) over a cache that keeps every position."""
-    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
-    output = model.model.base_model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                                    cache=kvcache.full_length_cache(), use_cache=True)
-    rotary = Rotary(model.model)
-    return [(rotary.remove(k, layer, positions), v) for layer, (k, v) in enumerate(kvcache.all_kv(output.cache))]
+
+def position_free_kv(model: LoadedModel, ids: torch.Tensor, mask: torch.Tensor) -> list[kvcache.KV]:
+    """A model's position-free K/V of left-padded ``ids`` (B, N): per layer (B, H, N, d), rotary removed. Every
+    position of every layer is kept (a sliding-window layer's too), read ``READ_CHUNK_TOKENS`` at a time."""
+    kv = scoring.model_kv(model.model, ids, mask, scoring.Chunks(READ_CHUNK_TOKENS, lambda: None))
+    rotary, positions = Rotary(model.model), position_ids(mask)
+    return [(rotary.remove(k, layer, positions), v) for layer, (k, v) in enumerate(kv)]
 
 
 def token_pairs(receiver: LoadedModel, sharer: LoadedModel, text: str) -> tuple[list[int], list[int], list[int], list[int]]:
     """The same ``context_block(text)`` read by both models: (receiver ids, sharer ids, sharer positions of the
     context's tokens, the receiver position each one's target comes from: the receiver token that holds the
     sharer token's last character)."""
-    block = context_block(text)
-    r_view = render(receiver.tokenizer, [{"role": "user", "content": block}], chat=False)
-    s_view = render(sharer.tokenizer, [{"role": "user", "content": block}], chat=False)
-    sharer_positions = sharer_context_tokens(s_view)
+    r_view = render(receiver.tokenizer, [{"role": "user", "content": context_block(text)}], chat=False)
+    s_view, sharer_positions = sharer_reading(sharer.tokenizer, text)
     ends = [(i, end) for i, (start, end) in enumerate(r_view.offsets) if end > start]
     targets = []
     for position in sharer_positions:
@@ -168,11 +178,11 @@ def token_pairs(receiver: LoadedModel, sharer: LoadedModel, text: str) -> tuple[
     return r_view.ids, s_view.ids, sharer_positions, targets
 
 
-def _pad_left(rows: list[list[int]], value: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    width = max(len(r) for r in rows)
-    ids = torch.tensor([[value] * (width - len(r)) + r for r in rows])
-    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
-    return ids, mask, [width - len(r) for r in rows]
+def left_padded(rows: list[list[int]], value: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Token rows as left-padded (B, N) ids and mask on ``device``, and each row's padding."""
+    ids = pad_rows(rows, value, left=True).to(device)
+    mask = pad_rows([[1] * len(r) for r in rows], 0, left=True).to(device)
+    return ids, mask, [ids.shape[1] - len(r) for r in rows]
 
 
 @torch.no_grad()
@@ -182,11 +192,10 @@ def translation_examples(receiver: LoadedModel, sharer: LoadedModel, texts: Sequ
     over the N sharer tokens of their contexts."""
     for start in range(0, len(texts), batch_size):
         pairs = [token_pairs(receiver, sharer, text) for text in texts[start:start + batch_size]]
-        r_ids, r_mask, r_pad = _pad_left([p[0] for p in pairs], receiver.tokenizer.pad_token_id)
-        s_ids, s_mask, s_pad = _pad_left([p[1] for p in pairs], sharer.tokenizer.pad_token_id)
-        device = receiver.model.device
-        r_kv = plain_kv(receiver, r_ids.to(device), r_mask.to(device))
-        s_kv = plain_kv(sharer, s_ids.to(sharer.model.device), s_mask.to(sharer.model.device))
+        r_ids, r_mask, r_pad = left_padded([p[0] for p in pairs], receiver.tokenizer.pad_token_id, receiver.model.device)
+        s_ids, s_mask, s_pad = left_padded([p[1] for p in pairs], sharer.tokenizer.pad_token_id, sharer.model.device)
+        r_kv = position_free_kv(receiver, r_ids, r_mask)
+        s_kv = position_free_kv(sharer, s_ids, s_mask)
         s_rows = torch.tensor([row for row, p in enumerate(pairs) for _ in p[2]])
         s_cols = torch.tensor([s_pad[row] + pos for row, p in enumerate(pairs) for pos in p[2]])
         r_cols = torch.tensor([r_pad[row] + pos for row, p in enumerate(pairs) for pos in p[3]])

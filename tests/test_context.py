@@ -2,6 +2,7 @@
 cache-enrichment oracle, synthetic data and the evaluation methods."""
 
 import copy
+import dataclasses
 import functools
 import json
 
@@ -10,7 +11,7 @@ import torch
 from conftest import SMALL_FUSER
 from tiny import tiny
 
-from c2c.context import with_context
+from c2c.context import sharer_reading, with_context
 from c2c.data import load_benchmark
 from c2c.evaluate import EvalConfig, EvalSetup, run_eval
 from c2c.scorers import EnrichedScorer, ModelScorer
@@ -52,6 +53,20 @@ def test_source_layers_window_the_proportional_partner():
     assert source_layers(4, 3, 1) == [[0, 1, 2]] * 4
     assert source_layers(5, 9, 1) == [[0, 1, 2], [1, 2, 3], [3, 4, 5], [5, 6, 7], [6, 7, 8]]
     assert source_layers(3, 3, 0) == [[0], [1], [2]]
+    for receiver, sharer, window in [(30, 18, 1), (7, 12, 2), (4, 3, 1), (6, 6, 0)]:  # all layers global: the window
+        widths = min(2 * window + 1, sharer)
+        assert source_layers(receiver, sharer, window) == [
+            list(range(min(max(p - window, 0), sharer - widths), min(max(p - window, 0), sharer - widths) + widths))
+            for p in [round(i * (sharer - 1) / (receiver - 1)) for i in range(receiver)]]
+
+
+def test_source_layers_read_the_nearest_global_layer_of_a_sliding_window_sharer():
+    """Gemma-3-270m: 18 layers, global at 5, 11, 17; SmolLM2's 30 layers' partners spread over them. Every map
+    reads one global layer (the nearest its partner) and the two layers nearest the partner."""
+    sources = source_layers(30, 18, 1, [5, 11, 17])
+    assert sources[0] == [0, 1, 5] and sources[2] == [1, 2, 5] and sources[9] == [4, 5, 6]  # partners 0, 1, 5
+    assert sources[10] == [5, 6, 7] and sources[17] == [9, 10, 11] and sources[29] == [15, 16, 17]  # 6, 10, 17
+    assert all(len(s) == 3 and any(layer in (5, 11, 17) for layer in s) for s in sources)
 
 
 def test_identical_pair_translates_a_context_into_what_reading_it_gives():
@@ -113,9 +128,12 @@ def test_translated_section_stands_where_the_context_would():
     text = pair.receiver.tokenizer.decode(batch.input_ids[0, :section.start])
     after = pair.receiver.tokenizer.decode(batch.input_ids[0, section.end:batch.prompt_length])
     assert text.endswith("Context:") and after.startswith("\nQuestion: What is Mira")
-    sharer_text = pair.sharers[0].tokenizer.decode(section.sharer_ids[0, section.positions[0]])
+    assert section.contexts == [CONTEXT] and section.tokens == [section.end - section.start]
+    view, tokens = sharer_reading(pair.sharers[0].tokenizer, CONTEXT)
+    sharer_text = pair.sharers[0].tokenizer.decode([view.ids[t] for t in tokens])
     # one position per sharer token of the context (the tiny sharer has no apostrophe: it reads <unk>)
-    assert sharer_text.replace(" ", "").replace("<unk>", "'") == CONTEXT.replace(" ", "")
+    assert len(tokens) == section.tokens[0] and sharer_text.replace(" ", "").replace("<unk>", "'") == \
+        CONTEXT.replace(" ", "")
 
 
 def test_checkpoint_with_translator_round_trips_in_half_precision(tmp_path):
@@ -155,7 +173,7 @@ def test_the_fit_records_the_longest_text_and_a_longer_context_warns_once(tmp_pa
         loaded.prepare([QUESTION], sharer_contexts=[CONTEXT])  # within what it was fitted on: no warning
     long = " ".join([CONTEXT] * 12)
     length = context_length(tiny("gemma").tokenizer, long)
-    assert longest < length <= loaded.config.translator.max_context_tokens
+    assert longest < length
     with pytest.warns(ContextWarning, match=rf"the context is {length} tokens for sharer tiny-gemma, longer than the "
                                             rf"longest text its translator was fitted on \({longest} tokens\)"):
         loaded.prepare([QUESTION], sharer_contexts=[long])
@@ -170,8 +188,13 @@ def test_bad_contexts_are_clear_errors():
         pair.prepare([QUESTION], sharer_contexts=["  "])
     with pytest.raises(ValueError, match="one entry per prompt"):
         pair.prepare([QUESTION, QUESTION], sharer_contexts=[CONTEXT])
-    with pytest.raises(ValueError, match="max_context_tokens"):
+    with pytest.raises(ValueError, match=r"tokens for sharer tiny-gemma, over the 1024 positions it takes"):
         pair.prepare([QUESTION], sharer_contexts=[CONTEXT * 200])
+    capped = copy.deepcopy(pair.config.translator)
+    capped.max_context_tokens = 4
+    with pytest.raises(ValueError, match="over the translator's max_context_tokens=4"):
+        C2CModel(pair.receiver, pair.sharers, dataclasses.replace(pair.config, translator=capped)).prepare(
+            [QUESTION], sharer_contexts=[CONTEXT])
     windowed = C2CModel.create(tiny("gemma"), [tiny("llama")], translator=TranslatorConfig(), chat_template=False)
     with pytest.raises(ValueError, match="sliding window of 8"):
         windowed.prepare([QUESTION], sharer_contexts=[CONTEXT])
@@ -294,7 +317,8 @@ def test_translator_recipe_fits_saves_and_reports(tmp_path):
     assert loaded.config.fuser is None and loaded.config.translator.window == 0 and len(loaded.translators) == 1
     maps = loaded.translators[0].maps
     assert len(maps) == 4 and all(linear.weight.abs().sum() > 0 for linear in maps)  # fitted, not the zero init
-    assert loaded.translators[0].sources == [[0], [1], [1], [2]]  # window 0: each receiver layer's partner only
+    # window 0: one sharer layer per map; the tiny Gemma's layers 0 and 1 see a sliding window: its global layer 2
+    assert loaded.translators[0].sources == [[2], [2], [2], [2]] == loaded.config.sharers[0].translator_sources
     with pytest.raises(ValueError, match="translator window"):
         TrainConfig(method="translator", data=["x.json"], translator={"window": -1})
 

@@ -97,6 +97,25 @@ def test_generate_sends_the_context_with_every_prompt(checkpoint, pair, context_
     assert capsys.readouterr().out == "".join(answer + "\n" for answer in expected)
 
 
+def test_read_context_saves_a_context_that_generate_answers_from_as_from_its_text(checkpoint, pair, context_file,
+                                                                                 tmp_path, capsys):
+    saved = tmp_path / "notes.safetensors"
+    main(["read-context", "--fuser", str(checkpoint), "--context", str(context_file), "--out", str(saved)])
+    assert f"saved to {saved}" in capsys.readouterr().out and saved.is_file()
+    main(["generate", "--fuser", str(checkpoint), "--max-new-tokens", str(TOKENS), "--no-stream", "--sharer-context",
+          str(saved), QUESTION, OTHER])
+    expected = pair.generate([QUESTION, OTHER], max_new_tokens=TOKENS, sharer_contexts=CONTEXT)
+    assert capsys.readouterr().out == "".join(answer + "\n" for answer in expected)
+    with pytest.raises(SystemExit, match=r"--out .*notes\.txt: a translated context is saved as \.safetensors"):
+        main(["read-context", "--fuser", str(checkpoint), "--context", str(context_file), "--out",
+              str(tmp_path / "notes.txt")])
+    with pytest.raises(SystemExit, match="already a translated context; give the text file"):
+        main(["read-context", "--fuser", str(checkpoint), "--context", str(saved), "--out", str(saved)])
+    (tmp_path / "bad.safetensors").write_text("text, not tensors")
+    with pytest.raises(SystemExit, match="error: --sharer-context: .*bad.safetensors.* is not a readable translated"):
+        main(["generate", "--fuser", str(checkpoint), "--sharer-context", str(tmp_path / "bad.safetensors"), "Hi"])
+
+
 @pytest.mark.parametrize("kind,says", [("missing", "does not exist"), ("folder", "is a folder"),
                                        ("empty", "is empty"), ("blank", "is empty"), ("latin1", "not UTF-8")])
 def test_a_bad_context_file_is_one_error_line_before_any_model_loads(tmp_path, monkeypatch, kind, says):
@@ -257,6 +276,20 @@ def test_sharer_context_on_both_endpoints(client, pair):
     streamed = client.completions.create(model="c2c", prompt=QUESTION, max_tokens=TOKENS, temperature=0, stream=True,
                                          extra_body={"sharer_context": CONTEXT})
     assert "".join(chunk.choices[0].text for chunk in streamed) == expected[0]
+
+
+def test_a_repeated_sharer_context_is_read_once_and_answers_as_a_fresh_reading(client, pair):
+    """The server's requests share the pair's memo of read contexts: the second request about the same text runs
+    no sharer pass, and both answers equal a reading made afresh."""
+    pair.context_memo.clear()
+    fresh = with_context(pair, QUESTION)
+    pair.context_memo.clear()
+    misses = pair.context_memo.misses
+    answers = [client.completions.create(model="c2c", prompt=prompt, max_tokens=TOKENS, temperature=0,
+                                         extra_body={"sharer_context": CONTEXT}).choices[0].text
+               for prompt in (QUESTION, OTHER, QUESTION)]
+    assert answers[0] == answers[2] == fresh and answers[1] == with_context(pair, OTHER)
+    assert pair.context_memo.misses == misses + 1 and len(pair.context_memo.entries) == 1
 
 
 def test_c2c_false_ignores_the_sharer_context(client, pair):

@@ -43,7 +43,7 @@ class Server:
 def create_app(pair: C2CModel, *, model_name: str = "c2c", api_key: str | None = None,
                max_prompt_tokens: int = 4096, max_tokens_limit: int = 1024, default_max_tokens: int = 256,
                max_body_bytes: int = 1 << 20, max_queue: int = 64, max_batch: int = 8,
-               batch_window_ms: float = 10.0, max_context_chars: int = 20000, max_running: int = 4) -> FastAPI:
+               batch_window_ms: float = 10.0, max_context_chars: int = 32000, max_running: int = 4) -> FastAPI:
     """An OpenAI-compatible app: /v1/chat/completions, /v1/completions, /v1/models, /health.
 
     Requests may add ``"c2c": false`` to be answered by the receiver alone, and ``"sharer_context": TEXT``

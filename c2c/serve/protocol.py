@@ -41,7 +41,7 @@ class Limits:
     max_tokens: int
     default_max_tokens: int
     max_body_bytes: int
-    max_context_chars: int = 20000
+    max_context_chars: int = 32000
 
 
 @dataclass(frozen=True)
