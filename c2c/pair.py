@@ -34,7 +34,8 @@ from .layout import TranslatedSection
 from .models import LoadedModel, global_attention_layers, load_model
 from .rotary import Rotary
 from .translated_context import ContextMemo, TranslatedContext, text_key, weights_fingerprint
-from .translator import STORAGE_DTYPES, ContextTranslator, TranslatorConfig, left_padded, position_free_kv, source_layers
+from .translator import (STORAGE_DTYPES, ContextTranslator, TranslatorConfig, left_padded, mark_constant_inputs,
+                         position_free_kv, source_layers)
 
 __all__ = ["C2CModel", "C2CConfig", "SharerConfig", "CheckpointError", "Batch", "Prompt", "load_config",
            "CONFIG_NAME", "WEIGHTS_NAME"]
@@ -158,8 +159,10 @@ class C2CModel(nn.Module):
         weights = checkpoint.read_fuser_weights(path, self.trained_state())
         self.fusers.load_state_dict({k: v for k, v in weights.items() if not k.startswith("translators.")}, strict=True)
         if self.translators is not None:
-            self.translators.load_state_dict({k[len("translators."):]: v.float() for k, v in weights.items()
-                                              if k.startswith("translators.")}, strict=True)
+            state = {k[len("translators."):]: v.float() for k, v in weights.items() if k.startswith("translators.")}
+            for name in [k for k in state if k.endswith(".input_scale")]:  # fits before issue 32 kept constant inputs'
+                state[name] = mark_constant_inputs(state[name])  # tiny scales; they are read as their mean now
+            self.translators.load_state_dict(state, strict=True)
 
     def trained_state(self) -> dict[str, torch.Tensor]:
         """What a checkpoint holds: the fusers' weights (unprefixed, as format 1 wrote them) and the translators'."""

@@ -34,7 +34,7 @@ from .rotary import Rotary
 from .validate import above, at_least, check_known_keys, check_ranges, check_types
 
 STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-CONSTANT_SCALE = 1e-4  # inputs whose fitted scale is below this share of the median are constants (see forward)
+CONSTANT_SCALE = 1e-4  # inputs whose fitted scale is below this share of the median are constants
 
 
 TRANSLATOR_RANGES = {"window": at_least(0, 1), "ridge": above(0, "[0.01, 0.1, 1.0]"), "max_context_tokens": at_least(1, 4096),
@@ -118,24 +118,61 @@ class ContextTranslator(nn.Module):
         return out
 
     def map_features(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """Per sharer layer (..., 2 H_S d_S) flat K and V features -> per receiver layer (..., 2 H_R d_R), computed
-        in the maps' dtype (float32 master weights).
+        """Per sharer layer (..., 2 H_S d_S) flat K and V features -> per receiver layer (..., 2 H_R d_R).
 
-        Sharer K/V in half precision: the inputs the fit saw as constant (a scale below ``CONSTANT_SCALE`` of the
-        layer's median; e.g. dimensions that are ~1e-8 in float32) are read as their mean. Their rounding noise,
-        divided by that scale, would otherwise swamp the map (float32 is computed exactly as fitted)."""
-        half = features[0].dtype in (torch.float16, torch.bfloat16)
+        While the maps can train (grad enabled and their weights require it), each map standardises its input and
+        computes in its float32 master weights: the coordinates phase 2's optimizer moves. Otherwise the
+        standardisation is folded into the maps, the maps that read the same sharer layers are one matrix
+        product, and it computes in the features' dtype (the models'): see ``folded``."""
+        if self.residuals is None and not (torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())):
+            return self._folded_features(features)
         dtype = self.maps[0].weight.dtype
         out = []
         for layer, (sources, linear) in enumerate(zip(self.sources, self.maps)):
             x = torch.cat([features[s].to(dtype) for s in sources], dim=-1)  # (..., D)
-            scale = self.input_scale[layer]
-            z = (x - self.input_mean[layer]) / scale
-            if half:
-                z = torch.where(scale > CONSTANT_SCALE * scale.median(), z, 0)
+            z = (x - self.input_mean[layer]) / self.input_scale[layer]
             y = linear(z) + self.output_mean[layer]  # (..., O)
             out.append(y if self.residuals is None else y + self.residuals[layer](z))
         return out
+
+    def _folded_features(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        out: list[torch.Tensor | None] = [None] * len(self.maps)
+        for sources, (layers, weight, bias) in self.folded(features[0].dtype, features[0].device).items():
+            x = torch.cat([features[s] for s in sources], dim=-1)  # (..., D)
+            y = torch.addmm(bias, x.flatten(0, -2), weight).unflatten(0, x.shape[:-1])  # (..., k O)
+            for layer, part in zip(layers, y.chunk(len(layers), dim=-1)):
+                out[layer] = part
+        return out
+
+    @torch.no_grad()
+    def folded(self, dtype: torch.dtype, device: torch.device) -> dict[tuple[int, ...], tuple[list[int], torch.Tensor,
+                                                                                              torch.Tensor]]:
+        """Per distinct tuple of source layers: (the receiver layers whose maps read them, (D, k O) weights, (k O,)
+        bias) with ``y = x @ W + b`` equal to each map's ``((x - mean) / scale) @ W_l + out_mean``. Inputs the fit
+        found constant have an infinite scale, hence zero weight. Computed once per state of the weights."""
+        state = (dtype, device, tuple((t.data_ptr(), t._version) for t in self.state_dict().values()))
+        if getattr(self, "_folded", (None,))[0] != state:
+            groups: dict[tuple[int, ...], list[int]] = {}
+            for layer, sources in enumerate(self.sources):
+                groups.setdefault(tuple(sources), []).append(layer)
+            folded = {}
+            for sources, layers in groups.items():
+                weights, biases = [], []
+                for layer in layers:
+                    weight = self.maps[layer].weight.T / self.input_scale[layer][:, None]  # (D, O)
+                    weights.append(weight)
+                    biases.append(self.output_mean[layer] - self.input_mean[layer] @ weight)
+                folded[sources] = (layers, torch.cat(weights, 1).to(device, dtype), torch.cat(biases).to(device, dtype))
+            self._folded = (state, folded)
+        return self._folded[1]
+
+
+def mark_constant_inputs(scale: torch.Tensor) -> torch.Tensor:
+    """Input scales (..., D) with those below ``CONSTANT_SCALE`` of their row's median set to infinity: an input the
+    fit saw as constant (e.g. a dimension that is ~1e-9 in float32) is read as its mean, in any precision (its
+    rounding noise divided by its tiny scale would otherwise swamp the map in half precision)."""
+    constant = scale < CONSTANT_SCALE * scale.median(dim=-1, keepdim=True).values
+    return scale.masked_fill(constant, float("inf"))
 
 
 class LowRankResidual(nn.Module):
@@ -254,7 +291,7 @@ class TranslatorFit:
             w = tuple(sources)
             mean = self.x_sum[w] / n
             variance = (torch.diagonal(self.xx[w]) / n - mean ** 2).clamp(min=0)
-            scale = variance.sqrt() + 1e-6
+            scale = mark_constant_inputs(variance.sqrt() + 1e-6)  # constant inputs: no weight
             covariance = (self.xx[w] / n - torch.outer(mean, mean)) / torch.outer(scale, scale)
             y_mean = self.y_sum[layer] / n
             cross = (self.xy[layer] / n - torch.outer(mean, y_mean)) / scale[:, None]  # (D, O)

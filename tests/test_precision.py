@@ -115,25 +115,64 @@ def test_every_command_that_loads_models_takes_dtype_and_device(command):
     assert (args.dtype, args.device) == ("bfloat16", "cpu")
 
 
-def test_a_translator_reads_half_precision_noise_on_constant_inputs_as_the_constant():
-    """The fitted maps divide by each input's scale: where the fit saw a constant (scale ~1e-6), bf16 rounding
-    noise would be amplified a millionfold (the shipped translator answered gibberish in bf16 before)."""
+def test_the_fit_reads_a_constant_input_as_its_mean_so_half_precision_noise_on_it_changes_nothing():
+    """The maps divide by each input's scale: where the fit saw a constant (e.g. a dimension that is ~1e-9 in
+    float32: scale ~1e-6), bf16 rounding noise would be amplified a millionfold (the shipped translator answered
+    gibberish in bf16 before). The fit gives such an input an infinite scale, hence no weight."""
+    from c2c.models import ModelShape
+    from c2c.translator import ContextTranslator, TranslatorConfig, TranslatorFit
+    shape = ModelShape("tiny", 2, 1, 4, 10)
+    translator = ContextTranslator(shape, shape, TranslatorConfig(window=0, ridge=[0.01]))
+    torch.manual_seed(0)
+    fit = TranslatorFit(translator)
+
+    def features(n):  # per sharer layer (n, 8): K (4) and V (4); input 0 is float noise around zero
+        x = [torch.randn(n, 8) for _ in range(2)]
+        for layer in x:
+            layer[:, 0] = 1e-9 * torch.randn(n)
+        return x, [layer @ torch.randn(8, 8) for layer in x]
+
+    fit.add(*features(200))
+    fit.add(*features(50), held_out=True)
+    fit.solve()
+    assert torch.isinf(translator.input_scale[:, 0]).all() and torch.isfinite(translator.input_scale[:, 1:]).all()
+    assert (translator.maps[0].weight[:, 0] == 0).all()
+    kv = [(torch.randn(1, 1, 3, 4), torch.randn(1, 1, 3, 4)) for _ in range(2)]
+    for keys, _ in kv:
+        keys[..., 0] = 0.0
+    noisy = [(k.clone().index_fill_(-1, torch.tensor([0]), 1e-3).to(torch.bfloat16), v.to(torch.bfloat16))
+             for k, v in kv]  # rounding noise on the constant input
+    with torch.no_grad():
+        exact, half = translator(kv), translator(noisy)
+    for (k, v), (k_half, v_half) in zip(exact, half):
+        assert k_half.dtype == torch.bfloat16  # computed in the models' dtype
+        torch.testing.assert_close(k_half.float(), k, rtol=0.05, atol=0.1)
+        torch.testing.assert_close(v_half.float(), v, rtol=0.05, atol=0.1)
+
+
+def test_folded_maps_compute_what_the_standardised_maps_do():
+    """At inference the standardisation is folded into the maps and maps with the same sources are one product;
+    while the maps train they standardise (phase 2's coordinates). Both give the same K/V (float32)."""
     from c2c.models import ModelShape
     from c2c.translator import ContextTranslator, TranslatorConfig
-    shape = ModelShape("tiny", 2, 1, 4, 10)
-    translator = ContextTranslator(shape, shape, TranslatorConfig(window=0))
     torch.manual_seed(0)
+    translator = ContextTranslator(ModelShape("s", 5, 1, 4, 10), ModelShape("r", 7, 2, 3, 10), TranslatorConfig())
     with torch.no_grad():
         for linear in translator.maps:
             linear.weight.normal_()
-        translator.input_scale[:, 0] = 1e-6  # the fit saw input 0 (the first key dimension) as constant
-    kv = [(torch.randn(1, 1, 3, 4), torch.randn(1, 1, 3, 4)) for _ in range(2)]
-    for keys, _ in kv:
-        keys[..., 0] = 0.0  # its value, as the fit saw it
-    exact = translator(kv)
-    noisy = [(k.clone().index_fill_(-1, torch.tensor([0]), 1e-3).to(torch.bfloat16), v.to(torch.bfloat16))
-             for k, v in kv]  # rounding noise on the constant input
-    for (k, v), (k_half, v_half) in zip(exact, translator(noisy)):
-        torch.testing.assert_close(k_half, k, rtol=0.05, atol=0.1)
-        torch.testing.assert_close(v_half, v, rtol=0.05, atol=0.1)
-    assert translator(kv)[0][0].equal(exact[0][0])  # float32 is computed exactly as fitted
+        translator.input_mean.normal_()
+        translator.input_scale.uniform_(0.5, 2)
+        translator.input_scale[:, 3] = float("inf")
+        translator.output_mean.normal_()
+    kv = [(torch.randn(2, 1, 6, 4), torch.randn(2, 1, 6, 4)) for _ in range(5)]
+    with torch.no_grad():
+        folded = translator(kv)
+    assert len(translator.folded(torch.float32, torch.device("cpu"))) == len({tuple(s) for s in translator.sources}) < 7
+    trained = translator(kv)  # grad enabled, weights require grad: the standardised path
+    assert trained[0][0].requires_grad and not folded[0][0].requires_grad
+    for (k, v), (kt, vt) in zip(folded, trained):
+        torch.testing.assert_close(k, kt.detach(), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(v, vt.detach(), rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        translator.maps[0].weight.add_(1)  # a changed map is folded again
+        assert not translator(kv)[0][0].equal(folded[0][0])

@@ -40,6 +40,7 @@ def answer(pair, context, tokens=6):
     return pair.generate(QUESTION, max_new_tokens=tokens, sharer_contexts=context)[0]
 
 
+@torch.no_grad()  # inference (with grad, the translator's weights could be training: see the last tests)
 def test_a_read_context_answers_exactly_as_its_text(pair):
     read = pair.read_context(CONTEXT)
     assert read.text == CONTEXT and read.tokens == context_length(pair.sharers[0].tokenizer, CONTEXT)
