@@ -25,8 +25,9 @@ from .translator import TranslatorFit, translation_examples
 
 def fitting_texts(specs: list, data_dir: str | None = None, base_dir: str | None = None) -> list[str]:
     """Texts from recipe ``data`` entries: ``{synthetic: N, facts: K, split: train, seed: S}``, a benchmark spec
-    (its items' contexts; items without one are skipped), or an instruction/chat file (each conversation's text;
-    ``{file: PATH, limit: N}`` for its first N)."""
+    (its items' contexts; items without one are skipped; ``join: K``: long texts, each K consecutive distinct
+    contexts of one document), or an instruction/chat file (each conversation's text; ``{file: PATH, limit: N}``
+    for its first N)."""
     texts = []
     for spec in specs:
         if isinstance(spec, dict) and "synthetic" in spec:
@@ -38,10 +39,10 @@ def fitting_texts(specs: list, data_dir: str | None = None, base_dir: str | None
         elif isinstance(spec, dict) and "benchmark" in spec:
             bench = load_benchmark(spec["benchmark"], spec.get("split", "train"), data_dir, limit=spec.get("limit"),
                                    seed=spec.get("seed", 0))
-            found = [item.context for item in bench.items if getattr(item, "context", None)]
+            found = [item for item in bench.items if getattr(item, "context", None)]
             if not found:
                 raise DataError(f"{bench.name}:{bench.split} has no item with a context to fit a translator on")
-            texts += found
+            texts += joined_contexts(found, int(spec["join"])) if "join" in spec else [item.context for item in found]
         elif isinstance(spec, dict) and "file" in spec:  # {file: PATH, limit: N}: the first N conversations
             conversations = load_training_data(spec["file"], data_dir, base_dir=base_dir)[:spec.get("limit")]
             texts += ["\n".join(m["content"] for m in c.messages) for c in conversations]
@@ -52,6 +53,20 @@ def fitting_texts(specs: list, data_dir: str | None = None, base_dir: str | None
     if not texts:
         raise DataError("no fitting texts: give `data` entries with text (see c2c.fit.fitting_texts)")
     return texts
+
+
+def joined_contexts(items: list, per_text: int) -> list[str]:
+    """Long texts from a benchmark's items, in order: ``per_text`` consecutive distinct contexts of one document
+    (a SQuAD article's paragraphs) per text, separated by blank lines; a document's last text may hold fewer."""
+    if per_text < 1:
+        raise DataError(f"join must be >= 1 contexts per text, got {per_text}")
+    documents: dict[str | None, list[str]] = {}
+    for item in items:
+        paragraphs = documents.setdefault(item.title, [])
+        if item.context not in paragraphs:
+            paragraphs.append(item.context)
+    return ["\n\n".join(paragraphs[start:start + per_text]) for paragraphs in documents.values()
+            for start in range(0, len(paragraphs), per_text)]
 
 
 def fit_pair(pair: C2CModel, texts: list[str], held_out: list[str], batch_size: int = 8,

@@ -9,8 +9,8 @@ order is drawn independently of the context. Without the context every method is
 lists as ``rivals`` every other value of its attribute (of all splits): a free-text answer passes the generation
 score when it names the right value and none of them.
 
-Benchmarks ``synthetic-1fact``, ``synthetic-3fact`` and ``synthetic-5fact`` (facts per context) are generated
-on the fly by ``load_benchmark``; ``synthetic_items`` gives any size and seed.
+Benchmarks ``synthetic-Nfact`` (N facts per context, 1 to 64; 1, 3 and 5 are the usual) are generated on the fly
+by ``load_benchmark``; ``synthetic_items`` gives any size and seed.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ ATTRIBUTES = {  # attribute -> (question phrase, statement template, values)
               "apple banana cherry mango peach pear plum grape lemon melon kiwi papaya lime fig apricot".split()),
 }
 SPLITS = ("train", "dev", "test")
+MAX_FACTS = 64  # per context (about 500 receiver tokens): a split has 33 names, 5 attributes each
 
 
 def _split_share(values: list[str], split: str) -> list[str]:
@@ -49,8 +50,8 @@ def synthetic_items(split: str, n: int, facts: int = 1, seed: int = 0) -> list[d
     """``n`` items in the generic multiple-choice JSONL shape with a ``context``; deterministic in the seed."""
     if split not in SPLITS:
         raise ValueError(f"synthetic split {split!r} is unknown; expected one of {SPLITS}")
-    if not 1 <= facts <= 8:
-        raise ValueError(f"facts per context must be within 1..8, got {facts}")
+    if not 1 <= facts <= MAX_FACTS:
+        raise ValueError(f"facts per context must be within 1..{MAX_FACTS}, got {facts}")
     names = _split_share(NAMES, split)
     values = {a: _split_share(v, split) for a, (_, _, v) in ATTRIBUTES.items()}
     rng = random.Random(f"{split}:{facts}:{seed}")
@@ -58,8 +59,11 @@ def synthetic_items(split: str, n: int, facts: int = 1, seed: int = 0) -> list[d
     rng.shuffle(answer_positions)
     items = []
     for index in range(n):
-        people = rng.sample(names, facts)
-        attributes = [rng.choice(list(ATTRIBUTES)) for _ in people]
+        if facts <= len(names):  # one fact per person
+            people = rng.sample(names, facts)
+            attributes = [rng.choice(list(ATTRIBUTES)) for _ in people]
+        else:  # long contexts: several facts per person, never two of one attribute
+            people, attributes = zip(*rng.sample([(p, a) for p in names for a in ATTRIBUTES], facts))
         facts_of = [(person, attribute, rng.choice(values[attribute])) for person, attribute in zip(people, attributes)]
         asked = rng.randrange(facts)
         person, attribute, answer = facts_of[asked]

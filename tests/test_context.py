@@ -255,6 +255,31 @@ def test_synthetic_splits_are_disjoint_balanced_and_seeded():
     assert len(bench.items) == 10 and all(i.context for i in bench.items)
 
 
+def test_long_synthetic_contexts_give_people_several_facts_but_ask_about_one():
+    """Up to 64 facts per context (issue 32's length axis): past the 33 names of a split, people get several
+    facts, never two of one attribute, so every question has one answer in the context."""
+    import re
+    assert synthetic_items("test", 2, facts=1)[0]["context"] == "Yusuf's pet is a ferret."  # as before the long ones
+    for item in synthetic_items("test", 20, facts=64):
+        facts = re.findall(r"(\w+)'s (home city|favourite colour|pet|job|favourite fruit) is (?:a )?(\w+)\.",
+                           item["context"])
+        assert len(facts) == 64 == len({(name, attribute) for name, attribute, _ in facts})
+        person, asked = re.match(r"What is (\w+)'s (.+)\?", item["question"]).groups()
+        assert [value for name, attribute, value in facts if (name, attribute) == (person, asked)] == \
+            [item["choices"][item["answer"]]]
+    with pytest.raises(ValueError, match="within 1..64, got 65"):
+        synthetic_items("test", 1, facts=65)
+
+
+def test_fitting_texts_join_a_documents_consecutive_contexts_into_long_texts():
+    from c2c.data.rows import MCItem
+    from c2c.fit import joined_contexts
+    items = [MCItem(str(i), "Q?", [], -1, context=c, title=t) for i, (t, c) in enumerate(
+        [("A", "a1"), ("A", "a1"), ("A", "a2"), ("A", "a3"), ("B", "b1"), ("A", "a4"), ("B", "b2")])]
+    assert joined_contexts(items, 2) == ["a1\n\na2", "a3\n\na4", "b1\n\nb2"]
+    assert joined_contexts(items, 3) == ["a1\n\na2\n\na3", "a4", "b1\n\nb2"]
+
+
 def test_context_benchmarks_parse_contexts(tmp_path):
     generic = tmp_path / "ctx.jsonl"
     generic.write_text(json.dumps({"id": "a", "question": "Q?", "choices": ["x", "y"], "answer": 1,
