@@ -1,0 +1,177 @@
+"""Issue 32's length study: how much of the gap between the receiver alone and the receiver reading the text the
+translated channel closes as its context grows.
+
+    python benchmarks/context_length.py data  [--squad FILE] [--out DIR]   # the long-context SQuAD files
+    python benchmarks/context_length.py table [--out DIR]                  # length.json, length.md, length.png
+
+``data`` writes one official-format SQuAD file per length (``squad_<length>.json``): the same questions each
+time, their paragraph placed among its article's neighbouring paragraphs (it grows by whole paragraphs, on a
+seeded side each step, so a shorter context is part of every longer one) up to about 512, 1,024, 2,048 and 4,096
+receiver tokens, and the paragraph alone (``squad_paragraph.json``). Dev-split articles only (the test split
+stays untouched); questions share their context, so that a translated reading is made once per context.
+``benchmarks/context_length.sh`` runs ``c2c eval`` on them (free text, F1) and on synthetic contexts of 1 to 64
+facts (cloze); ``table`` reads the per-item records it wrote.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from pathlib import Path
+
+LENGTHS = {"paragraph": 0, "512": 512, "1024": 1024, "2048": 2048, "4096": 4096}  # receiver tokens, at most
+FACTS = (1, 4, 16, 64)
+OUT = Path("results/context_handoff/length")
+
+
+def squad_articles(path: Path, split: str) -> dict[str, list[dict]]:
+    """Each article of ``split`` (c2c's split by sorted title): its paragraphs, with their questions."""
+    from c2c.data.squad import article_splits
+    articles = json.loads(path.read_text())["data"]
+    splits = article_splits(a["title"] for a in articles)
+    return {a["title"]: a["paragraphs"] for a in articles if splits[a["title"]] == split}
+
+
+def grown_context(paragraphs: list[str], index: int, limit: int, count, rng: random.Random) -> str:
+    """Paragraph ``index`` among its neighbours: one more paragraph at a time, before or after it (``rng``), while
+    the text stays within ``limit`` tokens (``count``); the paragraph alone when ``limit`` is 0."""
+    low = high = index
+    while limit:
+        sides = [side for side, ok in (("before", low > 0), ("after", high < len(paragraphs) - 1)) if ok]
+        if not sides:
+            break
+        side = rng.choice(sides)
+        new_low, new_high = (low - 1, high) if side == "before" else (low, high + 1)
+        if count("\n\n".join(paragraphs[new_low:new_high + 1])) > limit:
+            break
+        low, high = new_low, new_high
+    return "\n\n".join(paragraphs[low:high + 1])
+
+
+def write_data(squad: Path, out: Path, contexts: int, questions: int, seed: int) -> None:
+    from c2c.models import load_model
+    tokenizer = load_model("smollm2-135m-instruct").tokenizer
+    count = lambda text: len(tokenizer(text)["input_ids"])  # noqa: E731
+    articles = squad_articles(squad, "dev")
+    # articles long enough for the longest context, and per article the paragraphs whose questions are asked
+    long_enough = sorted(t for t, ps in articles.items() if count("\n\n".join(p["context"] for p in ps)) > 5000)
+    rng = random.Random(seed)
+    picks = []
+    while len(picks) < contexts:
+        title = long_enough[len(picks) % len(long_enough)]
+        index = rng.randrange(len(articles[title]))
+        if (title, index) not in picks:
+            picks.append((title, index))
+    out.mkdir(parents=True, exist_ok=True)
+    lengths = {}
+    for name, limit in LENGTHS.items():
+        data, sizes = [], []
+        for title, index in picks:
+            paragraphs = [p["context"] for p in articles[title]]
+            context = grown_context(paragraphs, index, limit, count, random.Random(f"{seed}:{title}:{index}"))
+            sizes.append(count(context))
+            qas = articles[title][index]["qas"][:questions]
+            data.append({"title": title, "paragraphs": [{"context": context, "qas": qas}]})
+        (out / f"squad_{name}.json").write_text(json.dumps({"version": "c2c-length-study", "data": data}) + "\n")
+        lengths[name] = {"contexts": len(sizes), "questions": sum(len(d["paragraphs"][0]["qas"]) for d in data),
+                         "mean_receiver_tokens": round(sum(sizes) / len(sizes)), "max_receiver_tokens": max(sizes)}
+    (out / "data.json").write_text(json.dumps({"seed": seed, "split": "dev", "source": str(squad),
+                                               "lengths": lengths}, indent=2) + "\n")
+    print(json.dumps(lengths, indent=2))
+
+
+# ------------------------------------------------------------------------------------------------ table
+def records(folder: Path, method: str) -> dict[str, float]:
+    path = folder / f"{method}.jsonl"
+    if not path.is_file():
+        return {}
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    return {r["id"]: float(r["f1"] if r.get("f1") is not None else r["correct"]) for r in rows}
+
+
+def gap_closed(receiver: dict, ceiling: dict, channel: dict, draws: int = 2000) -> dict:
+    """(channel - receiver) / (ceiling - receiver) on the items all three have; a 95% interval resampling them."""
+    ids = sorted(set(receiver) & set(ceiling) & set(channel))
+    if not ids:
+        return {"n": 0}
+    rows = [(receiver[i], ceiling[i], channel[i]) for i in ids]
+
+    def share(sample):
+        gap = sum(c - r for r, c, _ in sample)
+        return sum(t - r for r, _, t in sample) / gap if gap else float("nan")
+
+    rng = random.Random(0)
+    values = sorted(share([rng.choice(rows) for _ in rows]) for _ in range(draws))
+    mean = lambda k: round(100 * sum(row[k] for row in rows) / len(rows), 1)  # noqa: E731
+    return {"n": len(ids), "receiver": mean(0), "with_context": mean(1), "translated": mean(2),
+            "gap_closed": round(share(rows), 4),
+            "ci95": [round(values[int(0.025 * draws)], 4), round(values[int(0.975 * draws) - 1], 4)]}
+
+
+def write_table(out: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    runs = out / "runs"
+    translators = sorted(p.name for p in runs.iterdir() if p.is_dir() and p.name != "baselines")
+    data = json.loads((out / "data.json").read_text())["lengths"]
+    result = {"squad_f1": {}, "synthetic_cloze": {}, "translators": translators}
+    receiver = records(runs / "baselines" / "squad_paragraph", "receiver")  # no context: the same at every length
+    for name in LENGTHS:
+        ceiling = records(runs / "baselines" / f"squad_{name}", "receiver-with-context")
+        result["squad_f1"][name] = {"mean_receiver_tokens": data[name]["mean_receiver_tokens"], **{
+            t: gap_closed(receiver, ceiling, records(runs / t / f"squad_{name}", "c2c-translated")) for t in translators}}
+    for facts in FACTS:
+        base = runs / "baselines" / f"synthetic-{facts}fact"
+        result["synthetic_cloze"][str(facts)] = {
+            t: gap_closed(records(base, "receiver"), records(base, "receiver-with-context"),
+                          records(runs / t / f"synthetic-{facts}fact", "c2c-translated")) for t in translators}
+    for t in translators:  # the target: at 2,048 tokens >= 75% of the share closed at one paragraph
+        one, long = (result["squad_f1"][k][t].get("gap_closed") for k in ("paragraph", "2048"))
+        result.setdefault("kept_at_2048", {})[t] = round(long / one, 3) if one else None
+    (out / "length.json").write_text(json.dumps(result, indent=2) + "\n")
+    lines = ["| context | receiver tokens | " + " | ".join(f"{t}: F1 / gap closed [95% CI]" for t in translators)
+             + " | receiver | with text |", "|---" * (4 + len(translators)) + "|"]
+    for name, row in result["squad_f1"].items():
+        first = row[translators[0]]
+        cells = [f"{row[t]['translated']} / {100 * row[t]['gap_closed']:.0f}% [{100 * row[t]['ci95'][0]:.0f}, "
+                 f"{100 * row[t]['ci95'][1]:.0f}]" if row[t]["n"] else "-" for t in translators]
+        lines.append(f"| {name} | {row['mean_receiver_tokens']} | " + " | ".join(cells)
+                     + f" | {first.get('receiver')} | {first.get('with_context')} |")
+    (out / "length.md").write_text("\n".join(lines) + "\n")
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for t in translators:
+        xs = [result["squad_f1"][k]["mean_receiver_tokens"] for k in LENGTHS]
+        axes[0].plot(xs, [100 * result["squad_f1"][k][t].get("gap_closed", float("nan")) for k in LENGTHS], "o-",
+                     label=t)
+        axes[1].plot(FACTS, [100 * result["synthetic_cloze"][str(f)][t].get("gap_closed", float("nan"))
+                             for f in FACTS], "o-", label=t)
+    axes[0].set(xscale="log", xlabel="context, receiver tokens (SQuAD dev: its paragraph among its article's)",
+                ylabel="% of the gap closed (F1)", title="SQuAD")
+    axes[1].set(xscale="log", xlabel="facts in the context", ylabel="% of the gap closed (cloze)", title="synthetic")
+    for axis in axes:
+        axis.axhline(0, color="grey", linewidth=0.5)
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(out / "length.png", dpi=120)
+    print("\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("step", choices=["data", "table"])
+    parser.add_argument("--squad", type=Path, default=Path("../shared/data/squad/dev-v1.1.json"))
+    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--contexts", type=int, default=12)
+    parser.add_argument("--questions", type=int, default=3, help="per context")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.step == "data":
+        write_data(args.squad, args.out, args.contexts, args.questions, args.seed)
+    else:
+        write_table(args.out)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
