@@ -76,7 +76,9 @@ def format_report(report: dict) -> str:
     translator = report["translator"]
     if translator:
         sources = report["sharers"][0]["translator_sources"]
+        limit = translator["max_context_tokens"]
         lines.append(f"context translator: receiver layer l reads sharer layers {sources[0]} ... {sources[-1]} "
                      f"(window {translator['window']}) -> {report['translator_parameters']:,} parameters, stored as "
-                     f"{translator['storage_dtype']}; at most {translator['max_context_tokens']} context tokens")
+                     f"{translator['storage_dtype']}; contexts up to "
+                     f"{f'{limit} sharer tokens' if limit else 'what both models take'}")
     return "\n".join(lines)
