@@ -1,0 +1,61 @@
+"""benchmarks/context_length.py: the long contexts it builds and the share of the gap it reports (issue 32)."""
+
+import importlib.util
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("context_length", ROOT / "benchmarks" / "context_length.py")
+length = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(length)
+
+PARAGRAPHS = [f"p{i} " + "word " * (3 + i) for i in range(8)]  # paragraph i: 5 + i words
+count = lambda text: len(text.split())  # noqa: E731
+
+
+def test_a_paragraph_grows_among_its_neighbours_within_the_limit_and_longer_contexts_hold_shorter_ones():
+    assert length.grown_context(PARAGRAPHS, 3, 0, count, random.Random(0)) == PARAGRAPHS[3]
+    grown = [length.grown_context(PARAGRAPHS, 3, limit, count, random.Random("seed")) for limit in (10, 20, 40, 200)]
+    assert [count(g) for g in grown] == sorted(count(g) for g in grown) and all(PARAGRAPHS[3] in g for g in grown)
+    assert all(a in b for a, b in zip(grown, grown[1:]))  # nested: the same paragraphs, in order
+    assert all(count(g) <= limit for g, limit in zip(grown, (10, 20, 40))) and grown[-1] == "\n\n".join(PARAGRAPHS)
+
+
+def test_the_share_of_the_gap_is_computed_on_the_items_all_methods_have():
+    receiver = {"a": 0.0, "b": 0.0, "c": 0.5, "x": 1.0}
+    ceiling = {"a": 1.0, "b": 1.0, "c": 1.0}
+    channel = {"a": 1.0, "b": 0.0, "c": 0.5, "y": 0.0}
+    result = length.gap_closed(receiver, ceiling, channel)
+    assert result["n"] == 3 and result["gap_closed"] == pytest.approx(1 / 2.5)  # (1 + 0 + 0) / (1 + 1 + 0.5)
+    assert (result["receiver"], result["with_context"], result["translated"]) == (16.7, 100.0, 50.0)
+    assert result["ci95"][0] <= result["gap_closed"] <= result["ci95"][1]
+    assert length.gap_closed(receiver, {}, channel) == {"n": 0}
+
+
+def test_the_table_reads_the_records_c2c_eval_wrote(tmp_path):
+    runs = tmp_path / "runs"
+    lengths = {name: {"mean_receiver_tokens": 100 * (k + 1)} for k, name in enumerate(length.LENGTHS)}
+    (tmp_path / "data.json").write_text(json.dumps({"lengths": lengths}))
+
+    def write(folder, method, values, key="f1"):
+        (runs / folder).mkdir(parents=True, exist_ok=True)
+        (runs / folder / f"{method}.jsonl").write_text("".join(json.dumps({"id": i, key: v}) + "\n"
+                                                               for i, v in enumerate(values)))
+
+    write("baselines/squad_paragraph", "receiver", [0, 0, 0, 0])
+    for k, name in enumerate(length.LENGTHS):
+        write(f"baselines/squad_{name}", "receiver-with-context", [1, 1, 1, 1])
+        write(f"mine/squad_{name}", "c2c-translated", [1, 1, 0, 0] if k < 3 else [1, 0, 0, 0])
+    for facts in length.FACTS:
+        write(f"baselines/synthetic-{facts}fact", "receiver", [False, True], key="correct")
+        write(f"baselines/synthetic-{facts}fact", "receiver-with-context", [True, True], key="correct")
+        write(f"mine/synthetic-{facts}fact", "c2c-translated", [True, True], key="correct")
+    length.write_table(tmp_path)
+    result = json.loads((tmp_path / "length.json").read_text())
+    assert result["translators"] == ["mine"] and result["squad_f1"]["1024"]["mine"]["gap_closed"] == 0.5
+    assert result["squad_f1"]["2048"]["mine"]["gap_closed"] == 0.25 and result["kept_at_2048"] == {"mine": 0.5}
+    assert result["synthetic_cloze"]["64"]["mine"]["gap_closed"] == 1.0
+    assert (tmp_path / "length.png").is_file() and "| 2048 | 400 | 25.0 / 25%" in (tmp_path / "length.md").read_text()
