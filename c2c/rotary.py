@@ -40,17 +40,22 @@ class Rotary:
         self.layer_types = getattr(config, "layer_types", None)
         self.per_layer_type = "layer_type" in inspect.signature(self.embedding.forward).parameters
         self.num_layers = config.num_hidden_layers
+        self._last: tuple | None = None  # (positions and what they were computed for, (cos, sin)): see cos_sin
 
     def cos_sin(self, layer: int, positions: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, 1, N, r) cosine and sine of ``layer`` at ``positions``, in float32."""
+        """(B, 1, N, r) cosine and sine of ``layer`` at ``positions``, in float32. The last result is kept: every
+        layer of one type at the same ``positions`` (the same tensor, unmodified) shares it."""
         if not 0 <= layer < self.num_layers:
             raise ValueError(f"layer {layer} is out of range for a model with {self.num_layers} layers")
-        probe = like.new_zeros(1, dtype=torch.float32)
-        if self.per_layer_type:
-            cos, sin = self.embedding(probe, positions, layer_type=self.layer_types[layer])
-        else:
-            cos, sin = self.embedding(probe, positions)
-        return cos.float()[:, None], sin.float()[:, None]
+        kind = self.layer_types[layer] if self.per_layer_type else None
+        key = (positions, positions._version if not positions.is_inference() else object(), kind, like.device)
+        last = self._last
+        if last is None or not (last[0][0] is key[0] and last[0][1:] == key[1:]):
+            probe = like.new_zeros(1, dtype=torch.float32)
+            cos, sin = self.embedding(probe, positions, layer_type=kind) if kind is not None else \
+                self.embedding(probe, positions)
+            self._last = last = (key, (cos.float()[:, None], sin.float()[:, None]))
+        return last[1]
 
     def apply(self, keys: torch.Tensor, layer: int, positions: torch.Tensor) -> torch.Tensor:
         """Position-free keys (B, H, N, d) -> keys as ``layer`` caches them at ``positions`` (B, N)."""
