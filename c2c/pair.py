@@ -34,7 +34,7 @@ from .layout import TranslatedSection
 from .models import LoadedModel, global_attention_layers, load_model
 from .rotary import Rotary
 from .translated_context import ContextMemo, TranslatedContext, text_key, weights_fingerprint
-from .translator import (STORAGE_DTYPES, ContextTranslator, TranslatorConfig, left_padded, mark_constant_inputs,
+from .translator import (STORAGE_DTYPES, ContextTranslator, TranslatorConfig, left_padded, neutral_constant_inputs,
                          position_free_kv, source_layers)
 
 __all__ = ["C2CModel", "C2CConfig", "SharerConfig", "CheckpointError", "Batch", "Prompt", "load_config",
@@ -160,8 +160,8 @@ class C2CModel(nn.Module):
         self.fusers.load_state_dict({k: v for k, v in weights.items() if not k.startswith("translators.")}, strict=True)
         if self.translators is not None:
             state = {k[len("translators."):]: v.float() for k, v in weights.items() if k.startswith("translators.")}
-            for name in [k for k in state if k.endswith(".input_scale")]:  # fits before issue 32 kept constant inputs'
-                state[name] = mark_constant_inputs(state[name])  # tiny scales; they are read as their mean now
+            for name in [k for k in state if k.endswith(".input_scale")]:  # fits before issue 32 kept constant
+                state[name] = neutral_constant_inputs(state[name])  # inputs' tiny scales
             self.translators.load_state_dict(state, strict=True)
 
     def trained_state(self) -> dict[str, torch.Tensor]:

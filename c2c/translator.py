@@ -148,8 +148,8 @@ class ContextTranslator(nn.Module):
     def folded(self, dtype: torch.dtype, device: torch.device) -> dict[tuple[int, ...], tuple[list[int], torch.Tensor,
                                                                                               torch.Tensor]]:
         """Per distinct tuple of source layers: (the receiver layers whose maps read them, (D, k O) weights, (k O,)
-        bias) with ``y = x @ W + b`` equal to each map's ``((x - mean) / scale) @ W_l + out_mean``. Inputs the fit
-        found constant have an infinite scale, hence zero weight. Computed once per state of the weights."""
+        bias) with ``y = x @ W + b`` equal to each map's ``((x - mean) / scale) @ W_l + out_mean``. Computed once per
+        state of the weights."""
         state = (dtype, device, tuple((t.data_ptr(), t._version) for t in self.state_dict().values()))
         if getattr(self, "_folded", (None,))[0] != state:
             groups: dict[tuple[int, ...], list[int]] = {}
@@ -167,12 +167,13 @@ class ContextTranslator(nn.Module):
         return self._folded[1]
 
 
-def mark_constant_inputs(scale: torch.Tensor) -> torch.Tensor:
-    """Input scales (..., D) with those below ``CONSTANT_SCALE`` of their row's median set to infinity: an input the
-    fit saw as constant (e.g. a dimension that is ~1e-9 in float32) is read as its mean, in any precision (its
-    rounding noise divided by its tiny scale would otherwise swamp the map in half precision)."""
+def neutral_constant_inputs(scale: torch.Tensor) -> torch.Tensor:
+    """Input scales (..., D) with those below ``CONSTANT_SCALE`` of their row's median set to 1: an input the fit saw
+    as constant (e.g. a dimension that is ~1e-9 in float32, whose spread is ~1e-6) then enters its map as the tiny
+    value it is, not divided by its tiny spread. In half precision its rounding noise (~1e-3) would otherwise be
+    amplified a thousandfold and swamp the map. The fit's regression gives such an input no weight to speak of."""
     constant = scale < CONSTANT_SCALE * scale.median(dim=-1, keepdim=True).values
-    return scale.masked_fill(constant, float("inf"))
+    return scale.masked_fill(constant, 1.0)
 
 
 class LowRankResidual(nn.Module):
@@ -291,7 +292,7 @@ class TranslatorFit:
             w = tuple(sources)
             mean = self.x_sum[w] / n
             variance = (torch.diagonal(self.xx[w]) / n - mean ** 2).clamp(min=0)
-            scale = mark_constant_inputs(variance.sqrt() + 1e-6)  # constant inputs: no weight
+            scale = neutral_constant_inputs(variance.sqrt() + 1e-6)
             covariance = (self.xx[w] / n - torch.outer(mean, mean)) / torch.outer(scale, scale)
             y_mean = self.y_sum[layer] / n
             cross = (self.xy[layer] / n - torch.outer(mean, y_mean)) / scale[:, None]  # (D, O)
