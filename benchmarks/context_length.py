@@ -9,8 +9,11 @@ time, their paragraph placed among its article's neighbouring paragraphs (it gro
 seeded side each step, so a shorter context is part of every longer one) up to about 512, 1,024, 2,048 and 4,096
 receiver tokens, and the paragraph alone (``squad_paragraph.json``). Dev-split articles only (the test split
 stays untouched); questions share their context, so that a translated reading is made once per context.
-``benchmarks/context_length.sh`` runs ``c2c eval`` on them (free text, F1) and on synthetic contexts of 1 to 64
-facts (cloze); ``table`` reads the per-item records it wrote.
+It also writes ``needle_<length>.jsonl``: a synthetic dev fact ("Mira's pet is a dog.") and its three-choice
+question, the fact hidden among dev articles' paragraphs at a seeded place, the whole about 512 to 4,096 receiver
+tokens (``needle_0``: the fact alone). ``benchmarks/context_length.sh`` runs ``c2c eval`` on them (SQuAD: free
+text, F1; needles: cloze) and on synthetic contexts of 1 to 64 facts (cloze); ``table`` reads the per-item records
+it wrote.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import sys
 from pathlib import Path
 
 LENGTHS = {"paragraph": 0, "512": 512, "1024": 1024, "2048": 2048, "4096": 4096}  # receiver tokens, at most
+NEEDLES = (0, 512, 1024, 2048, 4096)
 FACTS = (1, 4, 16, 64)
 OUT = Path("results/context_handoff/length")
 
@@ -49,7 +53,37 @@ def grown_context(paragraphs: list[str], index: int, limit: int, count, rng: ran
     return "\n\n".join(paragraphs[low:high + 1])
 
 
-def write_data(squad: Path, out: Path, contexts: int, questions: int, seed: int) -> None:
+def hidden_fact(fact: str, paragraphs: list[str], limit: int, count, rng: random.Random) -> str:
+    """``fact`` among consecutive ``paragraphs`` (from a seeded start, wrapping), the whole within ``limit`` tokens,
+    at a seeded place between them; the fact alone when ``limit`` is 0."""
+    start, chosen = rng.randrange(len(paragraphs)), []
+    while limit and len(chosen) < len(paragraphs):
+        candidate = paragraphs[(start + len(chosen)) % len(paragraphs)]
+        if count("\n\n".join([fact, *chosen, candidate])) > limit:
+            break
+        chosen.append(candidate)
+    place = rng.randint(0, len(chosen))
+    return "\n\n".join(chosen[:place] + [fact] + chosen[place:])
+
+
+def write_needles(articles: dict[str, list[dict]], titles: list[str], out: Path, items: int, count, seed: int) -> dict:
+    from c2c.synthetic import synthetic_items
+    facts = synthetic_items("dev", items, 1, seed)
+    sizes = {}
+    for limit in NEEDLES:
+        rows, lengths = [], []
+        for index, item in enumerate(facts):
+            paragraphs = [p["context"] for p in articles[titles[index % len(titles)]]]
+            context = hidden_fact(item["context"], paragraphs, limit, count, random.Random(f"{seed}:{index}"))
+            lengths.append(count(context))
+            rows.append(json.dumps({**item, "id": f"needle-{index}", "context": context}))
+        (out / f"needle_{limit}.jsonl").write_text("\n".join(rows) + "\n")
+        sizes[str(limit)] = {"items": len(rows), "mean_receiver_tokens": round(sum(lengths) / len(lengths)),
+                             "max_receiver_tokens": max(lengths)}
+    return sizes
+
+
+def write_data(squad: Path, out: Path, contexts: int, questions: int, needles: int, seed: int) -> None:
     from c2c.models import load_model
     tokenizer = load_model("smollm2-135m-instruct").tokenizer
     count = lambda text: len(tokenizer(text)["input_ids"])  # noqa: E731
@@ -76,9 +110,10 @@ def write_data(squad: Path, out: Path, contexts: int, questions: int, seed: int)
         (out / f"squad_{name}.json").write_text(json.dumps({"version": "c2c-length-study", "data": data}) + "\n")
         lengths[name] = {"contexts": len(sizes), "questions": sum(len(d["paragraphs"][0]["qas"]) for d in data),
                          "mean_receiver_tokens": round(sum(sizes) / len(sizes)), "max_receiver_tokens": max(sizes)}
+    needle_sizes = write_needles(articles, long_enough, out, needles, count, seed)
     (out / "data.json").write_text(json.dumps({"seed": seed, "split": "dev", "source": str(squad),
-                                               "lengths": lengths}, indent=2) + "\n")
-    print(json.dumps(lengths, indent=2))
+                                               "lengths": lengths, "needles": needle_sizes}, indent=2) + "\n")
+    print(json.dumps({"squad": lengths, "needles": needle_sizes}, indent=2))
 
 
 # ------------------------------------------------------------------------------------------------ table
@@ -127,6 +162,16 @@ def write_table(out: Path) -> None:
         result["synthetic_cloze"][str(facts)] = {
             t: gap_closed(records(base, "receiver"), records(base, "receiver-with-context"),
                           records(runs / t / f"synthetic-{facts}fact", "c2c-translated")) for t in translators}
+    if (runs / "baselines" / "needle_0").is_dir():
+        result["needle_cloze"] = {}
+        receiver = records(runs / "baselines" / "needle_0", "receiver")
+        for limit in NEEDLES:
+            ceiling = records(runs / "baselines" / f"needle_{limit}", "receiver-with-context")
+            result["needle_cloze"][str(limit)] = {
+                "mean_receiver_tokens": json.loads((out / "data.json").read_text())["needles"][str(limit)][
+                    "mean_receiver_tokens"],
+                **{t: gap_closed(receiver, ceiling, records(runs / t / f"needle_{limit}", "c2c-translated"))
+                   for t in translators}}
     for t in translators:  # the target: at 2,048 tokens >= 75% of the share closed at one paragraph
         one, long = (result["squad_f1"][k][t].get("gap_closed") for k in ("paragraph", "2048"))
         result.setdefault("kept_at_2048", {})[t] = round(long / one, 3) if one else None
@@ -165,10 +210,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--contexts", type=int, default=12)
     parser.add_argument("--questions", type=int, default=3, help="per context")
+    parser.add_argument("--needles", type=int, default=40, help="hidden facts per length")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.step == "data":
-        write_data(args.squad, args.out, args.contexts, args.questions, args.seed)
+        write_data(args.squad, args.out, args.contexts, args.questions, args.needles, args.seed)
     else:
         write_table(args.out)
 

@@ -3,7 +3,7 @@
 # as the context grows, for the shipped translator and the long-context ridge fit (recipes/context_handoff_long.yaml)
 # side by side; the receiver's baselines once. Dev articles and dev synthetic facts only. Resumes from the
 # per-item records. C2C_DATA_DIR must point at the shared data (SQuAD dev).
-#   benchmarks/context_length.sh [data | eval | table | all]
+#   benchmarks/context_length.sh [data | eval | needles | table | all]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
@@ -14,6 +14,7 @@ run() { [[ $step == all || $step == "$1" ]]; }
 declare -A TRANSLATORS=([shipped]=fusers/context_handoff [ridge_long]=runs/context_handoff_long)
 SQUAD=$(for n in paragraph 512 1024 2048 4096; do printf '%s,' "$OUT/squad_$n.json"; done); SQUAD=${SQUAD%,}
 SYNTHETIC=synthetic-1fact:dev:60,synthetic-4fact:dev:60,synthetic-16fact:dev:60,synthetic-64fact:dev:60
+NEEDLES=$(for n in 0 512 1024 2048 4096; do printf '%s,' "$OUT/needle_$n.jsonl"; done); NEEDLES=${NEEDLES%,}
 
 if run data; then .venv/bin/python benchmarks/context_length.py data --squad "$C2C_DATA_DIR/squad/dev-v1.1.json"; fi
 if run eval; then
@@ -25,6 +26,16 @@ if run eval; then
     $C2C eval --fuser "${TRANSLATORS[$name]}" --seed 0 --out $OUT/runs/$name --bench "$SQUAD" --scoring free \
       --methods c2c-translated
     $C2C eval --fuser "${TRANSLATORS[$name]}" --seed 0 --out $OUT/runs/$name --bench $SYNTHETIC --scoring cloze \
+      --methods c2c-translated
+  done
+fi
+if run needles; then  # a fact hidden among paragraphs: cloze, so the ceiling does not fall with the length
+  $C2C eval --fuser fusers/context_handoff --seed 0 --out $OUT/runs/baselines --bench "$OUT/needle_0.jsonl" \
+    --scoring cloze --methods receiver
+  $C2C eval --fuser fusers/context_handoff --seed 0 --out $OUT/runs/baselines --bench "$NEEDLES" --scoring cloze \
+    --methods receiver-with-context
+  for name in shipped ridge_long; do
+    $C2C eval --fuser "${TRANSLATORS[$name]}" --seed 0 --out $OUT/runs/$name --bench "$NEEDLES" --scoring cloze \
       --methods c2c-translated
   done
 fi
