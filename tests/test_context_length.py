@@ -24,6 +24,16 @@ def test_a_paragraph_grows_among_its_neighbours_within_the_limit_and_longer_cont
     assert all(count(g) <= limit for g, limit in zip(grown, (10, 20, 40))) and grown[-1] == "\n\n".join(PARAGRAPHS)
 
 
+def test_a_fact_hides_among_paragraphs_within_the_limit():
+    fact = "Mira's pet is a dog."
+    assert length.hidden_fact(fact, PARAGRAPHS, 0, count, random.Random(0)) == fact
+    for limit in (10, 30, 60, 500):
+        hidden = length.hidden_fact(fact, PARAGRAPHS, limit, count, random.Random(1))
+        parts = hidden.split("\n\n")
+        assert parts.count(fact) == 1 and count(hidden) <= limit and set(parts) - {fact} <= set(PARAGRAPHS)
+    assert len(length.hidden_fact(fact, PARAGRAPHS, 500, count, random.Random(1)).split("\n\n")) == 9  # all 8 + fact
+
+
 def test_the_share_of_the_gap_is_computed_on_the_items_all_methods_have():
     receiver = {"a": 0.0, "b": 0.0, "c": 0.5, "x": 1.0}
     ceiling = {"a": 1.0, "b": 1.0, "c": 1.0}
