@@ -126,7 +126,8 @@ def records(folder: Path, method: str) -> dict[str, float]:
 
 
 def gap_closed(receiver: dict, ceiling: dict, channel: dict, draws: int = 2000) -> dict:
-    """(channel - receiver) / (ceiling - receiver) on the items all three have; a 95% interval resampling them."""
+    """(channel - receiver) / (ceiling - receiver) on the items all three have; a 95% interval resampling them
+    (samples without a gap left out). None where there is no gap to close."""
     ids = sorted(set(receiver) & set(ceiling) & set(channel))
     if not ids:
         return {"n": 0}
@@ -134,73 +135,89 @@ def gap_closed(receiver: dict, ceiling: dict, channel: dict, draws: int = 2000) 
 
     def share(sample):
         gap = sum(c - r for r, c, _ in sample)
-        return sum(t - r for r, _, t in sample) / gap if gap else float("nan")
+        return sum(t - r for r, _, t in sample) / gap if gap else None
 
     rng = random.Random(0)
-    values = sorted(share([rng.choice(rows) for _ in rows]) for _ in range(draws))
+    values = sorted(v for v in (share([rng.choice(rows) for _ in rows]) for _ in range(draws)) if v is not None)
+    closed = share(rows)
     mean = lambda k: round(100 * sum(row[k] for row in rows) / len(rows), 1)  # noqa: E731
     return {"n": len(ids), "receiver": mean(0), "with_context": mean(1), "translated": mean(2),
-            "gap_closed": round(share(rows), 4),
-            "ci95": [round(values[int(0.025 * draws)], 4), round(values[int(0.975 * draws) - 1], 4)]}
+            "gap_closed": None if closed is None else round(closed, 4),
+            "ci95": [round(values[int(0.025 * len(values))], 4), round(values[int(0.975 * len(values)) - 1], 4)]
+            if closed is not None and values else None}
 
 
 def write_table(out: Path) -> None:
+    """length.json (per study, per length: each translator's score and share of the gap), length.md, length.png."""
+    runs = out / "runs"
+    translators = sorted(p.name for p in runs.iterdir() if p.is_dir() and p.name != "baselines")
+    data = json.loads((out / "data.json").read_text())
+    studies = {  # study: per length (its name, its folder, the records' mean context tokens or None)
+        "squad_f1": [(name, f"squad_{name}", data["lengths"][name]["mean_receiver_tokens"]) for name in LENGTHS],
+        "needle_cloze": [(str(n), f"needle_{n}", data["needles"][str(n)]["mean_receiver_tokens"]) for n in NEEDLES],
+        "synthetic_cloze": [(str(f), f"synthetic-{f}fact", None) for f in FACTS]}
+    alone = {"squad_f1": "squad_paragraph", "needle_cloze": "needle_0"}  # no context: one run serves every length
+    result = {"translators": translators}
+    for study, lengths in studies.items():
+        result[study] = {}
+        for name, folder, tokens in lengths:
+            receiver = records(runs / "baselines" / alone.get(study, folder), "receiver")
+            ceiling = records(runs / "baselines" / folder, "receiver-with-context")
+            result[study][name] = {"mean_receiver_tokens": tokens, **{
+                t: gap_closed(receiver, ceiling, records(runs / t / folder, "c2c-translated")) for t in translators}}
+    for study, short in (("squad_f1", "paragraph"), ("needle_cloze", "0")):  # target: >= 75% kept at 2,048 tokens
+        result[f"{study}_kept_at_2048"] = {t: _ratio(result[study]["2048"][t].get("gap_closed"),
+                                                      result[study][short][t].get("gap_closed")) for t in translators}
+    (out / "length.json").write_text(json.dumps(result, indent=2) + "\n")
+    titles = {"squad_f1": "SQuAD dev questions, their paragraph among its article's (F1)",
+              "needle_cloze": "a synthetic fact hidden among dev paragraphs (cloze, % right of 3)",
+              "synthetic_cloze": "synthetic contexts of N facts (cloze, % right of 3)"}
+    lines = []
+    for study, rows in ((s, result[s]) for s in studies):
+        lines += [f"### {titles[study]}", "", "| context | receiver tokens | receiver | with text | " + " | ".join(
+            f"{t}: score / gap closed [95% CI]" for t in translators) + " |", "|---" * (4 + len(translators)) + "|"]
+        for name, row in rows.items():
+            first = row[translators[0]]
+            lines.append(f"| {name} | {row['mean_receiver_tokens'] or '-'} | {first.get('receiver')} | "
+                         f"{first.get('with_context')} | " + " | ".join(_cell(row[t]) for t in translators) + " |")
+        lines.append("")
+    (out / "length.md").write_text("\n".join(lines))
+    _plot(out / "length.png", result, studies, titles, translators)
+    print("\n".join(lines))
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a is not None and b else None
+
+
+def _cell(gap: dict) -> str:
+    if not gap.get("n"):
+        return "-"
+    if gap["gap_closed"] is None:
+        return f"{gap['translated']} / no gap"
+    low, high = gap["ci95"]
+    return f"{gap['translated']} / {100 * gap['gap_closed']:.0f}% [{100 * low:.0f}, {100 * high:.0f}]"
+
+
+def _plot(path: Path, result: dict, studies: dict, titles: dict, translators: list[str]) -> None:
+    """Each study's scores against the context's length: the receiver alone, reading the text, each translator."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    runs = out / "runs"
-    translators = sorted(p.name for p in runs.iterdir() if p.is_dir() and p.name != "baselines")
-    data = json.loads((out / "data.json").read_text())["lengths"]
-    result = {"squad_f1": {}, "synthetic_cloze": {}, "translators": translators}
-    receiver = records(runs / "baselines" / "squad_paragraph", "receiver")  # no context: the same at every length
-    for name in LENGTHS:
-        ceiling = records(runs / "baselines" / f"squad_{name}", "receiver-with-context")
-        result["squad_f1"][name] = {"mean_receiver_tokens": data[name]["mean_receiver_tokens"], **{
-            t: gap_closed(receiver, ceiling, records(runs / t / f"squad_{name}", "c2c-translated")) for t in translators}}
-    for facts in FACTS:
-        base = runs / "baselines" / f"synthetic-{facts}fact"
-        result["synthetic_cloze"][str(facts)] = {
-            t: gap_closed(records(base, "receiver"), records(base, "receiver-with-context"),
-                          records(runs / t / f"synthetic-{facts}fact", "c2c-translated")) for t in translators}
-    if (runs / "baselines" / "needle_0").is_dir():
-        result["needle_cloze"] = {}
-        receiver = records(runs / "baselines" / "needle_0", "receiver")
-        for limit in NEEDLES:
-            ceiling = records(runs / "baselines" / f"needle_{limit}", "receiver-with-context")
-            result["needle_cloze"][str(limit)] = {
-                "mean_receiver_tokens": json.loads((out / "data.json").read_text())["needles"][str(limit)][
-                    "mean_receiver_tokens"],
-                **{t: gap_closed(receiver, ceiling, records(runs / t / f"needle_{limit}", "c2c-translated"))
-                   for t in translators}}
-    for t in translators:  # the target: at 2,048 tokens >= 75% of the share closed at one paragraph
-        one, long = (result["squad_f1"][k][t].get("gap_closed") for k in ("paragraph", "2048"))
-        result.setdefault("kept_at_2048", {})[t] = round(long / one, 3) if one else None
-    (out / "length.json").write_text(json.dumps(result, indent=2) + "\n")
-    lines = ["| context | receiver tokens | " + " | ".join(f"{t}: F1 / gap closed [95% CI]" for t in translators)
-             + " | receiver | with text |", "|---" * (4 + len(translators)) + "|"]
-    for name, row in result["squad_f1"].items():
-        first = row[translators[0]]
-        cells = [f"{row[t]['translated']} / {100 * row[t]['gap_closed']:.0f}% [{100 * row[t]['ci95'][0]:.0f}, "
-                 f"{100 * row[t]['ci95'][1]:.0f}]" if row[t]["n"] else "-" for t in translators]
-        lines.append(f"| {name} | {row['mean_receiver_tokens']} | " + " | ".join(cells)
-                     + f" | {first.get('receiver')} | {first.get('with_context')} |")
-    (out / "length.md").write_text("\n".join(lines) + "\n")
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for t in translators:
-        xs = [result["squad_f1"][k]["mean_receiver_tokens"] for k in LENGTHS]
-        axes[0].plot(xs, [100 * result["squad_f1"][k][t].get("gap_closed", float("nan")) for k in LENGTHS], "o-",
-                     label=t)
-        axes[1].plot(FACTS, [100 * result["synthetic_cloze"][str(f)][t].get("gap_closed", float("nan"))
-                             for f in FACTS], "o-", label=t)
-    axes[0].set(xscale="log", xlabel="context, receiver tokens (SQuAD dev: its paragraph among its article's)",
-                ylabel="% of the gap closed (F1)", title="SQuAD")
-    axes[1].set(xscale="log", xlabel="facts in the context", ylabel="% of the gap closed (cloze)", title="synthetic")
-    for axis in axes:
-        axis.axhline(0, color="grey", linewidth=0.5)
-        axis.legend()
+    figure, axes = plt.subplots(1, len(studies), figsize=(5 * len(studies), 4))
+    for axis, (study, lengths) in zip(axes, studies.items()):
+        xs = [tokens or name for name, _, tokens in lengths] if study != "synthetic_cloze" else list(FACTS)
+        rows = [result[study][name] for name, _, _ in lengths]
+        first = [row[translators[0]] for row in rows]
+        axis.plot(xs, [r.get("with_context") for r in first], "k^-", label="receiver reading the text")
+        axis.plot(xs, [r.get("receiver") for r in first], "k:", label="receiver alone")
+        for t in translators:
+            axis.plot(xs, [row[t].get("translated") for row in rows], "o-", label=f"translated ({t})")
+        axis.set(xscale="log", title=titles[study].split(" (")[0], ylabel=titles[study].split(" (")[1].rstrip(")"),
+                 xlabel="facts in the context" if study == "synthetic_cloze" else "context, receiver tokens")
+        axis.legend(fontsize=7)
     figure.tight_layout()
-    figure.savefig(out / "length.png", dpi=120)
-    print("\n".join(lines))
+    figure.savefig(path, dpi=120)
 
 
 def main(argv: list[str] | None = None) -> None:

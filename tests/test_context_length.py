@@ -43,12 +43,14 @@ def test_the_share_of_the_gap_is_computed_on_the_items_all_methods_have():
     assert (result["receiver"], result["with_context"], result["translated"]) == (16.7, 100.0, 50.0)
     assert result["ci95"][0] <= result["gap_closed"] <= result["ci95"][1]
     assert length.gap_closed(receiver, {}, channel) == {"n": 0}
+    assert length.gap_closed({"a": 1.0}, {"a": 1.0}, {"a": 0.0})["gap_closed"] is None  # nothing to close
 
 
 def test_the_table_reads_the_records_c2c_eval_wrote(tmp_path):
     runs = tmp_path / "runs"
     lengths = {name: {"mean_receiver_tokens": 100 * (k + 1)} for k, name in enumerate(length.LENGTHS)}
-    (tmp_path / "data.json").write_text(json.dumps({"lengths": lengths}))
+    needles = {str(n): {"mean_receiver_tokens": n + 10} for n in length.NEEDLES}
+    (tmp_path / "data.json").write_text(json.dumps({"lengths": lengths, "needles": needles}))
 
     def write(folder, method, values, key="f1"):
         (runs / folder).mkdir(parents=True, exist_ok=True)
@@ -59,6 +61,10 @@ def test_the_table_reads_the_records_c2c_eval_wrote(tmp_path):
     for k, name in enumerate(length.LENGTHS):
         write(f"baselines/squad_{name}", "receiver-with-context", [1, 1, 1, 1])
         write(f"mine/squad_{name}", "c2c-translated", [1, 1, 0, 0] if k < 3 else [1, 0, 0, 0])
+    write("baselines/needle_0", "receiver", [False] * 4, key="correct")
+    for n in length.NEEDLES:
+        write(f"baselines/needle_{n}", "receiver-with-context", [True] * 4, key="correct")
+        write(f"mine/needle_{n}", "c2c-translated", [True, True, n < 2048, False], key="correct")
     for facts in length.FACTS:
         write(f"baselines/synthetic-{facts}fact", "receiver", [False, True], key="correct")
         write(f"baselines/synthetic-{facts}fact", "receiver-with-context", [True, True], key="correct")
@@ -66,6 +72,8 @@ def test_the_table_reads_the_records_c2c_eval_wrote(tmp_path):
     length.write_table(tmp_path)
     result = json.loads((tmp_path / "length.json").read_text())
     assert result["translators"] == ["mine"] and result["squad_f1"]["1024"]["mine"]["gap_closed"] == 0.5
-    assert result["squad_f1"]["2048"]["mine"]["gap_closed"] == 0.25 and result["kept_at_2048"] == {"mine": 0.5}
+    assert result["squad_f1"]["2048"]["mine"]["gap_closed"] == 0.25 and result["squad_f1_kept_at_2048"] == {"mine": 0.5}
+    assert result["needle_cloze_kept_at_2048"] == {"mine": round(0.5 / 0.75, 3)}
     assert result["synthetic_cloze"]["64"]["mine"]["gap_closed"] == 1.0
-    assert (tmp_path / "length.png").is_file() and "| 2048 | 400 | 25.0 / 25%" in (tmp_path / "length.md").read_text()
+    assert (tmp_path / "length.png").is_file() and "| 2048 | 400 | 0.0 | 100.0 | 25.0 / 25%" in \
+        (tmp_path / "length.md").read_text()
