@@ -14,7 +14,8 @@ from typing import Sequence
 import torch
 
 from .align import Prompt, Rendered, TokenAligner, as_messages, render
-from .context import ContextWarning, check_context, context_span, cut_context, question_start, sharer_reading, with_context
+from .context import (ContextWarning, check_context, context_span, cut_context, question_start, sharer_reading,
+                      with_context)
 from .models import max_positions
 from .translated_context import TranslatedContext
 

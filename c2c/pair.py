@@ -27,8 +27,8 @@ from .align import Rendered, TokenAligner, layer_map, same_tokenizer
 from .batch import Batch, Prompt, position_ids
 from .config import (CONFIG_NAME, WEIGHTS_NAME, C2CConfig, CheckpointError, SharerConfig, check_shape, load_config,
                      shape_dict)
-from .fuser import BranchStack, FuserConfig, LayerFuser, temperature_at
 from .context import check_context, sharer_reading
+from .fuser import BranchStack, FuserConfig, LayerFuser, temperature_at
 from .kvstore import SharerRun
 from .layout import TranslatedSection
 from .models import LoadedModel, global_attention_layers, load_model
@@ -295,11 +295,9 @@ class C2CModel(nn.Module):
         if missing:
             identity = self.context_identity(index)
             dtype = self.receiver.model.dtype
-            with torch.no_grad():
-                for key, text, kv in zip([k for k in found if found[k] is None], missing,
-                                         self._translate(index, missing)):
-                    found[key] = TranslatedContext(text, [(k.to(dtype), v.to(dtype)) for k, v in kv], identity)
-                    self.context_memo.put(key, found[key])
+            for key, text, kv in zip([k for k in found if found[k] is None], missing, self._translate(index, missing)):
+                found[key] = TranslatedContext(text, [(k.to(dtype), v.to(dtype)) for k, v in kv], identity)
+                self.context_memo.put(key, found[key])
         return [found[key] for key in keys]
 
     def _translate(self, index: int, texts: Sequence[str]) -> list[list[kvcache.KV]]:
@@ -312,7 +310,8 @@ class C2CModel(nn.Module):
         with torch.no_grad():
             sharer_kv = position_free_kv(sharer, ids, mask)  # per layer (B, H_S, S, d_S)
         rows = torch.tensor([b for b, (_, tokens) in enumerate(reads) for _ in tokens], device=ids.device)
-        columns = torch.tensor([padding[b] + t for b, (_, tokens) in enumerate(reads) for t in tokens], device=ids.device)
+        columns = torch.tensor([padding[b] + t for b, (_, tokens) in enumerate(reads) for t in tokens],
+                               device=ids.device)
         picked = [tuple(kvcache.select_tokens(t, rows, columns) for t in kv) for kv in sharer_kv]  # (1, H_S, ΣT, d_S)
         counts = [len(tokens) for _, tokens in reads]
         per_layer = [(k[0].split(counts, dim=1), v[0].split(counts, dim=1)) for k, v in self.translators[index](picked)]
@@ -518,9 +517,10 @@ class C2CModel(nn.Module):
         """Fused prefill, then the receiver's stock ``generate`` decodes from the fused cache.
 
         ``sharer_contexts``: a context only the sharers read, per prompt (see ``prepare``), as text or as read
-        before (``read_context``); with fusion off the receiver answers without it, exactly as alone. ``generate_kwargs`` go to ``transformers`` ``generate``
-        (e.g. ``stopping_criteria``). ``prepared``: the batch ``prepare`` made of these prompts (and contexts), so
-        that they are not tokenized again (the server prepares each batch once, on its model thread).
+        before (``read_context``); with fusion off the receiver answers without it, exactly as alone.
+        ``generate_kwargs`` go to ``transformers`` ``generate`` (e.g. ``stopping_criteria``). ``prepared``: the batch
+        ``prepare`` made of these prompts (and contexts), so that they are not tokenized again (the server prepares
+        each batch once, on its model thread).
         ``prefill_chunks``: prefill in pieces (see ``scoring.Chunks``)."""
         single = isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], dict))
         prompts = [prompts] if single else list(prompts)

@@ -216,7 +216,8 @@ def token_pairs(receiver: LoadedModel, sharer: LoadedModel, text: str) -> tuple[
     return r_view.ids, s_view.ids, sharer_positions, targets
 
 
-def left_padded(rows: list[list[int]], value: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+def left_padded(rows: list[list[int]], value: int, device: torch.device
+                ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     """Token rows as left-padded (B, N) ids and mask on ``device``, and each row's padding."""
     ids = pad_rows(rows, value, left=True).to(device)
     mask = pad_rows([[1] * len(r) for r in rows], 0, left=True).to(device)
@@ -230,7 +231,8 @@ def translation_examples(receiver: LoadedModel, sharer: LoadedModel, texts: Sequ
     over the N sharer tokens of their contexts."""
     for start in range(0, len(texts), batch_size):
         pairs = [token_pairs(receiver, sharer, text) for text in texts[start:start + batch_size]]
-        r_ids, r_mask, r_pad = left_padded([p[0] for p in pairs], receiver.tokenizer.pad_token_id, receiver.model.device)
+        r_ids, r_mask, r_pad = left_padded([p[0] for p in pairs], receiver.tokenizer.pad_token_id,
+                                           receiver.model.device)
         s_ids, s_mask, s_pad = left_padded([p[1] for p in pairs], sharer.tokenizer.pad_token_id, sharer.model.device)
         r_kv = position_free_kv(receiver, r_ids, r_mask)
         s_kv = position_free_kv(sharer, s_ids, s_mask)
