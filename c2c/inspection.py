@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from .align import as_messages, content_tokens
+from .models import sliding_window
 from .pair import C2CModel
 
 SAMPLE_TEXT = ("Photosynthesis turns light, water and CO2 into glucose; chlorophyll absorbs red and blue light. "
@@ -45,7 +46,7 @@ def _model_report(model) -> dict:
             "chat_template": bool(model.tokenizer.chat_template),
             "parameters": sum(p.numel() for p in model.model.parameters()),
             "dtype": str(next(model.model.parameters()).dtype).replace("torch.", ""),
-            "sliding_window": getattr(model.model.config.get_text_config(decoder=True), "sliding_window", None)}
+            "sliding_window": sliding_window(model)}
 
 
 def format_report(report: dict) -> str:

