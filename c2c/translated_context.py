@@ -103,11 +103,6 @@ class TranslatedContext:
         return cls(text, kv, identity)
 
 
-def is_translated_context_file(path: str | Path) -> bool:
-    """Whether a path names a saved translated context (by its suffix) rather than a text file."""
-    return Path(path).suffix == SUFFIX
-
-
 def weights_fingerprint(module: torch.nn.Module) -> str:
     """sha256 of a module's state (names, shapes, dtypes, bytes), 16 hex digits."""
     digest = hashlib.sha256()
