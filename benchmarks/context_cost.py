@@ -1,5 +1,5 @@
 """What a context read once costs (issue 32), side by side in one run (medians over --repeats after a warm-up), on
-SQuAD test-split articles' paragraphs joined by blank lines, cut to a number of receiver tokens:
+SQuAD dev-split articles' paragraphs joined by blank lines, cut to a number of receiver tokens:
 1. per context length, the translator (and placing its output) against the receiver's own prefill of the text;
 2. Q questions about one ~1,024-token document, each answered with the same number of greedy tokens: read once
    and reused, against the receiver's cache of the prompt up to the context's end computed once and copied per
@@ -11,6 +11,7 @@ SQuAD test-split articles' paragraphs joined by blank lines, cut to a number of 
 import argparse
 import ctypes
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -54,7 +55,8 @@ def load_pair(args) -> C2CModel:
 
 
 def articles(args) -> list[tuple[str, list[str]]]:
-    """(text, questions) per SQuAD test-split article: its paragraphs joined by blank lines, its questions."""
+    """(text, questions) per SQuAD dev-split article (test articles stay untouched): its paragraphs joined by blank
+    lines, its questions."""
     if args.tiny:
         text = "\n\n".join(" ".join(WORDS[(p + i) % len(WORDS)] for i in range(30)) + "." for p in range(20))
         return [(text, ["What does the cell use?", "What enters the leaf?"])]
@@ -62,7 +64,7 @@ def articles(args) -> list[tuple[str, list[str]]]:
     splits = article_splits(article["title"] for article in data)
     return [("\n\n".join(p["context"].strip() for p in article["paragraphs"]),
              [qa["question"] for p in article["paragraphs"] for qa in p["qas"]])
-            for article in data if splits[article["title"]] == "test"]
+            for article in data if splits[article["title"]] == "dev"]
 
 
 def receiver_tokens(pair: C2CModel, text: str) -> list[int]:
@@ -213,7 +215,8 @@ def memory(args, pair: C2CModel, document: str) -> dict:
 def main(argv: list[str] | None = None) -> dict | None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fuser", default="fusers/context_handoff")
-    parser.add_argument("--data", default="/work/shared/data/squad/dev-v1.1.json", help="the official SQuAD JSON")
+    parser.add_argument("--data", default=str(Path(os.environ.get("C2C_DATA_DIR", "../shared/data")) / "squad" /
+                                              "dev-v1.1.json"), help="the official SQuAD JSON (default: in $C2C_DATA_DIR)")
     for flag, default in (("--repeats", 3), ("--threads", 2), ("--answer-tokens", 16)):
         parser.add_argument(flag, type=int, default=default)
     parser.add_argument("--out", default="results/context_handoff/cost.json")
