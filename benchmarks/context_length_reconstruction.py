@@ -17,20 +17,16 @@ from pathlib import Path
 import torch
 
 from c2c.pair import C2CModel
-from c2c.translator import left_padded, position_free_kv, token_pairs
+from c2c.translator import flat_features, token_kv, token_pairs
 
 BUCKETS = ((0, 512), (512, 1024), (1024, 2048), (2048, 4096))
 
 
-@torch.no_grad()
 def features(pair: C2CModel, text: str) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Per sharer layer (T, 2 H_S d_S) inputs and per receiver layer (T, 2 H_R d_R) targets at the T context tokens."""
-    receiver, sharer = pair.receiver, pair.sharers[0]
-    r_ids, s_ids, sharer_positions, targets = token_pairs(receiver, sharer, text)
-    flat = lambda kv, cols: [torch.cat([k, v], 1)[0, :, cols].transpose(0, 1).flatten(1) for k, v in kv]  # noqa: E731
-    r_kv = position_free_kv(receiver, *left_padded([r_ids], receiver.tokenizer.pad_token_id, "cpu")[:2])
-    s_kv = position_free_kv(sharer, *left_padded([s_ids], sharer.tokenizer.pad_token_id, "cpu")[:2])
-    return flat(s_kv, sharer_positions), flat(r_kv, targets)
+    r_ids, s_ids, sharer_positions, targets = token_pairs(pair.receiver, pair.sharers[0], text)
+    return (flat_features(token_kv(pair.sharers[0], [s_ids], [sharer_positions])),
+            flat_features(token_kv(pair.receiver, [r_ids], [targets])))
 
 
 @torch.no_grad()

@@ -34,8 +34,8 @@ from .layout import TranslatedSection
 from .models import LoadedModel, global_attention_layers, load_model
 from .rotary import Rotary
 from .translated_context import ContextMemo, TranslatedContext, text_key, weights_fingerprint
-from .translator import (STORAGE_DTYPES, ContextTranslator, TranslatorConfig, left_padded, neutral_constant_inputs,
-                         position_free_kv, source_layers)
+from .translator import (STORAGE_DTYPES, ContextTranslator, TranslatorConfig, neutral_constant_inputs, source_layers,
+                         token_kv)
 
 __all__ = ["C2CModel", "C2CConfig", "SharerConfig", "CheckpointError", "Batch", "Prompt", "load_config",
            "CONFIG_NAME", "WEIGHTS_NAME"]
@@ -288,7 +288,7 @@ class C2CModel(nn.Module):
         translator = self.translators[index]
         if torch.is_grad_enabled() and any(p.requires_grad for p in translator.parameters()):
             return [TranslatedContext(text, kv, {}) for text, kv in zip(texts, self._translate(index, texts))]
-        state = self._translator_state(index)
+        state = self.translators[index].weights_state()
         keys = [(index, state, text_key(text)) for text in texts]
         found = {key: self.context_memo.get(key) for key in dict.fromkeys(keys)}
         missing = [text for key, text in dict(zip(keys, texts)).items() if found[key] is None]
@@ -305,14 +305,8 @@ class C2CModel(nn.Module):
         one left-padded batch, read in chunks) translated at the T tokens of the context itself."""
         sharer = self.sharers[index]
         reads = [sharer_reading(sharer.tokenizer, text) for text in texts]
-        ids, mask, padding = left_padded([view.ids for view, _ in reads], sharer.tokenizer.pad_token_id,
-                                         sharer.model.device)
-        with torch.no_grad():
-            sharer_kv = position_free_kv(sharer, ids, mask)  # per layer (B, H_S, S, d_S)
-        rows = torch.tensor([b for b, (_, tokens) in enumerate(reads) for _ in tokens], device=ids.device)
-        columns = torch.tensor([padding[b] + t for b, (_, tokens) in enumerate(reads) for t in tokens],
-                               device=ids.device)
-        picked = [tuple(kvcache.select_tokens(t, rows, columns) for t in kv) for kv in sharer_kv]  # (1, H_S, ΣT, d_S)
+        with torch.no_grad():  # per sharer layer (1, H_S, ΣT, d_S)
+            picked = token_kv(sharer, [view.ids for view, _ in reads], [tokens for _, tokens in reads])
         counts = [len(tokens) for _, tokens in reads]
         per_layer = [(k[0].split(counts, dim=1), v[0].split(counts, dim=1)) for k, v in self.translators[index](picked)]
         return [[(keys[b], values[b]) for keys, values in per_layer] for b in range(len(texts))]
@@ -320,7 +314,7 @@ class C2CModel(nn.Module):
     def context_identity(self, index: int = 0) -> dict:
         """What a reading by sharer ``index`` belongs to: the receiver, the sharer and the translator's weights
         (a fingerprint, recomputed only when they change)."""
-        state = self._translator_state(index)
+        state = self.translators[index].weights_state()
         cached = self._identities.get(index)
         if cached is None or cached[0] != state:
             sharer = self.config.sharers[index]
@@ -329,10 +323,6 @@ class C2CModel(nn.Module):
                         "translator": weights_fingerprint(self.translators[index])}
             cached = self._identities[index] = (state, identity)
         return cached[1]
-
-    def _translator_state(self, index: int) -> tuple:
-        """Changes whenever translator ``index``'s weights do (in place: an optimizer step, a load)."""
-        return tuple((t.data_ptr(), t._version) for t in self.translators[index].state_dict().values())
 
     def translated_kv(self, index: int, section: TranslatedSection, positions: torch.Tensor) -> list[kvcache.KV]:
         """Sharer ``index``'s contexts in a section, as receiver K/V per layer (B, H_R, W, d_R): keys rotated to

@@ -144,13 +144,17 @@ class ContextTranslator(nn.Module):
                 out[layer] = part
         return out
 
+    def weights_state(self) -> tuple:
+        """Changes whenever the weights or statistics do, in place too (an optimizer step, a load)."""
+        return tuple((t.data_ptr(), t._version) for t in self.state_dict().values())
+
     @torch.no_grad()
     def folded(self, dtype: torch.dtype, device: torch.device) -> dict[tuple[int, ...], tuple[list[int], torch.Tensor,
                                                                                               torch.Tensor]]:
         """Per distinct tuple of source layers: (the receiver layers whose maps read them, (D, k O) weights, (k O,)
         bias) with ``y = x @ W + b`` equal to each map's ``((x - mean) / scale) @ W_l + out_mean``. Computed once per
         state of the weights."""
-        state = (dtype, device, tuple((t.data_ptr(), t._version) for t in self.state_dict().values()))
+        state = (dtype, device, self.weights_state())
         if getattr(self, "_folded", (None,))[0] != state:
             groups: dict[tuple[int, ...], list[int]] = {}
             for layer, sources in enumerate(self.sources):
@@ -216,12 +220,21 @@ def token_pairs(receiver: LoadedModel, sharer: LoadedModel, text: str) -> tuple[
     return r_view.ids, s_view.ids, sharer_positions, targets
 
 
-def left_padded(rows: list[list[int]], value: int, device: torch.device
-                ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    """Token rows as left-padded (B, N) ids and mask on ``device``, and each row's padding."""
-    ids = pad_rows(rows, value, left=True).to(device)
-    mask = pad_rows([[1] * len(r) for r in rows], 0, left=True).to(device)
-    return ids, mask, [ids.shape[1] - len(r) for r in rows]
+def token_kv(model: LoadedModel, rows: Sequence[Sequence[int]], picks: Sequence[Sequence[int]]) -> list[kvcache.KV]:
+    """A model's position-free K/V of token ``rows`` (read in one left-padded batch) at the ``picks`` of each row (its
+    token indices), every row's in turn as one sequence: per layer (1, H, sum of picks, d)."""
+    ids = pad_rows(rows, model.tokenizer.pad_token_id, left=True).to(model.model.device)
+    mask = pad_rows([[1] * len(r) for r in rows], 0, left=True).to(ids.device)
+    kv = position_free_kv(model, ids, mask)  # per layer (B, H, N, d)
+    row = torch.tensor([b for b, pick in enumerate(picks) for _ in pick], device=ids.device)
+    column = torch.tensor([ids.shape[1] - len(rows[b]) + t for b, pick in enumerate(picks) for t in pick],
+                          device=ids.device)
+    return [tuple(kvcache.select_tokens(t, row, column) for t in layer) for layer in kv]
+
+
+def flat_features(kv: Sequence[kvcache.KV]) -> list[torch.Tensor]:
+    """Per layer (1, H, N, d) K and V -> (N, 2 H d) float32 features on the CPU, as the fit reads them."""
+    return [torch.cat([k, v], 1)[0].transpose(0, 1).flatten(1).float().cpu() for k, v in kv]
 
 
 @torch.no_grad()
@@ -231,17 +244,8 @@ def translation_examples(receiver: LoadedModel, sharer: LoadedModel, texts: Sequ
     over the N sharer tokens of their contexts."""
     for start in range(0, len(texts), batch_size):
         pairs = [token_pairs(receiver, sharer, text) for text in texts[start:start + batch_size]]
-        r_ids, r_mask, r_pad = left_padded([p[0] for p in pairs], receiver.tokenizer.pad_token_id,
-                                           receiver.model.device)
-        s_ids, s_mask, s_pad = left_padded([p[1] for p in pairs], sharer.tokenizer.pad_token_id, sharer.model.device)
-        r_kv = position_free_kv(receiver, r_ids, r_mask)
-        s_kv = position_free_kv(sharer, s_ids, s_mask)
-        s_rows = torch.tensor([row for row, p in enumerate(pairs) for _ in p[2]])
-        s_cols = torch.tensor([s_pad[row] + pos for row, p in enumerate(pairs) for pos in p[2]])
-        r_cols = torch.tensor([r_pad[row] + pos for row, p in enumerate(pairs) for pos in p[3]])
-        flat = lambda kv, rows, cols: [torch.cat([k, v], 1)[rows, :, cols].flatten(1).float().cpu()  # noqa: E731
-                                       for k, v in kv]  # (N, 2 H d)
-        yield flat(s_kv, s_rows, s_cols), flat(r_kv, s_rows, r_cols)
+        yield (flat_features(token_kv(sharer, [p[1] for p in pairs], [p[2] for p in pairs])),
+               flat_features(token_kv(receiver, [p[0] for p in pairs], [p[3] for p in pairs])))
 
 
 # ------------------------------------------------------------------------------------------------ fitting
