@@ -25,6 +25,7 @@ from pathlib import Path
 
 LENGTHS = {"paragraph": 0, "512": 512, "1024": 1024, "2048": 2048, "4096": 4096}  # receiver tokens, at most
 NEEDLES = (0, 512, 1024, 2048, 4096)
+TRAIN_LENGTHS = (512, 1024, 2048)  # phase 2's long contexts: each one's limit drawn from these
 FACTS = (1, 4, 16, 64)
 OUT = Path("results/context_handoff/length")
 
@@ -66,54 +67,105 @@ def hidden_fact(fact: str, paragraphs: list[str], limit: int, count, rng: random
     return "\n\n".join(chosen[:place] + [fact] + chosen[place:])
 
 
+def needle_rows(facts: list[dict], articles: dict[str, list[dict]], titles: list[str], limits: list[int], count,
+                seed: int) -> tuple[list[str], list[int]]:
+    """Each fact item hidden among the paragraphs of an article (``titles`` in turn) within its limit; the JSONL rows
+    and their receiver token counts."""
+    rows, lengths = [], []
+    for index, (item, limit) in enumerate(zip(facts, limits)):
+        paragraphs = [p["context"] for p in articles[titles[index % len(titles)]]]
+        context = hidden_fact(item["context"], paragraphs, limit, count, random.Random(f"{seed}:{index}"))
+        lengths.append(count(context))
+        rows.append(json.dumps({**item, "id": f"needle-{index}", "context": context}))
+    return rows, lengths
+
+
+def sizes(lengths: list[int]) -> dict:
+    return {"items": len(lengths), "mean_receiver_tokens": round(sum(lengths) / len(lengths)),
+            "max_receiver_tokens": max(lengths)}
+
+
 def write_needles(articles: dict[str, list[dict]], titles: list[str], out: Path, items: int, count, seed: int) -> dict:
     from c2c.synthetic import synthetic_items
     facts = synthetic_items("dev", items, 1, seed)
-    sizes = {}
+    written = {}
     for limit in NEEDLES:
-        rows, lengths = [], []
-        for index, item in enumerate(facts):
-            paragraphs = [p["context"] for p in articles[titles[index % len(titles)]]]
-            context = hidden_fact(item["context"], paragraphs, limit, count, random.Random(f"{seed}:{index}"))
-            lengths.append(count(context))
-            rows.append(json.dumps({**item, "id": f"needle-{index}", "context": context}))
+        rows, lengths = needle_rows(facts, articles, titles, [limit] * len(facts), count, seed)
         (out / f"needle_{limit}.jsonl").write_text("\n".join(rows) + "\n")
-        sizes[str(limit)] = {"items": len(rows), "mean_receiver_tokens": round(sum(lengths) / len(lengths)),
-                             "max_receiver_tokens": max(lengths)}
-    return sizes
+        written[str(limit)] = sizes(lengths)
+    return written
 
 
-def write_data(squad: Path, out: Path, contexts: int, questions: int, needles: int, seed: int) -> None:
+def receiver_token_counter():
     from c2c.models import load_model
     tokenizer = load_model("smollm2-135m-instruct").tokenizer
-    count = lambda text: len(tokenizer(text)["input_ids"])  # noqa: E731
-    articles = squad_articles(squad, "dev")
-    # articles long enough for the longest context, and per article the paragraphs whose questions are asked
-    long_enough = sorted(t for t, ps in articles.items() if count("\n\n".join(p["context"] for p in ps)) > 5000)
-    rng = random.Random(seed)
+    return lambda text: len(tokenizer(text)["input_ids"])
+
+
+def long_articles(articles: dict[str, list[dict]], count, tokens: int = 5000) -> list[str]:
+    """The titles of the articles whose paragraphs together exceed ``tokens`` (room for the longest context)."""
+    return sorted(t for t, ps in articles.items() if count("\n\n".join(p["context"] for p in ps)) > tokens)
+
+
+def paragraph_picks(articles: dict[str, list[dict]], titles: list[str], contexts: int, rng: random.Random) -> list:
+    """``contexts`` distinct (title, paragraph index) pairs, the titles in turn."""
     picks = []
     while len(picks) < contexts:
-        title = long_enough[len(picks) % len(long_enough)]
+        title = titles[len(picks) % len(titles)]
         index = rng.randrange(len(articles[title]))
         if (title, index) not in picks:
             picks.append((title, index))
+    return picks
+
+
+def write_data(squad: Path, out: Path, contexts: int, questions: int, needles: int, seed: int) -> None:
+    count = receiver_token_counter()
+    articles = squad_articles(squad, "dev")
+    titles = long_articles(articles, count)
+    picks = paragraph_picks(articles, titles, contexts, random.Random(seed))
     out.mkdir(parents=True, exist_ok=True)
     lengths = {}
     for name, limit in LENGTHS.items():
-        data, sizes = [], []
+        data, tokens = [], []
         for title, index in picks:
             paragraphs = [p["context"] for p in articles[title]]
             context = grown_context(paragraphs, index, limit, count, random.Random(f"{seed}:{title}:{index}"))
-            sizes.append(count(context))
+            tokens.append(count(context))
             qas = articles[title][index]["qas"][:questions]
             data.append({"title": title, "paragraphs": [{"context": context, "qas": qas}]})
         (out / f"squad_{name}.json").write_text(json.dumps({"version": "c2c-length-study", "data": data}) + "\n")
-        lengths[name] = {"contexts": len(sizes), "questions": sum(len(d["paragraphs"][0]["qas"]) for d in data),
-                         "mean_receiver_tokens": round(sum(sizes) / len(sizes)), "max_receiver_tokens": max(sizes)}
-    needle_sizes = write_needles(articles, long_enough, out, needles, count, seed)
+        lengths[name] = {"contexts": len(tokens), "questions": sum(len(d["paragraphs"][0]["qas"]) for d in data),
+                         "mean_receiver_tokens": round(sum(tokens) / len(tokens)), "max_receiver_tokens": max(tokens)}
+    needle_sizes = write_needles(articles, titles, out, needles, count, seed)
     (out / "data.json").write_text(json.dumps({"seed": seed, "split": "dev", "source": str(squad),
                                                "lengths": lengths, "needles": needle_sizes}, indent=2) + "\n")
     print(json.dumps({"squad": lengths, "needles": needle_sizes}, indent=2))
+
+
+def write_train_data(squad: Path, out: Path, contexts: int, questions: int, needles: int, seed: int,
+                     limits: tuple[int, ...] = TRAIN_LENGTHS) -> None:
+    """Long-context training items for phase 2 from the train split (train articles, synthetic train facts): each
+    context's length limit drawn from ``limits``. ``squad_train.json`` (official format) and ``needle_train.jsonl``."""
+    from c2c.synthetic import synthetic_items
+    count = receiver_token_counter()
+    articles = squad_articles(squad, "train")
+    titles = long_articles(articles, count, max(limits) + 500)
+    rng = random.Random(f"train:{seed}")
+    data, tokens = [], []
+    for title, index in paragraph_picks(articles, titles, contexts, rng):
+        paragraphs = [p["context"] for p in articles[title]]
+        context = grown_context(paragraphs, index, rng.choice(limits), count, random.Random(f"{seed}:{title}:{index}"))
+        tokens.append(count(context))
+        data.append({"title": title, "paragraphs": [{"context": context, "qas": articles[title][index]["qas"][:questions]}]})
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "squad_train.json").write_text(json.dumps({"version": "c2c-length-train", "data": data}) + "\n")
+    facts = synthetic_items("train", needles, 1, seed)
+    rows, needle_tokens = needle_rows(facts, articles, titles, [rng.choice(limits) for _ in facts], count, seed)
+    (out / "needle_train.jsonl").write_text("\n".join(rows) + "\n")
+    written = {"squad": {**sizes(tokens), "questions": sum(len(d["paragraphs"][0]["qas"]) for d in data)},
+               "needles": sizes(needle_tokens), "limits": list(limits), "seed": seed, "split": "train"}
+    (out / "train_data.json").write_text(json.dumps(written, indent=2) + "\n")
+    print(json.dumps(written, indent=2))
 
 
 # ------------------------------------------------------------------------------------------------ table
@@ -222,7 +274,7 @@ def _plot(path: Path, result: dict, studies: dict, titles: dict, translators: li
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("step", choices=["data", "table"])
+    parser.add_argument("step", choices=["data", "train-data", "table"])
     parser.add_argument("--squad", type=Path, default=Path("../shared/data/squad/dev-v1.1.json"))
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--contexts", type=int, default=12)
@@ -232,6 +284,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.step == "data":
         write_data(args.squad, args.out, args.contexts, args.questions, args.needles, args.seed)
+    elif args.step == "train-data":
+        write_train_data(args.squad, args.out, args.contexts, args.questions, args.needles, args.seed)
     else:
         write_table(args.out)
 

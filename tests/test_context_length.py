@@ -77,3 +77,27 @@ def test_the_table_reads_the_records_c2c_eval_wrote(tmp_path):
     assert result["synthetic_cloze"]["64"]["mine"]["gap_closed"] == 1.0
     assert (tmp_path / "length.png").is_file() and "| 2048 | 400 | 0.0 | 100.0 | 25.0 / 25%" in \
         (tmp_path / "length.md").read_text()
+
+
+def test_phase_two_long_items_come_from_train_articles_within_their_drawn_limits(tmp_path, monkeypatch):
+    from c2c.data.squad import article_splits
+    titles = [f"Article {k}" for k in range(12)]
+    data = [{"title": t, "paragraphs": [{"context": f"{t} p{i} " + "word " * (60 + i),
+                                         "qas": [{"id": f"{t}-{i}-{q}", "question": f"q{q}?",
+                                                  "answers": [{"text": "word", "answer_start": 0}]} for q in range(3)]}
+                                        for i in range(10)]} for t in titles]
+    squad = tmp_path / "squad.json"
+    squad.write_text(json.dumps({"data": data}))
+    monkeypatch.setattr(length, "receiver_token_counter", lambda: count)
+    length.write_train_data(squad, tmp_path / "out", contexts=6, questions=2, needles=5, seed=0, limits=(70, 150))  # articles of ~700 words: over 150 + 500
+    train = {t for t, split in article_splits(titles).items() if split == "train"}
+    written = json.loads((tmp_path / "out" / "squad_train.json").read_text())["data"]
+    assert len(written) == 6 and {d["title"] for d in written} <= train
+    assert all(count(d["paragraphs"][0]["context"]) <= 150 and len(d["paragraphs"][0]["qas"]) == 2 for d in written)
+    needles = [json.loads(line) for line in (tmp_path / "out" / "needle_train.jsonl").read_text().splitlines()]
+    from c2c.synthetic import synthetic_items
+    facts = synthetic_items("train", 5, 1, 0)
+    assert [n["question"] for n in needles] == [f["question"] for f in facts]
+    assert all(f["context"] in n["context"] and count(n["context"]) <= 150 for n, f in zip(needles, facts))
+    assert any(n["context"] != f["context"] for n, f in zip(needles, facts))  # hidden among paragraphs
+    assert json.loads((tmp_path / "out" / "train_data.json").read_text())["squad"]["questions"] == 12
