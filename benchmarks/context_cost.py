@@ -23,16 +23,18 @@ from statistics import mean, median
 import torch
 import transformers
 
-from c2c import cache as kvcache, scoring, translator as translation
-from c2c.align import render
-from c2c.context import ContextWarning, context_span, cut_context, sharer_reading, with_context
+from c2c.core import cache as kvcache
+from c2c.runtime import passes
+from c2c.translator import model as translation
+from c2c.inputs.align import render
+from c2c.inputs.context import ContextWarning, context_span, cut_context, sharer_reading, with_context
 from c2c.data.prompts import FREE_PROMPT
 from c2c.data.squad import article_splits
-from c2c.evaluate import T2T_BACKGROUND_PROMPT
-from c2c.layout import TranslatedSection
-from c2c.pair import C2CModel
-from c2c.translated_context import TranslatedContext
-from c2c.translator import TranslatorConfig
+from c2c.evaluation.evaluate import T2T_BACKGROUND_PROMPT
+from c2c.inputs.sections import TranslatedSection
+from c2c.model.pair import C2CModel
+from c2c.inputs.translated_context import TranslatedContext
+from c2c.translator.config import TranslatorConfig
 
 SIZES = {"full": dict(lengths=[256, 1024, 4096], questions=[1, 8, 32], document=1024, memory=4096, note=24),
          "tiny": dict(lengths=[16, 48], questions=[1, 2], document=48, memory=96, note=4)}
@@ -118,9 +120,9 @@ def continue_from(model, tokenizer, cache, ids: list[int], new_tokens: int, exac
     cache, cached = kvcache.repeat_rows(cache, 1), kvcache.seq_length(cache)
     ids = torch.tensor([ids], device=model.device)
     mask = torch.ones_like(ids)
-    scoring.extend_cache(model, cache, ids[:, cached:-1], mask[:, :-1],
+    passes.extend_cache(model, cache, ids[:, cached:-1], mask[:, :-1],
                          torch.arange(cached, ids.shape[1] - 1, device=ids.device)[None])
-    return scoring.decode(model, tokenizer, ids, mask, cache, new_tokens, do_sample=False,
+    return passes.decode(model, tokenizer, ids, mask, cache, new_tokens, do_sample=False,
                           **({"min_new_tokens": new_tokens} if exact else {}))[0].tolist()
 
 
@@ -142,7 +144,7 @@ def reuse_vs_text_cache(pair: C2CModel, document: str, questions: list[str], cou
     s_end = shared_prefix(sharer.tokenizer, chat, backgrounds, document)
     r_ids = lambda i: render(receiver.tokenizer, with_context(prompts[i], document), chat).ids  # noqa: E731
     s_ids = lambda i: render(sharer.tokenizer, with_context(backgrounds[i], document), chat).ids  # noqa: E731
-    cache_of = lambda model, ids: scoring.prompt_cache(  # noqa: E731 (of ``ids`` but the last)
+    cache_of = lambda model, ids: passes.prompt_cache(  # noqa: E731 (of ``ids`` but the last)
         model, torch.tensor([ids], device=model.device), torch.ones(1, len(ids), dtype=torch.long, device=model.device))
     reply = lambda cache, ids: continue_from(receiver.model, receiver.tokenizer, cache, ids, answer)  # noqa: E731
 

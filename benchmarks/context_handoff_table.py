@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from c2c.metrics import paired_difference, paired_text
+from c2c.core.stats import paired_difference, paired_text
 
 BENCH = "synthetic-1fact"
 RUNGS = [  # (label, folder under the results root, channel method)

@@ -21,8 +21,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from c2c.metrics import paired_text  # noqa: E402
-from c2c.runlog import training_minutes  # noqa: E402
+from c2c.core.stats import paired_text  # noqa: E402
+from c2c.core.runlog import training_minutes  # noqa: E402
 
 RIDGE_CLOZE = Path("results/context_handoff")
 TRANSLATORS = {"ridge": "closed-form (ridge) maps", "distill": "phase 2, synthetic facts (320 steps)",
@@ -182,7 +182,7 @@ def breakdowns(root: Path) -> list[str]:
 def token_breakdown(root: Path) -> list[str]:
     """The synthetic free-text generation score by how many tokens the right value takes for each model, over the
     items where the receiver reading the text states it: a translated section has one position per sharer token."""
-    from c2c.models import load_model
+    from c2c.core.models import load_model
     tokenizers = {role: load_model(spec).tokenizer for role, spec in (("receiver", "smollm2-135m-instruct"),
                                                                        ("sharer", "gemma3-270m"))}
     folder = root / "test" / "free"

@@ -86,7 +86,7 @@ def sizes(lengths: list[int]) -> dict:
 
 
 def write_needles(articles: dict[str, list[dict]], titles: list[str], out: Path, items: int, count, seed: int) -> dict:
-    from c2c.synthetic import synthetic_items
+    from c2c.data.synthetic import synthetic_items
     facts = synthetic_items("dev", items, 1, seed)
     written = {}
     for limit in NEEDLES:
@@ -97,7 +97,7 @@ def write_needles(articles: dict[str, list[dict]], titles: list[str], out: Path,
 
 
 def receiver_token_counter():
-    from c2c.models import load_model
+    from c2c.core.models import load_model
     tokenizer = load_model("smollm2-135m-instruct").tokenizer
     return lambda text: len(tokenizer(text)["input_ids"])
 
@@ -146,7 +146,7 @@ def write_train_data(squad: Path, out: Path, contexts: int, questions: int, need
                      limits: tuple[int, ...] = TRAIN_LENGTHS) -> None:
     """Long-context training items for phase 2 from the train split (train articles, synthetic train facts): each
     context's length limit drawn from ``limits``. ``squad_train.json`` (official format) and ``needle_train.jsonl``."""
-    from c2c.synthetic import synthetic_items
+    from c2c.data.synthetic import synthetic_items
     count = receiver_token_counter()
     articles = squad_articles(squad, "train")
     titles = long_articles(articles, count, max(limits) + 500)

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import torch
 
-from c2c.pair import C2CModel
-from c2c.translator import flat_features, token_kv, token_pairs
+from c2c.model.pair import C2CModel
+from c2c.translator.fit import flat_features, token_pairs
+from c2c.translator.model import token_kv
 
 BUCKETS = ((0, 512), (512, 1024), (1024, 2048), (2048, 4096))
 

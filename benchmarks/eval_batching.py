@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 from c2c.data import load_benchmark
-from c2c.evaluate import EvalConfig, EvalSetup, run_method
-from c2c.pair import C2CModel
+from c2c.evaluation.evaluate import EvalConfig, EvalSetup, run_method
+from c2c.model.pair import C2CModel
 
 
 def main() -> None:

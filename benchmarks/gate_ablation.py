@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 
 from c2c.data import load_benchmark
-from c2c.evaluate import EvalSetup, method_runner
-from c2c.pair import C2CModel
+from c2c.evaluation.evaluate import EvalSetup, method_runner
+from c2c.model.pair import C2CModel
 
 
 def main() -> None:

@@ -55,16 +55,16 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from tokenizers.processors import TemplateProcessing  # noqa: E402
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast  # noqa: E402
 
-from c2c import scoring  # noqa: E402
-from c2c.batch import position_ids  # noqa: E402
-from c2c.context import with_context  # noqa: E402
-from c2c.fuser import FuserConfig  # noqa: E402
-from c2c.kvstore import SharerRun  # noqa: E402
-from c2c.models import LoadedModel  # noqa: E402
-from c2c.objectives import MicroBatch, objective_sum  # noqa: E402
-from c2c.pair import C2CModel  # noqa: E402
-from c2c.train import parameter_groups  # noqa: E402
-from c2c.translator import TranslatorConfig  # noqa: E402
+from c2c.runtime import passes  # noqa: E402
+from c2c.core.tensors import position_ids  # noqa: E402
+from c2c.inputs.context import with_context  # noqa: E402
+from c2c.model.fuser import FuserConfig  # noqa: E402
+from c2c.runtime.sharers import SharerRun  # noqa: E402
+from c2c.core.models import LoadedModel  # noqa: E402
+from c2c.training.objectives import MicroBatch, objective_sum  # noqa: E402
+from c2c.model.pair import C2CModel  # noqa: E402
+from c2c.training.train import parameter_groups  # noqa: E402
+from c2c.translator.config import TranslatorConfig  # noqa: E402
 
 CONFIGS = ROOT / "benchmarks" / "configs"
 PAIRS = {  # name: (receiver config, sharer config, fuser, token alignment)
@@ -309,13 +309,13 @@ def correctness(pairs: SimpleNamespace, size: dict) -> dict:
     with torch.no_grad():
         batch = pair.prepare(prompts).to(device)
         # fusion off is the receiver alone: the same logits and greedy tokens as the receiver over its own cache
-        alone_cache = scoring.prompt_cache(pair.receiver.model, batch.input_ids, batch.attention_mask)
+        alone_cache = passes.prompt_cache(pair.receiver.model, batch.input_ids, batch.attention_mask)
         alone = last_logits(pair, batch, cache=alone_cache)
         off = last_logits(pair, batch, fuse=False)
         fused = last_logits(pair, batch)
         new = 8
-        alone_tokens = scoring.decode(pair.receiver.model, pair.receiver.tokenizer, batch.input_ids,
-                                      batch.attention_mask, scoring.prompt_cache(pair.receiver.model, batch.input_ids,
+        alone_tokens = passes.decode(pair.receiver.model, pair.receiver.tokenizer, batch.input_ids,
+                                      batch.attention_mask, passes.prompt_cache(pair.receiver.model, batch.input_ids,
                                                                                  batch.attention_mask), new,
                                       min_new_tokens=new)
         alone_text = pair.receiver.tokenizer.batch_decode(alone_tokens, skip_special_tokens=True)

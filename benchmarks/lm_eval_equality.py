@@ -29,10 +29,10 @@ import lm_eval  # noqa: E402
 from lm_eval.tasks import TaskManager  # noqa: E402
 
 from c2c.data import cloze_continuations, load_benchmark  # noqa: E402
-from c2c.evaluate import EvalConfig, EvalSetup, run_eval  # noqa: E402
+from c2c.evaluation.evaluate import EvalConfig, EvalSetup, run_eval  # noqa: E402
 from c2c.lm_eval_harness import C2CLM, write_task  # noqa: E402
-from c2c.pair import C2CModel  # noqa: E402
-from c2c.runlog import read_jsonl  # noqa: E402
+from c2c.model.pair import C2CModel  # noqa: E402
+from c2c.core.runlog import read_jsonl  # noqa: E402
 
 LAYOUTS = {"c2c": "arc_easy_c2c_layout", "lm-eval": "arc_easy_lm_eval_layout"}
 

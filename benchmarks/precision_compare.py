@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from c2c.metrics import paired_difference
+from c2c.core.stats import paired_difference
 
 
 def records(folder: Path, bench: str, method: str) -> dict[str, dict]:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from c2c.kvstore import SharerRun
-from c2c.pair import C2CModel
+from c2c.runtime.sharers import SharerRun
+from c2c.model.pair import C2CModel
 
 WORDS = ("the cell uses light energy to split water and make sugar while carbon dioxide enters through small "
          "pores in the leaf and oxygen leaves as a product of the reaction").split()

@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from c2c.metrics import paired_difference, paired_text
+from c2c.core.stats import paired_difference, paired_text
 
 FUSERS = {  # name -> (evaluation folder under the results root, fuser folder)
     "shipped": ("cloze", "fusers/default_pair"),

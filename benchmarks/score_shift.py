@@ -16,8 +16,8 @@ import statistics
 from pathlib import Path
 
 from c2c.data import load_benchmark
-from c2c.evaluate import shuffled_partners
-from c2c.runlog import read_jsonl
+from c2c.evaluation.evaluate import shuffled_partners
+from c2c.core.runlog import read_jsonl
 
 
 def score_shift(folder: Path, items: list, seed: int) -> dict:

@@ -26,8 +26,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from c2c.models import DEFAULT_RECEIVER, DEFAULT_SHARER
-from c2c.pair import C2CModel
+from c2c.core.models import DEFAULT_RECEIVER, DEFAULT_SHARER
+from c2c.model.pair import C2CModel
 from c2c.serve import create_app, running
 
 ROOT = Path(__file__).resolve().parent.parent

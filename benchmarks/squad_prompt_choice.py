@@ -18,7 +18,7 @@ import re
 import statistics
 from pathlib import Path
 
-from c2c.answers import extract_answer, free_text_scores
+from c2c.evaluation.answers import extract_answer, free_text_scores
 
 OUT = Path(__file__).resolve().parents[1] / "results" / "context_handoff" / "squad_prompt_choice"
 BENCH, METHODS, BUDGET = "squad:dev:100", ("receiver", "receiver-with-context"), 32
@@ -31,7 +31,7 @@ PROMPTS = {
 
 
 EXTRACTIONS = {"first line": lambda text, question: next((x.strip() for x in text.splitlines() if x.strip()), ""),
-               # c2c.answers.extract_answer without the question: no restatement to cut
+               # c2c.evaluation.answers.extract_answer without the question: no restatement to cut
                "first sentence, no \"The answer is:\"": lambda text, question: extract_answer(text),
                "the same, restatement cut (extract_answer)": extract_answer}
 
@@ -42,9 +42,9 @@ def folder(prompt: str) -> Path:
 
 def run(prompt: str) -> None:
     import c2c.data.prompts
-    from c2c.evaluate import EvalConfig, EvalSetup, run_eval
-    from c2c.names import DEFAULT_RECEIVER, DEFAULT_SHARER
-    from c2c.pair import C2CModel
+    from c2c.evaluation.evaluate import EvalConfig, EvalSetup, run_eval
+    from c2c.core.names import DEFAULT_RECEIVER, DEFAULT_SHARER
+    from c2c.model.pair import C2CModel
 
     template, chat = PROMPTS[prompt]
     c2c.data.prompts.FREE_PROMPT = template
@@ -60,8 +60,8 @@ def table() -> str:
     from transformers import AutoTokenizer
 
     from c2c.data import load_benchmark
-    from c2c.models import resolve
-    from c2c.names import DEFAULT_RECEIVER
+    from c2c.core.models import resolve
+    from c2c.core.names import DEFAULT_RECEIVER
 
     tokenizer = AutoTokenizer.from_pretrained(resolve(DEFAULT_RECEIVER))
     name, split, limit = BENCH.split(":")

@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 
 from c2c.data import load_benchmark
-from c2c.evaluate import EvalSetup, sharer_backgrounds
-from c2c.pair import C2CModel
-from c2c.runlog import read_jsonl
-from c2c.models import DEFAULT_SHARER, load_model
+from c2c.evaluation.evaluate import EvalSetup, sharer_backgrounds
+from c2c.model.pair import C2CModel
+from c2c.core.runlog import read_jsonl
+from c2c.core.models import DEFAULT_SHARER, load_model
 
 
 def main() -> None:

@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 
 from c2c.data import load_training_data
-from c2c.kvstore import SharerKVStore, SharerRun
-from c2c.pair import C2CModel
-from c2c.objectives import MicroBatch, objective_sum, split
+from c2c.runtime.sharers import SharerKVStore, SharerRun
+from c2c.model.pair import C2CModel
+from c2c.training.objectives import MicroBatch, objective_sum, split
 
 
 def floor_step(pair: C2CModel, batch) -> None:

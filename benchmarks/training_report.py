@@ -13,11 +13,11 @@ import json
 import sys
 from pathlib import Path
 
-from c2c.pair import C2CModel
-from c2c.distributed import Runtime
-from c2c.recipe import TrainConfig
-from c2c.runlog import read_metrics, training_minutes
-from c2c.train import build_model, evaluate_held_out, load_examples
+from c2c.model.pair import C2CModel
+from c2c.training.distributed import Runtime
+from c2c.training.recipe import TrainConfig
+from c2c.core.runlog import read_metrics, training_minutes
+from c2c.training.train import build_model, evaluate_held_out, load_examples
 
 
 def curves(run: Path) -> dict:

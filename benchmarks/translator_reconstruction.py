@@ -16,9 +16,9 @@ import time
 import torch
 
 from c2c.data import load_benchmark
-from c2c.fit import fitting_texts
-from c2c.pair import C2CModel
-from c2c.translator import translation_examples
+from c2c.training.fit_translators import fitting_texts
+from c2c.model.pair import C2CModel
+from c2c.translator.fit import translation_examples
 
 
 def texts(count: int) -> dict[str, list[str]]:

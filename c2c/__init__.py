@@ -12,12 +12,12 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "C2CModel": "pair", "C2CConfig": "config", "CheckpointError": "config",
-    "FuserConfig": "fuser",
-    "load_model": "models", "LoadedModel": "models", "ModelLoadError": "models",
-    "TrainConfig": "recipe", "train": "train",
-    "EvalConfig": "evaluate", "EvalSetup": "evaluate", "run_eval": "evaluate",
-    "inspect_pair": "inspection",
+    "C2CModel": "model.pair", "C2CConfig": "model.config", "CheckpointError": "model.config",
+    "FuserConfig": "model.fuser",
+    "load_model": "core.models", "LoadedModel": "core.models", "ModelLoadError": "core.models",
+    "TrainConfig": "training.recipe", "train": "training.train",
+    "EvalConfig": "evaluation.evaluate", "EvalSetup": "evaluation.evaluate", "run_eval": "evaluation.evaluate",
+    "inspect_pair": "model.inspection",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from .names import (DEFAULT_RECEIVER, DEFAULT_SHARER, FREE_MAX_NEW_TOKENS, LAYER_MAPS, METHODS, SCORINGS,
+from .core.names import (DEFAULT_RECEIVER, DEFAULT_SHARER, FREE_MAX_NEW_TOKENS, LAYER_MAPS, METHODS, SCORINGS,
                     TOKEN_ALIGNMENTS)
 
 
@@ -33,7 +33,7 @@ def _pair_arguments(parser: argparse.ArgumentParser) -> None:
 def _load_pair(args):
     """The pair for generate, chat and serve (all write text)."""
     _fuser_purpose(args.fuser)
-    from .pair import C2CModel
+    from .model.pair import C2CModel
     if args.fuser:
         return C2CModel.from_pretrained(args.fuser, dtype=args.dtype, device=args.device)
     print("note: no --fuser given: an untrained fuser changes nothing, so this is the receiver alone",
@@ -43,9 +43,9 @@ def _load_pair(args):
 
 
 def cmd_inspect(args) -> None:
-    from .fuser import FuserConfig
-    from .inspection import SAMPLE_TEXT, format_report, inspect_pair
-    from .pair import C2CModel
+    from .model.fuser import FuserConfig
+    from .model.inspection import SAMPLE_TEXT, format_report, inspect_pair
+    from .model.pair import C2CModel
     if args.fuser:  # a trained or converted fuser: its own pair, layer map and token alignment
         pair = C2CModel.from_pretrained(args.fuser, dtype=args.dtype, device=args.device)
     else:
@@ -62,10 +62,10 @@ def _sharer_context(path: str | None):
     ``c2c read-context`` wrote), checked before any model loads; one error line otherwise."""
     if path is None:
         return None
-    from .context import read_context_file  # light: no torch, no models
+    from .inputs.context import read_context_file  # light: no torch, no models
     try:
         if Path(path).suffix == ".safetensors":
-            from .translated_context import TranslatedContext
+            from .inputs.translated_context import TranslatedContext
             return TranslatedContext.load(path)
         return read_context_file(path)
     except ValueError as error:
@@ -151,8 +151,8 @@ def cmd_read_context(args) -> None:
 
 def cmd_train(args) -> None:
     import yaml
-    from .recipe import TrainConfig, merge
-    from .train import train
+    from .training.recipe import TrainConfig, merge
+    from .training.train import train
     overrides = {}
     for assignment in args.set or []:
         key, equals, value = assignment.partition("=")
@@ -192,7 +192,7 @@ def cmd_train(args) -> None:
     try:
         output = train(config, resume=bool(args.resume), overwrite=args.overwrite)
     except KeyboardInterrupt:  # Ctrl-C outside the training loop (loading, fitting, held-out evaluation)
-        from .train import TrainingInterrupted, resume_hint
+        from .training.train import TrainingInterrupted, resume_hint
         raise TrainingInterrupted(f"stopped (Ctrl-C); {resume_hint(Path(config.output))}") from None
     print(f"saved to {output}")
 
@@ -211,9 +211,9 @@ def cmd_eval(args) -> None:
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise SystemExit(f"error: --out {args.out} is a file; give a folder for the records and summary")
     limits = _method_limits(args.method_limit)
-    from .evaluate import EvalConfig, EvalSetup, run_eval
-    from .models import load_lora_receiver
-    from .pair import C2CModel
+    from .evaluation.evaluate import EvalConfig, EvalSetup, run_eval
+    from .core.models import load_lora_receiver
+    from .model.pair import C2CModel
     config = EvalConfig(benchmarks=args.bench.split(","), methods=args.methods.split(","), scoring=args.scoring,
                         split=args.split, limit=args.limit, seed=args.seed, out=args.out, data_dir=args.data_dir,
                         skip_bad=args.skip_bad, recompute=args.recompute, method_limits=limits,
@@ -254,7 +254,7 @@ def cmd_serve(args) -> None:
 
 
 def cmd_convert_reference(args) -> None:
-    from .reference import convert_reference
+    from .interop.reference import convert_reference
     output = convert_reference(args.dir, args.out, args.receiver, [args.sharer] if args.sharer else None,
                                args.token_alignment, dtype=args.dtype, device=args.device)
     print(f"saved to {output}; use it with: c2c generate --fuser {output} \"...\"")
@@ -415,10 +415,10 @@ def main(argv: list[str] | None = None) -> None:
         from transformers.utils import logging as transformers_logging
         (transformers_logging.enable_progress_bar if args.verbose else transformers_logging.disable_progress_bar)()
     from .data import DataError
-    from .models import ModelLoadError
-    from .config import CheckpointError
-    from .recipe import RecipeError
-    from .train import TrainingError, TrainingInterrupted
+    from .core.models import ModelLoadError
+    from .model.config import CheckpointError
+    from .training.recipe import RecipeError
+    from .training.train import TrainingError, TrainingInterrupted
     try:
         args.run(args)
     except TrainingInterrupted as error:  # Ctrl-C: a clean stop, one line on how to go on

@@ -9,7 +9,7 @@ and from Python pass ``C2CLM(...)`` to ``lm_eval.simple_evaluate(model=...)`` (o
 and name ``model="c2c"``).
 
 What each request type runs, through the same calls ``c2c eval`` makes (``pair.prepare``, ``pair.prefill``, the
-scoring of ``c2c.scoring.continuation_logprobs``):
+scoring of ``c2c.runtime.passes.continuation_logprobs``):
 
 - ``loglikelihood``: the context is the prompt, rendered raw or with the receiver's chat template as the
   fuser's config says; the sharer reads it, the receiver prefills it over the fused cache (``fuse=False``: the
@@ -41,10 +41,10 @@ from lm_eval import utils as lm_utils
 from lm_eval.api.model import LM
 from lm_eval.api.registry import MODEL_REGISTRY, register_model
 
-from .models import max_positions
+from .core.models import max_positions
 from .data import MCItem, cloze_continuations, mc_prompt
-from .pair import C2CModel
-from .scoring import prompt_cache, token_continuations
+from .model.pair import C2CModel
+from .runtime.passes import prompt_cache, token_continuations
 
 
 def _batch_size(value) -> int:
@@ -167,12 +167,8 @@ class C2CLM(LM):
         """The prompts prefilled in one batch (fused unless ``fuse`` is False), each continuation scored after its
         prompt as ``C2CModel.choice_scores`` scores choices."""
         batch = self.pair.prepare(contexts).to(self.pair.device)
-        cache = self.pair.prefill(batch, fuse=self.fuse)
-        prompt = slice(0, batch.prompt_length)
         rows = [self._encode(text) for texts in continuations for text in texts]
-        sums, _, greedy = token_continuations(self.pair.receiver.model, self.pair.receiver.tokenizer,
-                                              batch.input_ids[:, prompt], batch.attention_mask[:, prompt], cache, rows,
-                                              [len(t) for t in continuations])
+        sums, _, greedy = self.pair.continuation_tokens(batch, rows, [len(t) for t in continuations], self.fuse)
         return sums, greedy
 
     @torch.no_grad()

@@ -22,12 +22,12 @@ import argparse
 import time
 from pathlib import Path
 
-from c2c.answers import extract_answer, f1
-from c2c.context import with_context
+from c2c.evaluation.answers import extract_answer, f1
+from c2c.inputs.context import with_context
 from c2c.data import free_prompt, load_benchmark, mc_prompt
-from c2c.evaluate import EvalSetup, method_runner
-from c2c.names import FREE_MAX_NEW_TOKENS
-from c2c.pair import C2CModel
+from c2c.evaluation.evaluate import EvalSetup, method_runner
+from c2c.core.names import FREE_MAX_NEW_TOKENS
+from c2c.model.pair import C2CModel
 
 FUSERS = Path(__file__).resolve().parents[1] / "fusers"
 DEMO_QUESTIONS = Path(__file__).resolve().parent / "data" / "arc_challenge_demo.jsonl"

@@ -6,8 +6,8 @@ import pytest
 from tiny import tiny
 
 from c2c.cli import main
-from c2c.models import load_model
-from c2c.pair import C2CModel
+from c2c.core.models import load_model
+from c2c.model.pair import C2CModel
 
 pytestmark = pytest.mark.usefixtures("isolated_cache")  # conversions go to a temporary cache
 

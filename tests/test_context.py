@@ -11,15 +11,16 @@ import torch
 from conftest import SMALL_FUSER
 from tiny import tiny
 
-from c2c.context import sharer_reading, with_context
+from c2c.inputs.context import sharer_reading, with_context
 from c2c.data import load_benchmark
-from c2c.evaluate import EvalConfig, EvalSetup, run_eval
-from c2c.scorers import EnrichedScorer, ModelScorer
-from c2c.fit import fit_pair, fitting_texts, split_texts
-from c2c.pair import C2CModel, CheckpointError
-from c2c.synthetic import NAMES, SPLITS, synthetic_items
-from c2c.train import TrainConfig, train
-from c2c.translator import TranslatorConfig, source_layers
+from c2c.evaluation.evaluate import EvalConfig, EvalSetup, run_eval
+from c2c.evaluation.scorers import EnrichedScorer, ModelScorer
+from c2c.training.fit_translators import fit_pair, fitting_texts, split_texts
+from c2c.model.pair import C2CModel, CheckpointError
+from c2c.data.synthetic import NAMES, SPLITS, synthetic_items
+from c2c.training.train import TrainConfig, train
+from c2c.translator.config import TranslatorConfig
+from c2c.translator.model import source_layers
 
 QUESTION = "Question: What is Mira's pet?\nAnswer:"
 CONTEXT = "Mira's pet is a dog."
@@ -106,6 +107,23 @@ def test_a_row_without_context_is_the_receiver_alone_and_fusion_off_ignores_cont
         pair.prefill(batch, fuse=False)
 
 
+def test_fusion_off_means_one_thing_with_a_context_no_sharer_reads_it():
+    """fuse=False is the receiver alone wherever a context is given: generate drops it (above; the server and the
+    chat too), the evaluation's receiver scorer reads none (receiver-with-context puts it in the prompt itself),
+    and a batch already laid out around a translated context is refused by prefill (above)."""
+    from c2c.evaluation.scorers import PairScorer, state_continuations
+    from c2c.inputs.context import with_context
+
+    pair = fitted()
+    receiver = PairScorer("receiver", pair, fuse=False)
+    choices = [" red", " blue"]
+    alone = state_continuations(receiver.prefill(QUESTION), choices)
+    assert state_continuations(receiver.prefill(QUESTION, context=CONTEXT), choices) == alone
+    assert state_continuations(receiver.prefill(QUESTION, other_prompt="Another question?"), choices) == alone
+    reading = state_continuations(receiver.prefill(with_context(QUESTION, CONTEXT)), choices)
+    assert reading != alone
+
+
 @pytest.mark.parametrize("channel", ["translated", "fused"])
 def test_a_context_is_read_without_its_surrounding_whitespace(channel):
     """A context file's last newline (`c2c generate --sharer-context`) is not part of what the sharer reads."""
@@ -160,7 +178,7 @@ def test_the_fit_records_the_longest_text_and_a_longer_context_warns_once(tmp_pa
     both lengths, once per pair."""
     import warnings
 
-    from c2c.context import ContextWarning, context_length
+    from c2c.inputs.context import ContextWarning, context_length
     pair = fitted()
     texts, _ = split_texts(fitting_texts([{"synthetic": 240, "facts": 2}]), 0.1, 0)
     longest = max(context_length(tiny("gemma").tokenizer, t) for t in texts)
@@ -273,7 +291,7 @@ def test_long_synthetic_contexts_give_people_several_facts_but_ask_about_one():
 
 def test_fitting_texts_join_a_documents_consecutive_contexts_into_long_texts():
     from c2c.data.rows import MCItem
-    from c2c.fit import joined_contexts
+    from c2c.training.fit_translators import joined_contexts
     items = [MCItem(str(i), "Q?", [], -1, context=c, title=t) for i, (t, c) in enumerate(
         [("A", "a1"), ("A", "a1"), ("A", "a2"), ("A", "a3"), ("B", "b1"), ("A", "a4"), ("B", "b2")])]
     assert joined_contexts(items, 2) == ["a1\n\na2", "a3\n\na4", "b1\n\nb2"]
@@ -386,7 +404,7 @@ def test_format_1_checkpoints_without_translator_still_load(tmp_path):
 
 
 def test_inspect_reports_the_translator():
-    from c2c.inspection import format_report, inspect_pair
+    from c2c.model.inspection import format_report, inspect_pair
     report = inspect_pair(fitted())
     assert report["fuser"] is None and report["translator_parameters"] == translator_size(fitted(), window=1)
     assert report["sharers"][0]["translator_sources"] == [[0, 1, 2]] * 4

@@ -14,10 +14,10 @@ from test_serve import GatedPair, health, wait_until
 from tiny import tiny
 
 from c2c.cli import main
-from c2c.fit import fit_pair, fitting_texts, split_texts
-from c2c.pair import C2CModel
+from c2c.training.fit_translators import fit_pair, fitting_texts, split_texts
+from c2c.model.pair import C2CModel
 from c2c.serve import Job, Sampling, chat, create_app, generate_jobs, running
-from c2c.translator import TranslatorConfig
+from c2c.translator.config import TranslatorConfig
 
 pytestmark = pytest.mark.usefixtures("isolated_cache")  # conversions go to a temporary cache
 
@@ -146,12 +146,12 @@ def test_a_context_over_the_translators_limit_is_a_clear_error(checkpoint, tmp_p
 def test_a_long_context_file_is_refused_at_once_before_any_model_loads(checkpoint, tmp_path, monkeypatch, channel):
     """Issue 31: a 20,000-word file made a fuser prefill for minutes; every context file is bounded by the
     command's character limit (lowered here), refused within a second with the limit named, on either channel."""
-    from c2c.pair import C2CModel as Pair
+    from c2c.model.pair import C2CModel as Pair
     folder = checkpoint
     if channel == "fuser":
         folder = tmp_path / "fuser"
         Pair.create(tiny("llama"), [tiny("gemma")]).save_pretrained(folder)
-    monkeypatch.setattr("c2c.context.MAX_CONTEXT_CHARS", 100)
+    monkeypatch.setattr("c2c.inputs.context.MAX_CONTEXT_CHARS", 100)
     monkeypatch.setattr(Pair, "from_pretrained", lambda *a, **k: pytest.fail("a model loaded"))
     long = tmp_path / "long.txt"
     long.write_text("word " * 21, encoding="utf-8")  # 105 characters
@@ -168,7 +168,7 @@ def test_a_long_context_file_is_refused_at_once_before_any_model_loads(checkpoin
 def test_a_context_longer_than_the_translator_was_fitted_on_warns_in_one_line(checkpoint, tmp_path, monkeypatch):
     import warnings
 
-    from c2c.context import ContextWarning
+    from c2c.inputs.context import ContextWarning
     monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)  # c2c's main sets its own: restored
     config = json.loads((checkpoint / "c2c_config.json").read_text())
     fitted = config["sharers"][0]["fitted_context_tokens"]

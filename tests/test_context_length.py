@@ -95,7 +95,7 @@ def test_phase_two_long_items_come_from_train_articles_within_their_drawn_limits
     assert len(written) == 6 and {d["title"] for d in written} <= train
     assert all(count(d["paragraphs"][0]["context"]) <= 150 and len(d["paragraphs"][0]["qas"]) == 2 for d in written)
     needles = [json.loads(line) for line in (tmp_path / "out" / "needle_train.jsonl").read_text().splitlines()]
-    from c2c.synthetic import synthetic_items
+    from c2c.data.synthetic import synthetic_items
     facts = synthetic_items("train", 5, 1, 0)
     assert [n["question"] for n in needles] == [f["question"] for f in facts]
     assert all(f["context"] in n["context"] and count(n["context"]) <= 150 for n, f in zip(needles, facts))

@@ -9,12 +9,13 @@ import torch
 from conftest import SMALL_FUSER, count_sharer_runs, make_pair
 from tiny import tiny
 
-from c2c import cache as kvcache
-from c2c.align import TokenAligner, as_messages, content_tokens, layer_map, render
-from c2c.fuser import FuserConfig, LayerFuser, temperature_at
-from c2c.models import LoadedModel
-from c2c.pair import C2CModel, CheckpointError, position_ids
-from c2c.rotary import Rotary
+from c2c.core import cache as kvcache
+from c2c.inputs.align import TokenAligner, as_messages, content_tokens, layer_map, render
+from c2c.model.fuser import FuserConfig, LayerFuser, temperature_at
+from c2c.core.models import LoadedModel
+from c2c.core.tensors import position_ids
+from c2c.model.pair import C2CModel, CheckpointError
+from c2c.core.rotary import Rotary
 
 TRICKY = [
     "Hello world, 你好 🙂! What's the capital of France?",
@@ -519,7 +520,7 @@ def test_the_sharers_run_once_for_a_batch_read_twice():
 
 
 def test_the_sharer_store_serves_what_the_sharers_compute(tmp_path):
-    from c2c.kvstore import SharerKVStore
+    from c2c.runtime.sharers import SharerKVStore
     pair = make_pair()
     batch = pair.prepare(PROMPTS)
     computed = pair.sharer_caches(batch)
@@ -550,7 +551,7 @@ def test_to_moves_what_the_pair_holds_and_refuses_a_dtype():
 
 
 def test_a_chunked_prefill_is_the_same_cache_and_yields_between_chunks():
-    from c2c.scoring import Chunks
+    from c2c.runtime.passes import Chunks
     pair = make_pair()
     batch = pair.prepare(PROMPTS)
     whole = pair.prefill(batch)

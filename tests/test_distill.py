@@ -9,12 +9,12 @@ from safetensors.torch import load_file
 from tiny import tiny
 
 from c2c.data import Conversation
-from c2c.objectives import distillation_batch, distillation_sum, reconstruction_error
-from c2c.pair import C2CModel
-from c2c.recipe import RecipeError
-from c2c.runlog import read_metrics
-from c2c.train import TrainConfig, train
-from c2c.translator import TranslatorConfig
+from c2c.training.objectives import distillation_batch, distillation_sum, reconstruction_error
+from c2c.model.pair import C2CModel
+from c2c.training.recipe import RecipeError
+from c2c.core.runlog import read_metrics
+from c2c.training.train import TrainConfig, train
+from c2c.translator.config import TranslatorConfig
 
 DISTILL_DATA = [{"benchmark": "synthetic-1fact", "split": "train", "prompt_style": "cloze", "target": "text",
                  "limit": 24}]
@@ -118,8 +118,8 @@ def test_phase_two_trains_the_fitted_maps_and_resumes_exactly(tmp_path):
 
 
 def test_a_missing_init_from_is_refused_before_any_model_loads(tmp_path, monkeypatch):
-    import c2c.train as training
-    from c2c.config import CheckpointError
+    import c2c.training.train as training
+    from c2c.model.config import CheckpointError
     monkeypatch.setattr(training, "load_model", lambda *a, **k: pytest.fail("a model loaded"))
     with pytest.raises(CheckpointError, match="nowhere is not a c2c checkpoint"):
         train(recipe(tmp_path / "x", init_from=str(tmp_path / "nowhere"), data=[], steps=2))
@@ -187,7 +187,7 @@ def test_free_text_items_train_on_their_first_reference():
 
 
 def test_teacher_continuations_are_made_once_per_prompt_and_context(tmp_path, monkeypatch):
-    from c2c.train import teacher_continuations
+    from c2c.training.train import teacher_continuations
     calls = []
     monkeypatch.setattr(C2CModel, "generate", lambda self, prompts, **kw: calls.append(len(prompts)) or
                         [f" answer {len(calls)}.{i}" for i in range(len(prompts))])
@@ -203,7 +203,7 @@ def test_teacher_continuations_are_made_once_per_prompt_and_context(tmp_path, mo
 
 def test_a_run_stopped_before_its_first_checkpoint_resumes_with_its_fit_and_teacher(tmp_path, monkeypatch):
     """The folder is a run from its start: stopped while making teacher continuations, it resumes from them."""
-    import c2c.train as training
+    import c2c.training.train as training
     models = dict(receiver=tiny("llama"), sharers=[tiny("gemma")])
     config = recipe(tmp_path / "run", teacher_tokens=2)
     original = training.teacher_continuations

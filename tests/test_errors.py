@@ -10,8 +10,8 @@ import pytest
 from conftest import make_pair
 
 from c2c.cli import main
-from c2c.pair import CheckpointError, load_config
-from c2c.train import RecipeError, TrainConfig, train
+from c2c.model.pair import CheckpointError, load_config
+from c2c.training.train import RecipeError, TrainConfig, train
 
 
 def recipe(tmp_path, text: str):
@@ -148,9 +148,9 @@ def numeric_fields(cls) -> set[str]:
 
 
 def test_every_numeric_recipe_field_has_a_range_and_a_case():
-    from c2c.fuser import FuserConfig
-    from c2c.recipe import LORA_RANGES, RANGES
-    from c2c.translator import TranslatorConfig
+    from c2c.model.fuser import FuserConfig
+    from c2c.training.recipe import LORA_RANGES, RANGES
+    from c2c.translator.config import TranslatorConfig
     assert numeric_fields(TrainConfig) == set(RANGES)
     expected = set(RANGES) | {f"fuser.{n}" for n in numeric_fields(FuserConfig)} | \
         {f"translator.{n}" for n in numeric_fields(TranslatorConfig) | {"ridge"}} | {f"lora.{n}" for n in LORA_RANGES}
@@ -170,7 +170,7 @@ def test_every_numeric_recipe_field_out_of_range_is_refused_before_any_model_loa
 
     import yaml
 
-    import c2c.train as training
+    import c2c.training.train as training
     monkeypatch.setattr(training, "load_model", lambda *a, **k: pytest.fail("a model loaded"))
     base = base_recipe(key)
     if key in ("steps", "epochs"):
@@ -197,7 +197,7 @@ def test_every_numeric_recipe_field_out_of_range_is_refused_before_any_model_loa
     (["--set", "fuser.dropout=1.5"], r"fuser dropout must be within \[0, 1\), got 1.5"),
 ])
 def test_out_of_range_flags_of_c2c_train_are_one_line_errors(tmp_path, monkeypatch, flags, message):
-    import c2c.train as training
+    import c2c.training.train as training
     monkeypatch.setattr(training, "load_model", lambda *a, **k: pytest.fail("a model loaded"))
     path = recipe(tmp_path, "steps: 3\ndata: [a.jsonl]\n")
     with pytest.raises(SystemExit, match=message):

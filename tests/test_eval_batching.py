@@ -9,7 +9,7 @@ from conftest import make_pair
 from test_context import fitted
 from tiny import tiny
 
-from c2c.evaluate import EvalConfig, EvalSetup, run_eval
+from c2c.evaluation.evaluate import EvalConfig, EvalSetup, run_eval
 
 QUESTIONS = [
     ("Which pet does Mira have?", ["dog", "cat", "pony"], 0, "Mira's pet is a dog."),
@@ -92,5 +92,5 @@ def test_other_protocols_and_t2t_stay_one_at_a_time(tmp_path, bench):
 
 
 def test_default_batch_size_by_device():
-    from c2c.evaluate import default_batch_size
+    from c2c.evaluation.evaluate import default_batch_size
     assert default_batch_size("cpu") == 1 and default_batch_size(torch.device("cuda", 0)) == 8

@@ -10,9 +10,9 @@ from conftest import make_pair
 from tiny import tiny
 
 from c2c.data import cloze_continuations, load_benchmark
-from c2c.evaluate import EvalConfig, EvalSetup, derived_records, run_eval, shuffled_partners
-from c2c.metrics import paired_difference, wilson
-from c2c.scorers import ModelScorer, PairScorer, item_prompt, score_item, state_continuations
+from c2c.evaluation.evaluate import EvalConfig, EvalSetup, derived_records, run_eval, shuffled_partners
+from c2c.core.stats import paired_difference, wilson
+from c2c.evaluation.scorers import ModelScorer, PairScorer, item_prompt, score_item, state_continuations
 
 QUESTIONS = [
     ("What is the capital of France?", ["Paris", "London", "Berlin", "Rome"], 0),
@@ -212,7 +212,7 @@ def test_paired_difference_matches_items_by_id():
 
 def closed_form_wilson(correct: int, n: int, z: float = 1.96) -> list[float]:
     """The Wilson score interval in its count form, (k + z²/2 ± z·sqrt(k(n-k)/n + z²/4)) / (n + z²), rounded as
-    the summaries are: written independently of c2c.metrics.wilson (which works from the proportion)."""
+    the summaries are: written independently of c2c.core.stats.wilson (which works from the proportion)."""
     centre, half = correct + z * z / 2, z * math.sqrt(correct * (n - correct) / n + z * z / 4)
     return [round((centre - half) / (n + z * z), 4), round((centre + half) / (n + z * z), 4)]
 
@@ -309,7 +309,7 @@ def test_the_receiver_baseline_is_the_pair_with_fusion_off():
 
 
 def test_the_table_names_the_split_each_benchmark_came_from():
-    from c2c.metrics import _split_text
+    from c2c.evaluation.metrics import _split_text
     summary = {"split": "test", "benchmarks": {"arc": {"split": "test"}, "ceval": {"split": "val"}}}
     assert _split_text(summary) == "splits arc `test`, ceval `val`"
     summary["benchmarks"] = {"synthetic-1fact": {"split": "dev"}, "squad": {"split": "dev"}}

@@ -12,10 +12,10 @@ from conftest import make_pair
 from test_hub import FakeHub
 from tiny import tiny
 
-from c2c import scorers
-from c2c.answers import extract_answer, f1, free_text_scores, normalize_answer, token_f1
+from c2c.evaluation import scorers
+from c2c.evaluation.answers import extract_answer, f1, free_text_scores, normalize_answer, token_f1
 from c2c.data import DataError, MCItem, article_splits, load_benchmark, question_type
-from c2c.evaluate import EvalConfig, EvalSetup, run_eval, shuffled_partners
+from c2c.evaluation.evaluate import EvalConfig, EvalSetup, run_eval, shuffled_partners
 
 # Eight articles, listed out of title order: sorted, they are A..H, so A, B, E, F are train, C, G dev, D, H test.
 TITLES = ["H", "A", "G", "B", "F", "C", "E", "D"]

@@ -11,7 +11,7 @@ from conftest import make_pair
 from huggingface_hub import constants
 from tiny import tiny
 
-from c2c.pair import C2CModel, CheckpointError
+from c2c.model.pair import C2CModel, CheckpointError
 
 
 def cache_snapshot(cache: Path, repo_id: str, revision: str, commit: str, folder: Path) -> None:
@@ -105,8 +105,8 @@ def test_push_to_hub_uploads_the_fuser_with_a_model_card(tmp_path, monkeypatch):
 
 
 def test_a_translator_card_names_its_phases_and_its_gain_over_the_shuffled_control():
-    from c2c.fuser_hub import model_card
-    from c2c.translator import TranslatorConfig
+    from c2c.model.hub import model_card
+    from c2c.translator.config import TranslatorConfig
     pair = C2CModel.create(tiny("llama"), [tiny("gemma")], translator=TranslatorConfig(window=0), chat_template=False)
     gain = {"n": 500, "difference": 0.25, "ci95": [0.2, 0.3]}
     summary = {"scoring": "cloze", "split": "test", "benchmarks": {"synthetic-1fact": {

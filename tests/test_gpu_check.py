@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from c2c.models import ModelShape
+from c2c.core.models import ModelShape
 
 ROOT = Path(__file__).resolve().parents[1]
 

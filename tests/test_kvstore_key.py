@@ -5,8 +5,8 @@ and their in-place versions."""
 import torch
 from conftest import count_sharer_runs, make_pair
 
-from c2c.batch import Batch
-from c2c.kvstore import SharerCaches
+from c2c.inputs.batch import Batch
+from c2c.runtime.sharers import SharerCaches
 
 PROMPTS = ["What is the capital of France?", "hi 你好 🙂"]
 

@@ -25,11 +25,11 @@ from lm_eval.api.instance import Instance  # noqa: E402
 from lm_eval.tasks import TaskManager  # noqa: E402
 
 from c2c.data import MCItem, cloze_continuations, mc_prompt  # noqa: E402
-from c2c.evaluate import EvalConfig, EvalSetup, run_eval  # noqa: E402
+from c2c.evaluation.evaluate import EvalConfig, EvalSetup, run_eval  # noqa: E402
 from c2c.lm_eval_harness import C2CLM, write_task  # noqa: E402
-from c2c.models import load_model  # noqa: E402
-from c2c.pair import C2CModel  # noqa: E402
-from c2c.scoring import continuation_logprobs, token_continuations  # noqa: E402
+from c2c.core.models import load_model  # noqa: E402
+from c2c.model.pair import C2CModel  # noqa: E402
+from c2c.runtime.passes import continuation_logprobs, token_continuations  # noqa: E402
 
 QUESTIONS = [
     ("What is the capital of France?", ["Paris", "a lazy dog", "Ice", "the sun once a year"], 0),

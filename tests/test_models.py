@@ -5,7 +5,7 @@ import importlib.util
 import pytest
 from tiny import tiny
 
-from c2c.models import ModelLoadError, load_model, resolve
+from c2c.core.models import ModelLoadError, load_model, resolve
 
 
 def test_local_folder_round_trip(tmp_path):
@@ -39,7 +39,7 @@ def test_missing_package_names_the_install_command(tmp_path, monkeypatch):
 def test_attention_facts_are_read_by_one_rule():
     """``sliding_window`` and ``global_attention_layers`` (issue 32): Gemma 3 slides on its first two tiny layers;
     Qwen2's config names a window it does not use; Llama has none."""
-    from c2c.models import global_attention_layers, max_positions, sliding_window
+    from c2c.core.models import global_attention_layers, max_positions, sliding_window
     assert (sliding_window(tiny("gemma")), global_attention_layers(tiny("gemma"))) == (8, [2])
     for kind in ("qwen", "llama"):
         assert (sliding_window(tiny(kind)), global_attention_layers(tiny(kind))) == (None, [])

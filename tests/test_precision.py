@@ -10,8 +10,8 @@ import torch
 from conftest import SMALL_FUSER
 from tiny import tiny
 
-from c2c.models import LoadedModel, parse_device, parse_dtype
-from c2c.pair import C2CModel
+from c2c.core.models import LoadedModel, parse_device, parse_dtype
+from c2c.model.pair import C2CModel
 
 PROMPTS = ["What is the capital of France?", "hi 你好 🙂 Water boils at what temperature?"]
 CHOICES = [[" Paris", " Rome", " Oslo"], [" 100 degrees", " zero"]]
@@ -89,7 +89,7 @@ def test_dtype_and_device_names_are_checked():
 def test_a_bf16_training_run_keeps_float32_weights_in_its_checkpoint(tmp_path):
     from safetensors.torch import load_file
 
-    from c2c.train import TrainConfig, train
+    from c2c.training.train import TrainConfig, train
     data = tmp_path / "qa.jsonl"
     data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": q},
                                                      {"role": "assistant", "content": a}]}) + "\n"
@@ -119,8 +119,10 @@ def test_the_fit_reads_a_constant_input_as_its_mean_so_half_precision_noise_on_i
     """The maps divide by each input's scale: where the fit saw a constant (e.g. a dimension that is ~1e-9 in
     float32: scale ~1e-6), bf16 rounding noise would be amplified a millionfold (the shipped translator answered
     gibberish in bf16 before). The fit gives such an input the scale 1 and next to no weight."""
-    from c2c.models import ModelShape
-    from c2c.translator import ContextTranslator, TranslatorConfig, TranslatorFit
+    from c2c.core.models import ModelShape
+    from c2c.translator.config import TranslatorConfig
+    from c2c.translator.fit import TranslatorFit
+    from c2c.translator.model import ContextTranslator
     shape = ModelShape("tiny", 2, 1, 4, 10)
     translator = ContextTranslator(shape, shape, TranslatorConfig(window=0, ridge=[0.01]))
     torch.manual_seed(0)
@@ -154,8 +156,9 @@ def test_the_fit_reads_a_constant_input_as_its_mean_so_half_precision_noise_on_i
 def test_folded_maps_compute_what_the_standardised_maps_do():
     """At inference the standardisation is folded into the maps and maps with the same sources are one product;
     while the maps train they standardise (phase 2's coordinates). Both give the same K/V (float32)."""
-    from c2c.models import ModelShape
-    from c2c.translator import ContextTranslator, TranslatorConfig
+    from c2c.core.models import ModelShape
+    from c2c.translator.config import TranslatorConfig
+    from c2c.translator.model import ContextTranslator
     torch.manual_seed(0)
     translator = ContextTranslator(ModelShape("s", 5, 1, 4, 10), ModelShape("r", 7, 2, 3, 10), TranslatorConfig())
     with torch.no_grad():

@@ -8,11 +8,11 @@ import torch
 from test_context import CHOICES, CONTEXT, QUESTION, fitted, scores
 from tiny import tiny
 
-from c2c import translator as translation
-from c2c.context import context_length
-from c2c.evaluate import EvalConfig, EvalSetup, run_eval
-from c2c.pair import C2CModel
-from c2c.translated_context import ContextMismatch, TranslatedContext
+from c2c.translator import model as translation
+from c2c.inputs.context import context_length
+from c2c.evaluation.evaluate import EvalConfig, EvalSetup, run_eval
+from c2c.model.pair import C2CModel
+from c2c.inputs.translated_context import ContextMismatch, TranslatedContext
 
 OTHER = "Tessa's pet is a cat."
 

@@ -5,11 +5,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from c2c import cache as kvcache
+from c2c.core import cache as kvcache
 from c2c.data import cloze_continuations, load_benchmark, mc_prompt
-from c2c.inspection import inspect_pair
-from c2c.models import load_model
-from c2c.pair import C2CModel
+from c2c.model.inspection import inspect_pair
+from c2c.core.models import load_model
+from c2c.model.pair import C2CModel
 
 pytestmark = pytest.mark.real_pair
 SHIPPED = Path(__file__).parents[1] / "fusers" / "default_pair"

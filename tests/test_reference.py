@@ -12,11 +12,12 @@ import torch
 from conftest import make_pair
 from tiny import tiny
 
-from c2c import cache as kvcache
+from c2c.core import cache as kvcache
 from c2c.cli import main
-from c2c.fuser import FuserConfig
-from c2c.pair import C2CModel, CheckpointError, position_ids
-from c2c.reference import convert_reference
+from c2c.model.fuser import FuserConfig
+from c2c.core.tensors import position_ids
+from c2c.model.pair import C2CModel, CheckpointError
+from c2c.interop.reference import convert_reference
 
 FUSER = FuserConfig(hidden_size=16, intermediate_size=24, zero_init=False, dropout=0.0)
 PROMPTS = ["What is the capital of France? Answer in one word.", "hi 你好 🙂"]

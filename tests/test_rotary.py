@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from c2c import cache as kvcache
-from c2c.rotary import Rotary
+from c2c.core import cache as kvcache
+from c2c.core.rotary import Rotary
 from tiny import tiny
 
 KINDS = ("llama", "gemma", "qwen")

@@ -14,16 +14,16 @@ from safetensors.torch import load_file
 from conftest import SMALL_FUSER, real_data
 from tiny import tiny
 
-from c2c import train as training
+from c2c.training import train as training
 from c2c.data import BENCHMARKS
-from c2c.fit import fitting_texts
-from c2c.models import BUILTIN_MODELS
-from c2c.pair import C2CModel
-from c2c.distributed import Runtime
-from c2c.objectives import prepare, split
-from c2c.recipe import RecipeError, TrainConfig
-from c2c.runlog import read_metrics, training_minutes
-from c2c.train import TrainingError, train
+from c2c.training.fit_translators import fitting_texts
+from c2c.core.models import BUILTIN_MODELS
+from c2c.model.pair import C2CModel
+from c2c.training.distributed import Runtime
+from c2c.training.objectives import prepare, split
+from c2c.training.recipe import RecipeError, TrainConfig
+from c2c.core.runlog import read_metrics, training_minutes
+from c2c.training.train import TrainingError, train
 
 pytestmark = pytest.mark.usefixtures("isolated_cache")  # conversions go to a temporary cache
 

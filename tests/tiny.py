@@ -15,7 +15,7 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from transformers import (Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast,
                           Qwen2Config, Qwen2ForCausalLM)
 
-from c2c.models import LoadedModel
+from c2c.core.models import LoadedModel
 
 CORPUS = [
     "Question: What is the capital of France?\nAnswer: Paris is the capital of France.",

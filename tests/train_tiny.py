@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from tiny import tiny  # noqa: E402
 
-from c2c.train import TrainConfig, train  # noqa: E402
+from c2c.training.train import TrainConfig, train  # noqa: E402
 
 if __name__ == "__main__":
     config = TrainConfig.from_dict(json.loads(Path(sys.argv[1]).read_text()))

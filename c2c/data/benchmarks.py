@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..synthetic import SYNTHETIC_SIZES, synthetic_benchmark_facts, synthetic_items
 from .hub import HUB, hub_id, hub_sources
 from .local import BENCHMARKS, DATA_DIR_ENV, benchmark_files, canonical_split, data_root, file_source
 from .rows import SKIP_HINT, DataError, MCItem, Row, RowError, Source, parse_generic, read_jsonl
 from .squad import parse_squad, squad_questions
+from .synthetic import SYNTHETIC_SIZES, synthetic_benchmark_facts, synthetic_items
 
 
 @dataclass

@@ -14,7 +14,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import AsyncIterator, Iterator
 
-from ..pair import C2CModel
+from ..model.pair import C2CModel
 from .engine import Engine, Job, Post, Refused
 from .errors import APIError, error_body
 from .protocol import CHAT, COMPLETION, Endpoint, Limits, authorize, field, parse_options, stream, whole

@@ -5,9 +5,9 @@ from __future__ import annotations
 import sys
 from typing import Callable, TextIO
 
-from ..align import Message
-from ..context import read_context_file
-from ..pair import C2CModel
+from ..inputs.align import Message
+from ..inputs.context import read_context_file
+from ..model.pair import C2CModel
 from .engine import Job, Sampling, generate_jobs
 
 COMMANDS = "/context FILE, /context off, /sharer off, /sharer on, /reset, /quit (or Ctrl-D)"

@@ -30,10 +30,10 @@ from typing import Callable
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
-from ..align import Prompt
-from ..batch import Batch
-from ..pair import C2CModel
-from ..scoring import Chunks
+from ..inputs.align import Prompt
+from ..inputs.batch import Batch
+from ..model.pair import C2CModel
+from ..runtime.passes import Chunks
 from .errors import APIError
 
 # ("accepted", prompt tokens) | ("logprobs", [TokenLogprob]) (just before the delta they belong to)

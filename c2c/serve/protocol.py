@@ -25,7 +25,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, AsyncIterator, Callable
 
-from ..align import Message, Prompt
+from ..inputs.align import Message, Prompt
 from .engine import Finish, Sampling, TokenLogprob
 from .errors import APIError, error_body
 

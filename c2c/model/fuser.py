@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .validate import above, at_least, check_known_keys, check_ranges, check_types, within
+from ..core.validate import above, at_least, check_known_keys, check_ranges, check_types, within
 
 
 @dataclass

@@ -11,12 +11,12 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from .batch import Batch
-from .context import with_context
-from .data import Conversation
-from .pair import C2CModel
+from ..data import Conversation
+from ..inputs.batch import Batch
+from ..inputs.context import with_context
+from ..model.pair import C2CModel
+from ..translator.fit import translation_examples
 from .recipe import TrainConfig
-from .translator import translation_examples
 
 
 def split(conversation: Conversation) -> tuple[list[dict], str]:

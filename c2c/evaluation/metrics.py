@@ -1,20 +1,13 @@
-"""Summaries of per-item records: accuracy with Wilson intervals, latency, paired differences on the same items
-(the communication gain when the baseline is the shuffled-sharer control), agreement, a Markdown table, a plot."""
+"""Summaries of an evaluation's per-item records: accuracy with Wilson intervals, latency, F1, a Markdown table
+with the paired differences (the communication gain when the baseline is the shuffled-sharer control) and
+agreement, a plot. The statistics themselves are ``core.stats``."""
 
 from __future__ import annotations
 
-import math
 import statistics
 from pathlib import Path
 
-
-def wilson(correct: int, n: int, z: float = 1.96) -> list[float]:
-    if n == 0:
-        return [0.0, 0.0]
-    p = correct / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return [round(centre - half, 4), round(centre + half, 4)]
+from ..core.stats import mean_interval, paired_text, wilson
 
 
 def summarize(records: list[dict]) -> dict:
@@ -34,16 +27,8 @@ def summarize(records: list[dict]) -> dict:
             else None}
 
 
-def mean_interval(values: list[float], z: float = 1.96) -> list[float] | None:
-    """A 95% interval on the mean of per-item values (normal approximation; None under two values)."""
-    if len(values) < 2:
-        return None
-    mean, half = statistics.fmean(values), z * statistics.stdev(values) / math.sqrt(len(values))
-    return [round(mean - half, 4), round(mean + half, 4)]
-
-
 def summarize_free(records: list[dict]) -> dict:
-    """Free-text scores (``c2c.answers``): exact match, answer recall and, on synthetic items, the generation
+    """Free-text scores (``evaluation.answers``): exact match, answer recall and, on synthetic items, the generation
     score, each with a Wilson interval; F1 (continuous) with a normal-approximation interval on its mean, clipped to
     [0, 1]; F1 per subject (SQuAD: per question type)."""
     n = len(records)
@@ -62,33 +47,6 @@ def summarize_free(records: list[dict]) -> dict:
     result["per_subject_f1"] = {s: round(statistics.fmean(v), 4) for s, v in sorted(subjects.items())} \
         if len(subjects) > 1 else None
     return result
-
-
-def paired_difference(records: list[dict], baseline: list[dict], key: str = "correct") -> dict:
-    """Difference of two methods' per-item ``key`` (accuracy; F1 or the generation score for free text) on the
-    same items, with a 95% interval from the per-item differences (normal approximation): the communication gain
-    when the baseline is c2c-shuffled."""
-    by_id = {r["id"]: r[key] for r in baseline}
-    differences = [float(r[key]) - float(by_id[r["id"]]) for r in records if r["id"] in by_id]
-    n = len(differences)
-    if n < 2:
-        return {"n": n, "difference": None, "ci95": None}
-    return {"n": n, "difference": round(statistics.fmean(differences), 4), "ci95": mean_interval(differences)}
-
-
-def paired_text(result: dict) -> str:
-    """A ``paired_difference`` in points with its 95% interval: ``+2.2 [+0.3, +4.1]``."""
-    lo, hi = result["ci95"]
-    return f"{100 * result['difference']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
-
-
-def agreement(records: list[dict], reference: list[dict]) -> dict:
-    """How often a method picks what ``reference`` picks on the same items (items either left unanswered are
-    left out), with a Wilson 95% interval."""
-    picks = {r["id"]: r["prediction"] for r in reference if r["prediction"] is not None}
-    same = [r["prediction"] == picks[r["id"]] for r in records if r["id"] in picks and r["prediction"] is not None]
-    return {"n": len(same), "agreement": round(sum(same) / len(same), 4) if same else None,
-            "ci95": wilson(sum(same), len(same))}
 
 
 def _quantile(values: list[float], q: float) -> float | None:

@@ -4,19 +4,19 @@ recipe (``base: default_pair_choices.yaml``) rather than a copy of it."""
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from .fuser import FuserConfig
-from .models import DTYPES
-from .names import DEFAULT_RECEIVER, DEFAULT_SHARER
-from .translator import TranslatorConfig
-from .validate import Range, above, at_least, check_known_keys, check_ranges, check_types, within
+from ..core.models import DTYPES
+from ..core.names import DEFAULT_RECEIVER, DEFAULT_SHARER
+from ..core.validate import Range, above, at_least, check_known_keys, check_ranges, check_types, within
+from ..model.fuser import FuserConfig
+from ..translator.config import TranslatorConfig
 
-METHODS = ("c2c", "lora", "translator")  # translator: closed-form fit of context translators (c2c.fit), then
-# optionally self-distillation (steps or epochs)
+METHODS = ("c2c", "lora", "translator")  # translator: closed-form fit of context translators
+# (training.fit_translators), then optionally self-distillation (steps or epochs)
 OBJECTIVES = ("tokens", "choices")
 
 
@@ -150,11 +150,8 @@ class TrainConfig:
                 from peft import LoraConfig
             except ImportError:
                 return
-            known = {f.name for f in fields(LoraConfig)}
-            unknown = sorted(set(self.lora) - known)
-            if unknown:
-                raise RecipeError(f"unknown lora keys {unknown}; they are peft LoraConfig fields, e.g. r, lora_alpha, "
-                                  "lora_dropout, target_modules")
+            check_known_keys(self.lora, LoraConfig, RecipeError, "lora ",
+                             "; they are peft LoraConfig fields, e.g. r, lora_alpha, lora_dropout, target_modules")
 
     @property
     def distills(self) -> bool:

@@ -23,8 +23,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
-from .cache import KV
-from .runlog import atomic_write
+from ..core.cache import KV
+from ..core.runlog import atomic_write
 
 FORMAT = "c2c-translated-context"
 VERSION = "1"

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from transformers import PreTrainedTokenizerBase
 
-from .names import LAYER_MAPS, RENAMED_ALIGNMENTS, TOKEN_ALIGNMENTS
+from ..core.names import LAYER_MAPS, RENAMED_ALIGNMENTS, TOKEN_ALIGNMENTS
 
 
 Message = dict[str, str]

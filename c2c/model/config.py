@@ -6,10 +6,10 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..core.models import LoadedModel
+from ..core.validate import check_known_keys, check_types
+from ..translator.config import TranslatorConfig
 from .fuser import FuserConfig
-from .models import LoadedModel
-from .translator import TranslatorConfig
-from .validate import check_known_keys, check_types
 
 FORMAT_VERSION = 2  # 2: optional context translators, optional fusers
 CONFIG_NAME = "c2c_config.json"

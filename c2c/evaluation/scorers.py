@@ -2,7 +2,7 @@
 prompt tokens but the last); the protocols (generate, letter, cloze, cloze-options, free) run on that state the
 same way for every method. The receiver baseline is the pair with fusion off (``PairScorer(fuse=False)``): it and
 C2C differ by that one switch. ``ModelScorer`` is a model that is not the pair's receiver (the sharer, a LoRA
-receiver) through the same passes (``c2c.scoring``)."""
+receiver) through the same passes (``runtime.passes``)."""
 
 from __future__ import annotations
 
@@ -12,16 +12,16 @@ from typing import Protocol
 import torch
 from transformers import DynamicCache
 
-from . import cache as kvcache
-from .align import as_messages, render
+from ..core import cache as kvcache
+from ..core.models import LoadedModel
+from ..core.rotary import Rotary
+from ..core.tensors import pad_rows
+from ..data import MCItem, cloze_continuations, extract_choice_letter, free_prompt, mc_prompt
+from ..inputs.align import Prompt, as_messages, render
+from ..inputs.context import context_span, cut_context, with_context
+from ..model.pair import C2CModel
+from ..runtime.passes import continuation_logprobs, decode, next_token_logits, per_character, prompt_cache
 from .answers import extract_answer, free_text_scores
-from .context import context_span, cut_context, with_context
-from .data import MCItem, cloze_continuations, extract_choice_letter, free_prompt, mc_prompt
-from .layout import pad_rows
-from .models import LoadedModel
-from .pair import C2CModel
-from .rotary import Rotary
-from .scoring import continuation_logprobs, decode, next_token_logits, prompt_cache
 
 
 @dataclass
@@ -107,19 +107,20 @@ class PairScorer:
     """The pair's receiver: reading a fused cache, or with ``fuse=False`` the receiver alone (the baseline).
 
     Fusing, ``other_prompt`` makes the sharer read another question and ``context`` gives the sharer a context
-    through ``channel`` (None: every channel the pair has). With fusion off no sharer reads anything: a
-    ``context`` is then the receiver's to read, as text ahead of the question (receiver-with-context)."""
+    through ``channel`` (None: every channel the pair has). With fusion off no sharer reads anything, so
+    ``other_prompt`` and ``context`` are not read, as in ``C2CModel.generate``: the receiver answers exactly as
+    alone. (For the receiver reading a context, the context goes in the prompt: ``context.with_context``.)"""
 
     name: str
     pair: C2CModel
     channel: str | None = None
     fuse: bool = True
 
-    def prefill(self, prompt: str, other_prompt: str | None = None, context: str | None = None) -> Prefilled:
+    def prefill(self, prompt: Prompt, other_prompt: str | None = None, context: str | None = None) -> Prefilled:
         return self.prefill_batch([prompt], [other_prompt], [context])
 
     @torch.no_grad()
-    def prefill_batch(self, prompts: list[str], other_prompts: list[str | None],
+    def prefill_batch(self, prompts: list[Prompt], other_prompts: list[str | None],
                       contexts: list[str | None]) -> Prefilled:
         """``prefill`` of several prompts in one batch, laid out by ``C2CModel.prepare`` (left padding, per-row
         alignment and translated sections); a row without ``other_prompt`` has its sharer read its own prompt."""
@@ -129,7 +130,7 @@ class PairScorer:
                                       sharer_contexts=list(contexts) if any(contexts) else None,
                                       context_channel=self.channel)
         else:
-            batch = self.pair.prepare([with_context(p, c) if c else p for p, c in zip(prompts, contexts)])
+            batch = self.pair.prepare(prompts)
         batch = batch.to(self.pair.device)
         cache = self.pair.prefill(batch, fuse=self.fuse)
         columns = slice(0, batch.prompt_length)
@@ -156,8 +157,8 @@ def score_items(state: Prefilled, items: list[MCItem], scoring: str) -> list[dic
     sums, _ = continuation_logprobs(state.model, state.tokenizer, state.input_ids, state.mask, state.cache,
                                     continuations)
     results = []
-    for row, texts in zip(sums.split([len(texts) for texts in continuations]), continuations):
-        scores = [float(total) / len(text) for total, text in zip(row, texts)]
+    for row in per_character(sums.double(), continuations):  # float64: the records' scores as Python divides them
+        scores = row.tolist()
         results.append({"prediction": max(range(len(scores)), key=scores.__getitem__), "scores": scores,
                         "generated_tokens": 0})
     return results
@@ -173,7 +174,7 @@ def greedy_text(state: Prefilled, max_new_tokens: int) -> tuple[str, int]:
 
 def score_item(state: Prefilled, item: MCItem, scoring: str, max_new_tokens: int) -> dict:
     """Prediction and per-choice scores of one prefilled item under a protocol. Under ``free`` the prediction is
-    the short answer read from the generated text, scored against the item's references (``c2c.answers``);
+    the short answer read from the generated text, scored against the item's references (``evaluation.answers``);
     ``correct`` is then the generation score where the item has rivals (synthetic), else exact match."""
     if scoring == "free":
         text, generated = greedy_text(state, max_new_tokens)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from .models import parse_device
+from ..core.models import parse_device
 
 
 @dataclass

@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .cache import KV
-from .models import cache_dir
-from .runlog import atomic_write
+from ..core.cache import KV
+from ..core.models import cache_dir
+from ..core.runlog import atomic_write
 
 
 class SharerCaches:
@@ -46,7 +46,7 @@ class SharerCaches:
             tensor is seen and version == seen_version for (tensor, version), (seen, seen_version) in zip(key, last))
 
     def __call__(self, pair, batch, chunks=None) -> list[list[KV]]:
-        """``chunks``: a ``scoring.Chunks`` for the sharers' passes, when they run."""
+        """``chunks``: a ``passes.Chunks`` for the sharers' passes, when they run."""
         key = self._key(batch)
         if not self._matches(key):
             self._last = None  # the previous batch's K/V are not kept while the next ones are computed

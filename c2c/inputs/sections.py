@@ -11,20 +11,11 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Sequence
 
-import torch
-
+from ..core.models import max_positions
 from .align import Prompt, Rendered, TokenAligner, as_messages, render
 from .context import (ContextWarning, check_context, context_span, cut_context, question_start, sharer_reading,
                       with_context)
-from .models import max_positions
 from .translated_context import TranslatedContext
-
-
-def pad_rows(rows: Sequence[Sequence[int]], value: int, left: bool) -> torch.Tensor:
-    """Token rows padded with ``value`` to one width (on the left for prompts that generation continues)."""
-    width = max(len(r) for r in rows)
-    padded = [([value] * (width - len(r)) + list(r)) if left else (list(r) + [value] * (width - len(r))) for r in rows]
-    return torch.tensor(padded, dtype=torch.long)
 
 
 @dataclass

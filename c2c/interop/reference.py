@@ -28,11 +28,11 @@ from typing import Sequence
 
 import torch
 
-from .fuser import FuserConfig
-from .models import LoadedModel, load_model
-from .names import RENAMED_ALIGNMENTS
-from .config import C2CConfig, CheckpointError, SharerConfig
-from .pair import C2CModel
+from ..core.models import LoadedModel, load_model
+from ..core.names import RENAMED_ALIGNMENTS
+from ..model.config import C2CConfig, CheckpointError, SharerConfig
+from ..model.fuser import FuserConfig
+from ..model.pair import C2CModel
 
 PROJECTOR_CLASS = "C2CProjector"
 # C2CProjector.__init__'s arguments and defaults; projector_{i}.json lists only the ones the recipe passed.

@@ -1,6 +1,6 @@
 """Evaluation recipe: every method (models alone, text-to-text, C2C and its shuffled-sharer control, ensemble,
-routing, a LoRA receiver) under one of four scoring protocols (``c2c.scorers``), with per-item records that make
-long runs resumable and a summary with 95% intervals and latency, a Markdown table and a plot (``c2c.metrics``).
+routing, a LoRA receiver) under one of four scoring protocols (``evaluation.scorers``), with per-item records that make
+long runs resumable and a summary with 95% intervals and latency, a Markdown table and a plot (``evaluation.metrics``).
 """
 
 from __future__ import annotations
@@ -16,19 +16,20 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-from . import cache as kvcache
-from .align import as_messages, render
-from .context import with_context
-from .data import DataError, MCItem, load_benchmark
-from .layout import pad_rows
-from .metrics import agreement, markdown_table, paired_difference, plot, summarize, summarize_free
-from .models import LoadedModel
-from .names import DERIVED_METHODS, METHODS, RUN_METHODS, SCORINGS
-from .pair import C2CModel
-from .runlog import read_jsonl, training_minutes, write_jsonl
+from ..core import cache as kvcache
+from ..core.models import LoadedModel
+from ..core.names import DERIVED_METHODS, METHODS, RUN_METHODS, SCORINGS
+from ..core.runlog import read_jsonl, training_minutes, write_jsonl
+from ..core.stats import agreement, paired_difference
+from ..core.tensors import pad_rows
+from ..data import DataError, MCItem, load_benchmark
+from ..inputs.align import Prompt, as_messages, render
+from ..inputs.context import with_context
+from ..model.pair import C2CModel
+from ..runtime.passes import decode
+from .metrics import markdown_table, plot, summarize, summarize_free
 from .scorers import (BATCHED_SCORINGS, EnrichedScorer, ModelScorer, PairScorer, Scorer, item_prompt, score_item,
                       score_items)
-from .scoring import decode
 
 __all__ = ["EvalConfig", "EvalSetup", "run_eval", "run_method", "method_runner", "sharer_backgrounds",
            "shuffled_partners", "derived_records", "measure_throughput", "fuser_report"]
@@ -80,15 +81,22 @@ def method_runner(method: str, setup: EvalSetup, items: list[MCItem], scoring: s
     batched); each is used once, and any other item's is written on the spot."""
     def with_scorer(scorer: Scorer, partner: Callable[[MCItem], str | None] = lambda item: None,
                     prefix: Callable[[MCItem], tuple[str, dict]] = lambda item: ("", {}),
-                    context: Callable[[MCItem], str | None] = lambda item: None):
+                    context: Callable[[MCItem], str | None] = lambda item: None,
+                    ahead: Callable[[MCItem], str | None] = lambda item: None):
+        """``context``: what the scorer gives its sharer (or a model alone reads); ``ahead``: a context put in the
+        prompt itself, as text ahead of the question (the pair's receiver with fusion off reading it)."""
+        def prompt(text: str, item: MCItem) -> Prompt:
+            question, read = text + item_prompt(item, scoring), ahead(item)
+            return with_context(question, read) if read else question
+
         def run(item: MCItem) -> dict:
             text, extra = prefix(item)
-            state = scorer.prefill(text + item_prompt(item, scoring), partner(item), context(item))
+            state = scorer.prefill(prompt(text, item), partner(item), context(item))
             return {**score_item(state, item, scoring, setup.max_new_tokens), **extra}
 
         def run_batch(batch: list[MCItem]) -> list[dict]:
             texts, extras = zip(*(prefix(item) for item in batch))
-            state = scorer.prefill_batch([text + item_prompt(item, scoring) for text, item in zip(texts, batch)],
+            state = scorer.prefill_batch([prompt(text, item) for text, item in zip(texts, batch)],
                                          [partner(item) for item in batch], [context(item) for item in batch])
             return [{**result, **extra} for result, extra in zip(score_items(state, batch, scoring), extras)]
         if scoring in BATCHED_SCORINGS and hasattr(scorer, "prefill_batch") and method != "t2t":
@@ -110,8 +118,8 @@ def method_runner(method: str, setup: EvalSetup, items: list[MCItem], scoring: s
         return with_scorer(receiver)
     if method == "sharer":
         return with_scorer(ModelScorer("sharer", setup.sharer, setup.chat))
-    if method == "receiver-with-context":
-        return with_scorer(receiver, context=own_context)
+    if method == "receiver-with-context":  # the context in the receiver's own prompt: fusion off reads no sharer's
+        return with_scorer(receiver, ahead=own_context)
     if method == "sharer-with-context":
         return with_scorer(ModelScorer(method, setup.sharer, setup.chat), context=own_context)
     if method == "receiver-enriched":

@@ -12,8 +12,8 @@ import json
 import tempfile
 from pathlib import Path
 
+from ..core.stats import paired_text
 from .config import CONFIG_NAME, WEIGHTS_NAME, CheckpointError
-from .metrics import paired_text
 
 FILES = (CONFIG_NAME, WEIGHTS_NAME, "train_config.json", "fit_report.json", "eval_summary.json",
          "README.md")

@@ -2,7 +2,7 @@
 
 Reads unlabeled texts (the contexts of context-carrying benchmarks, instruction files, synthetic facts), runs
 both models over ``Context: {text}``, and solves one ridge regression per receiver layer from the sharer's
-position-free K/V to the receiver's own (``translator.TranslatorFit``). Whole texts are held out to choose the
+position-free K/V to the receiver's own (``translator.fit.TranslatorFit``). Whole texts are held out to choose the
 ridge strength and to report R^2. Writes a checkpoint folder that ``C2CModel.from_pretrained`` loads, and
 ``fit_report.json`` beside it.
 """
@@ -16,11 +16,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .context import context_length
-from .data import DataError, load_benchmark, load_training_data
-from .pair import C2CModel
-from .synthetic import synthetic_items
-from .translator import TranslatorFit, translation_examples
+from ..data import DataError, load_benchmark, load_training_data
+from ..data.synthetic import synthetic_items
+from ..inputs.context import context_length
+from ..model.pair import C2CModel
+from ..translator.fit import TranslatorFit, translation_examples
 
 
 def fitting_texts(specs: list, data_dir: str | None = None, base_dir: str | None = None) -> list[str]:
@@ -51,7 +51,7 @@ def fitting_texts(specs: list, data_dir: str | None = None, base_dir: str | None
                       for c in load_training_data(spec, data_dir, base_dir=base_dir)]
     texts = [t.strip() for t in texts if t and t.strip()]
     if not texts:
-        raise DataError("no fitting texts: give `data` entries with text (see c2c.fit.fitting_texts)")
+        raise DataError("no fitting texts: give `data` entries with text (see c2c.training.fit_translators.fitting_texts)")
     return texts
 
 

@@ -11,9 +11,8 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
-from . import cache as kvcache
-from .batch import position_ids
-from .layout import pad_rows
+from ..core import cache as kvcache
+from ..core.tensors import pad_rows, position_ids
 
 
 @dataclass
@@ -65,12 +64,18 @@ def continuation_logprobs(model: nn.Module, tokenizer, prompt_ids: torch.Tensor,
     ``prompt_ids``/``prompt_mask`` (B, P) are the left-padded prompts and ``cache`` holds their first P - 1
     positions (as ``C2CModel.prefill`` leaves them); each continuation runs after its prompt's last token.
     """
+    sums, counts, _ = token_continuations(model, tokenizer, prompt_ids, prompt_mask, cache,
+                                          continuation_rows(tokenizer, continuations),
+                                          [len(texts) for texts in continuations])
+    return sums, counts
+
+
+def continuation_rows(tokenizer, continuations: Sequence[Sequence[str]]) -> list[list[int]]:
+    """Every prompt's continuations as token rows, in order, each tokenized on its own (no special tokens)."""
     rows = [tokenizer(text, add_special_tokens=False)["input_ids"] for texts in continuations for text in texts]
     if any(not row for row in rows):
         raise ValueError("a continuation is empty; every choice needs text to score")
-    sums, counts, _ = token_continuations(model, tokenizer, prompt_ids, prompt_mask, cache, rows,
-                                          [len(texts) for texts in continuations])
-    return sums, counts
+    return rows
 
 
 def token_continuations(model: nn.Module, tokenizer, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,

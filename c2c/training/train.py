@@ -1,7 +1,7 @@
 """Training recipe: a fuser (``method: c2c``) or the fair baseline, a LoRA adapter on the receiver alone
 (``method: lora``), on the same data, steps and batches; or a context translator (``method: translator``): its
-closed-form fit (``c2c.fit``), then with steps or epochs self-distillation through the receiver (phase 2, the
-same loop). Read top to bottom: config, data, models, loop.
+closed-form fit (``training.fit_translators``), then with steps or epochs self-distillation through the receiver
+(phase 2, the same loop). Read top to bottom: config, data, models, loop.
 
 Only the fuser (or the adapter) trains; both LLMs are frozen. Loss (``objective``): ``tokens``, the receiver's
 next-token cross-entropy on response tokens, averaged over every response token of the global batch; or
@@ -36,19 +36,19 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from .checkpoint import check_output, clean_run_folder, load_trainer_state, resumable, save_trainer_state
-from .config import load_config
-from .context import context_length, with_context
-from .data import Conversation, DataError, load_training_data
+from ..core.models import LoadedModel, load_model
+from ..core.runlog import MetricsLog, append_jsonl, atomic_write, read_jsonl
+from ..data import Conversation, DataError, load_training_data
+from ..inputs.context import context_length, with_context
+from ..model.config import load_config
+from ..model.fuser import FuserConfig
+from ..model.pair import C2CModel
+from ..runtime.sharers import SharerKVStore
+from ..translator.config import TranslatorConfig
 from .distributed import Runtime, all_reduce_gradients, global_count, global_sum, init_distributed
-from .fuser import FuserConfig
-from .kvstore import SharerKVStore
-from .models import LoadedModel, load_model
 from .objectives import choice_loss_sum, choice_scores, objective_sum, one_hot_targets, prepare, split
-from .pair import C2CModel
 from .recipe import RecipeError, TrainConfig
-from .runlog import MetricsLog, append_jsonl, atomic_write, read_jsonl
-from .translator import TranslatorConfig
+from .state import check_output, clean_run_folder, load_trainer_state, resumable, save_trainer_state
 
 __all__ = ["train", "TrainConfig", "RecipeError", "TrainingError", "TrainingInterrupted", "build_model",
            "load_examples", "evaluate_held_out", "fit_translators"]
@@ -427,7 +427,7 @@ def fit_translators(config: TrainConfig, receiver: LoadedModel | None = None,
                     sharers: list[LoadedModel] | None = None, output: Path | None = None) -> Path:
     """``method: translator``: fit the pair's context translators in closed form on the recipe's texts, into
     ``output`` (default: the recipe's)."""
-    from .fit import fit_pair, fitting_texts, split_texts, write_report
+    from .fit_translators import fit_pair, fitting_texts, split_texts, write_report
     try:
         texts = fitting_texts(config.data, config.data_dir, config.recipe_dir)
     except DataError as error:

@@ -6,8 +6,9 @@ receiver layer, the fuser turns the aligned sharer K/V and the receiver K/V into
 receiver cache (residuals of several sharers are summed), so every later token reads the fused cache; the
 receiver then runs the last prompt token and decodes from the fused cache, unfused.
 
-The pieces live apart: the config and checkpoint files (``config``, ``checkpoint``), batch preparation
-(``batch``), the receiver passes every method shares (``scoring``), and where sharer K/V come from (``kvstore``).
+The pieces live apart: the config and the fuser's files (``model.config``, ``model.files``, ``model.hub``), batch
+preparation (``inputs``), the receiver passes every method shares (``runtime.passes``), and where sharer K/V come
+from (``runtime.sharers``).
 """
 
 from __future__ import annotations
@@ -20,22 +21,24 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import DynamicCache
 
-from . import batch as batching
-from . import cache as kvcache
-from . import checkpoint, fuser_hub, scoring
-from .align import Rendered, TokenAligner, layer_map, same_tokenizer
-from .batch import Batch, Prompt, position_ids
+from ..core import cache as kvcache
+from ..core.models import LoadedModel, global_attention_layers, load_model
+from ..core.rotary import Rotary
+from ..core.tensors import position_ids
+from ..inputs import batch as batching
+from ..inputs.align import Rendered, TokenAligner, layer_map, same_tokenizer
+from ..inputs.batch import Batch, Prompt
+from ..inputs.context import check_context, sharer_reading
+from ..inputs.sections import TranslatedSection
+from ..inputs.translated_context import ContextMemo, TranslatedContext, text_key, weights_fingerprint
+from ..runtime import passes
+from ..runtime.sharers import SharerRun
+from ..translator.config import TranslatorConfig
+from ..translator.model import STORAGE_DTYPES, ContextTranslator, neutral_constant_inputs, source_layers, token_kv
+from . import files, hub
 from .config import (CONFIG_NAME, WEIGHTS_NAME, C2CConfig, CheckpointError, SharerConfig, check_shape, load_config,
                      shape_dict)
-from .context import check_context, sharer_reading
 from .fuser import BranchStack, FuserConfig, LayerFuser, temperature_at
-from .kvstore import SharerRun
-from .layout import TranslatedSection
-from .models import LoadedModel, global_attention_layers, load_model
-from .rotary import Rotary
-from .translated_context import ContextMemo, TranslatedContext, text_key, weights_fingerprint
-from .translator import (STORAGE_DTYPES, ContextTranslator, TranslatorConfig, neutral_constant_inputs, source_layers,
-                         token_kv)
 
 __all__ = ["C2CModel", "C2CConfig", "SharerConfig", "CheckpointError", "Batch", "Prompt", "load_config",
            "CONFIG_NAME", "WEIGHTS_NAME"]
@@ -122,7 +125,7 @@ class C2CModel(nn.Module):
             weights = {name: t.to(storage) if name.startswith("translators.") and (".maps." in name or
                                                                                    ".residuals." in name) else t
                        for name, t in weights.items()}
-        checkpoint.save_fuser(directory, self.config, weights)
+        files.save_fuser(directory, self.config, weights)
         if push_to_hub:
             self.source = directory
             self.push_to_hub(repo_id or directory.resolve().name, **hub_options)
@@ -134,7 +137,7 @@ class C2CModel(nn.Module):
         """Upload the fuser (config, weights, the recipe it was trained with when it was loaded from a run folder)
         with a generated model card: the pair, the alignment, the gates per layer, and the evaluation table of a
         ``c2c eval`` ``summary`` with its controls. Returns the commit URL."""
-        return fuser_hub.push(self, repo_id, source=self.source, summary=summary, private=private, token=token,
+        return hub.push(self, repo_id, source=self.source, summary=summary, private=private, token=token,
                               commit_message=commit_message, revision=revision)
 
     @classmethod
@@ -145,7 +148,7 @@ class C2CModel(nn.Module):
         then from the Hub cache, offline too; a local folder of that name wins). Models not given are loaded from
         the specs stored in its config, in ``dtype`` on ``device``. The fusers keep their float32 weights and
         compute in the receiver's dtype."""
-        directory = fuser_hub.resolve(directory, revision)
+        directory = hub.resolve(directory, revision)
         config = load_config(directory)
         receiver = receiver or load_model(config.receiver, dtype, device)
         sharers = sharers or [load_model(s.model, dtype, device) for s in config.sharers]
@@ -156,7 +159,7 @@ class C2CModel(nn.Module):
 
     def load_fuser_weights(self, path: Path) -> None:
         self.context_memo.clear()
-        weights = checkpoint.read_fuser_weights(path, self.trained_state())
+        weights = files.read_fuser_weights(path, self.trained_state())
         self.fusers.load_state_dict({k: v for k, v in weights.items() if not k.startswith("translators.")}, strict=True)
         if self.translators is not None:
             state = {k[len("translators."):]: v.float() for k, v in weights.items() if k.startswith("translators.")}
@@ -188,18 +191,18 @@ class C2CModel(nn.Module):
 
     # ----------------------------------------------------------------------------------------- fusion
     @torch.no_grad()
-    def sharer_caches(self, batch: Batch, chunks: scoring.Chunks | None = None) -> list[list[kvcache.KV]]:
+    def sharer_caches(self, batch: Batch, chunks: passes.Chunks | None = None) -> list[list[kvcache.KV]]:
         """Each sharer's full-length K/V over its own input, from ``sharer_cache_provider``: per sharer, per layer
         (B, H_S, S_j, d_S)."""
         return self.sharer_cache_provider(self, batch, chunks)
 
     @torch.no_grad()
-    def sharer_kv(self, index: int, ids: torch.Tensor, mask: torch.Tensor, chunks: scoring.Chunks | None = None
+    def sharer_kv(self, index: int, ids: torch.Tensor, mask: torch.Tensor, chunks: passes.Chunks | None = None
                   ) -> list[kvcache.KV]:
         """Sharer ``index`` prefills left-padded ``ids`` (B, S): per layer (B, H_S, S, d_S)."""
-        return scoring.model_kv(self.sharers[index].model, ids, mask, chunks)
+        return passes.model_kv(self.sharers[index].model, ids, mask, chunks)
 
-    def prefill(self, batch: Batch, fuse: bool = True, chunks: scoring.Chunks | None = None,
+    def prefill(self, batch: Batch, fuse: bool = True, chunks: passes.Chunks | None = None,
                 end: int | None = None) -> DynamicCache:
         """Receiver cache of the prompt minus its last token (or of its first ``end`` columns), fused with the
         sharers' unless ``fuse`` is False.
@@ -212,9 +215,10 @@ class C2CModel(nn.Module):
         float rounding).
         """
         sections = {s.start: (j, s) for j, s in enumerate(batch.sections) if s is not None}
-        if sections and not fuse:
-            raise ValueError("this batch carries translated sharer contexts; for the receiver alone prepare it "
-                             "without sharer_contexts")
+        if sections and not fuse:  # fusion off is the receiver alone, and these columns are no prompt of its own
+            raise ValueError("this batch carries translated sharer contexts; with fuse=False no sharer context is "
+                             "read (the receiver answers as alone): prepare the batch without sharer_contexts, as "
+                             "generate does")
         end = batch.prompt_length - 1 if end is None else end
         if any(s.start < end < s.end for _, s in sections.values()):
             raise ValueError(f"a prefill cannot end at column {end}, inside a translated section")
@@ -237,7 +241,7 @@ class C2CModel(nn.Module):
                 needs_graph = torch.is_grad_enabled()  # later passes read the translated K/V: keep their graph
             elif stop > cursor:
                 with torch.set_grad_enabled(needs_graph):
-                    scoring.extend_cache(self.receiver.model, cache, batch.input_ids[:, cursor:stop], mask[:, :stop],
+                    passes.extend_cache(self.receiver.model, cache, batch.input_ids[:, cursor:stop], mask[:, :stop],
                                          positions[:, cursor:stop], chunks)
             cursor = max(cursor, stop)
             if cursor in runs:
@@ -475,12 +479,19 @@ class C2CModel(nn.Module):
     def choice_scores(self, batch: Batch, choices: Sequence[Sequence[str]], fuse: bool = True) -> list[torch.Tensor]:
         """Per prompt, the log-likelihood per character of each of its choice continuations (the cloze score
         ``c2c eval`` ranks by): one (k_i,) tensor per prompt, differentiable when grad is enabled."""
+        rows = passes.continuation_rows(self.receiver.tokenizer, choices)
+        sums, _, _ = self.continuation_tokens(batch, rows, [len(texts) for texts in choices], fuse)
+        return passes.per_character(sums, choices)
+
+    def continuation_tokens(self, batch: Batch, rows: Sequence[Sequence[int]], per_prompt: Sequence[int],
+                            fuse: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The prompts prefilled (fused unless ``fuse`` is False), then ``per_prompt[i]`` of the token ``rows``
+        scored after prompt i: (sum of log-probabilities, token count, greedy), each (R,), as
+        ``passes.token_continuations``; what ``choice_scores`` and lm-eval's ``loglikelihood`` read."""
         cache = self.prefill(batch, fuse=fuse)
         prompt = slice(0, batch.prompt_length)
-        sums, _ = scoring.continuation_logprobs(self.receiver.model, self.receiver.tokenizer,
-                                                batch.input_ids[:, prompt], batch.attention_mask[:, prompt], cache,
-                                                choices)
-        return scoring.per_character(sums, choices)
+        return passes.token_continuations(self.receiver.model, self.receiver.tokenizer, batch.input_ids[:, prompt],
+                                          batch.attention_mask[:, prompt], cache, rows, per_prompt)
 
     @torch.no_grad()
     def sharer_choice_scores(self, batch: Batch, choices: Sequence[Sequence[str]], index: int = 0
@@ -493,16 +504,16 @@ class C2CModel(nn.Module):
         sharer = self.sharers[index]
         kv = self.sharer_caches(batch)[index]
         prefix = kvcache.cache_from_kv([(k[:, :, :-1], v[:, :, :-1]) for k, v in kv])  # S - 1 positions
-        sums, _ = scoring.continuation_logprobs(sharer.model, sharer.tokenizer, batch.sharer_ids[index],
+        sums, _ = passes.continuation_logprobs(sharer.model, sharer.tokenizer, batch.sharer_ids[index],
                                                 batch.sharer_mask[index], prefix, choices)
-        return scoring.per_character(sums, choices)
+        return passes.per_character(sums, choices)
 
     @torch.no_grad()
     def generate(self, prompts: Prompt | Sequence[Prompt], max_new_tokens: int = 128, do_sample: bool = False,
                  temperature: float = 1.0, top_p: float = 1.0, top_k: int | None = None,
                  stop: Sequence[str] | None = None, streamer=None, fuse: bool = True,
                  sharer_prompts: Sequence[Prompt] | None = None, sharer_contexts: Sequence | str | None = None,
-                 prepared: Batch | None = None, prefill_chunks: scoring.Chunks | None = None,
+                 prepared: Batch | None = None, prefill_chunks: passes.Chunks | None = None,
                  **generate_kwargs) -> list[str]:
         """Fused prefill, then the receiver's stock ``generate`` decodes from the fused cache.
 
@@ -511,7 +522,7 @@ class C2CModel(nn.Module):
         ``generate_kwargs`` go to ``transformers`` ``generate`` (e.g. ``stopping_criteria``). ``prepared``: the batch
         ``prepare`` made of these prompts (and contexts), so that they are not tokenized again (the server prepares
         each batch once, on its model thread).
-        ``prefill_chunks``: prefill in pieces (see ``scoring.Chunks``)."""
+        ``prefill_chunks``: prefill in pieces (see ``passes.Chunks``)."""
         single = isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], dict))
         prompts = [prompts] if single else list(prompts)
         if max_new_tokens < 1:
@@ -525,7 +536,7 @@ class C2CModel(nn.Module):
         cache = self.prefill(batch, fuse=fuse, chunks=prefill_chunks)
         tokenizer = self.receiver.tokenizer
         sampling = dict(temperature=temperature, top_p=top_p, top_k=top_k) if do_sample else {}
-        new = scoring.decode(self.receiver.model, tokenizer, batch.input_ids, batch.attention_mask, cache,
+        new = passes.decode(self.receiver.model, tokenizer, batch.input_ids, batch.attention_mask, cache,
                              max_new_tokens, stop, do_sample=do_sample, streamer=streamer, **sampling,
                              **generate_kwargs)
         return tokenizer.batch_decode(new, skip_special_tokens=True)

@@ -8,10 +8,10 @@ from typing import Sequence
 
 import torch
 
-from . import layout
+from ..core.models import max_positions, sliding_window
+from ..core.tensors import pad_rows
 from .align import Prompt, Rendered, as_messages, render
-from .layout import TranslatedSection, pad_rows
-from .models import max_positions, sliding_window
+from .sections import TranslatedSection, align_row, context_text, row_contexts, row_layout, translated_section
 
 
 CONTEXT_CHANNELS = (None, "translated", "fused")
@@ -45,11 +45,6 @@ class Batch:
                      [move(t) for t in self.sharer_ids], [move(t) for t in self.sharer_mask],
                      [move(t) for t in self.positions], move(self.labels),
                      self.sections, self.fuse_prompt)  # a section's contexts move when they are translated
-
-
-def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions that skip padding, as ``generate`` computes them: (B, N) -> (B, N)."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 def render_prompt(pair, prompt: Prompt) -> Rendered:
@@ -93,12 +88,12 @@ def prepare(pair, prompts: Sequence[Prompt], responses: Sequence[str] | None = N
         raise ValueError("no prompts given")
     if context_channel not in CONTEXT_CHANNELS:
         raise ValueError(f"context_channel {context_channel!r} is unknown; expected one of {CONTEXT_CHANNELS}")
-    none = layout.row_contexts(pair, None, len(prompts))
-    contexts = layout.row_contexts(pair, sharer_contexts, len(prompts))
+    none = row_contexts(pair, None, len(prompts))
+    contexts = row_contexts(pair, sharer_contexts, len(prompts))
     translating = none if context_channel == "fused" else contexts
     if context_channel == "translated":
         contexts = none  # no sharer reads the context ahead of the question
-    rows = [layout.row_layout(pair, prompt, row_contexts) for prompt, row_contexts in zip(prompts, translating)]
+    rows = [row_layout(pair, prompt, per_sharer) for prompt, per_sharer in zip(prompts, translating)]
     widths = [max(len(row.regions[r]) for row in rows) for r in range(len(rows[0].regions))]
     starts = [sum(widths[:r]) for r in range(len(widths))]
     limit = max_positions(pair.receiver)
@@ -125,7 +120,7 @@ def prepare(pair, prompts: Sequence[Prompt], responses: Sequence[str] | None = N
     for j, (sharer, aligner) in enumerate(zip(pair.sharers, pair.aligners)):
         sharer_rows, maps = [], []
         for index, (prompt, row) in enumerate(zip(prompts, rows)):
-            alignment = layout.align_row(pair, j, aligner, prompt, row, layout.context_text(contexts[index][j]))
+            alignment = align_row(pair, j, aligner, prompt, row, context_text(contexts[index][j]))
             if sharer_prompts is not None:
                 other = sharer_prompts[index]
                 other_alignment = aligner.align(as_messages(other), render_prompt(pair, other),
@@ -148,7 +143,7 @@ def prepare(pair, prompts: Sequence[Prompt], responses: Sequence[str] | None = N
         sharer_ids.append(pad_rows(sharer_rows, sharer.tokenizer.pad_token_id, left=True))
         sharer_mask.append(pad_rows([[1] * len(r) for r in sharer_rows], 0, left=True))
         positions.append(torch.tensor(maps, dtype=torch.long))
-        sections.append(layout.translated_section(rows, j, starts, widths))
+        sections.append(translated_section(rows, j, starts, widths))
     prompt_length = input_ids.shape[1]
     labels = None
     if responses is not None:

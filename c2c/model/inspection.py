@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from .align import as_messages, content_tokens
-from .models import sliding_window
+from ..core.models import sliding_window
+from ..inputs.align import as_messages, content_tokens
 from .pair import C2CModel
 
 SAMPLE_TEXT = ("Photosynthesis turns light, water and CO2 into glucose; chlorophyll absorbs red and blue light. "

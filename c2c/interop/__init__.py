@@ -1,0 +1,1 @@
+"""Interoperation: converting the reference implementation's checkpoints (``reference``)."""
