@@ -58,7 +58,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFa
 from c2c.runtime import passes  # noqa: E402
 from c2c.core.tensors import position_ids  # noqa: E402
 from c2c.inputs.context import with_context  # noqa: E402
-from c2c.model.fuser import FuserConfig  # noqa: E402
+from c2c.model.config import FuserConfig  # noqa: E402
 from c2c.runtime.sharers import SharerRun  # noqa: E402
 from c2c.core.models import LoadedModel  # noqa: E402
 from c2c.training.objectives import MicroBatch, objective_sum  # noqa: E402

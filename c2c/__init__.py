@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "C2CModel": "model.pair", "C2CConfig": "model.config", "CheckpointError": "model.config",
-    "FuserConfig": "model.fuser",
+    "FuserConfig": "model.config",
     "load_model": "core.models", "LoadedModel": "core.models", "ModelLoadError": "core.models",
     "TrainConfig": "training.recipe", "train": "training.train",
     "EvalConfig": "evaluation.evaluate", "EvalSetup": "evaluation.evaluate", "run_eval": "evaluation.evaluate",

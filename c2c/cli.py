@@ -43,7 +43,7 @@ def _load_pair(args):
 
 
 def cmd_inspect(args) -> None:
-    from .model.fuser import FuserConfig
+    from .model.config import FuserConfig
     from .model.inspection import SAMPLE_TEXT, format_report, inspect_pair
     from .model.pair import C2CModel
     if args.fuser:  # a trained or converted fuser: its own pair, layer map and token alignment

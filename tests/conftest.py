@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from tiny import tiny  # noqa: E402
 
-from c2c.model.fuser import FuserConfig  # noqa: E402
+from c2c.model.config import FuserConfig  # noqa: E402
 from c2c.model.pair import C2CModel  # noqa: E402
 
 SMALL_FUSER = FuserConfig(hidden_size=16, intermediate_size=16, zero_init=False, dropout=0.0)

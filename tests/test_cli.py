@@ -117,3 +117,18 @@ def test_help_comes_back_without_importing_torch():
     import sys
     code = "import sys; from c2c.cli import build_parser; build_parser(); print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
+def test_configs_and_recipes_load_and_validate_without_torch():
+    """The checkpoint config, a recipe and the translator's settings are plain data: no torch to read or check them."""
+    import subprocess
+    import sys
+    code = ("import sys\n"
+            "from c2c.model.config import C2CConfig, FuserConfig\n"
+            "from c2c.training.recipe import TrainConfig\n"
+            "from c2c.translator.config import TranslatorConfig\n"
+            "FuserConfig.from_dict({'hidden_size': 8}), TranslatorConfig.from_dict({'window': 1})\n"
+            "TrainConfig.from_dict({'output': 'x', 'steps': 1, 'data': ['arc-easy']})\n"
+            "print('torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.stdout.strip() == "False", done.stderr

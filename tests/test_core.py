@@ -11,7 +11,8 @@ from tiny import tiny
 
 from c2c.core import cache as kvcache
 from c2c.inputs.align import TokenAligner, as_messages, content_tokens, layer_map, render
-from c2c.model.fuser import FuserConfig, LayerFuser, temperature_at
+from c2c.model.config import FuserConfig
+from c2c.model.fuser import LayerFuser, temperature_at
 from c2c.core.models import LoadedModel
 from c2c.core.tensors import position_ids
 from c2c.model.pair import C2CModel, CheckpointError

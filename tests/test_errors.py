@@ -148,7 +148,7 @@ def numeric_fields(cls) -> set[str]:
 
 
 def test_every_numeric_recipe_field_has_a_range_and_a_case():
-    from c2c.model.fuser import FuserConfig
+    from c2c.model.config import FuserConfig
     from c2c.training.recipe import LORA_RANGES, RANGES
     from c2c.translator.config import TranslatorConfig
     assert numeric_fields(TrainConfig) == set(RANGES)

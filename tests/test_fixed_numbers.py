@@ -14,7 +14,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from c2c.data import MCItem
 from c2c.evaluation.scorers import Prefilled, score_items
-from c2c.model.fuser import FuserConfig, LayerFuser
+from c2c.model.config import FuserConfig
+from c2c.model.fuser import LayerFuser
 from c2c.runtime.passes import prompt_cache
 from c2c.translator.config import TranslatorConfig
 from c2c.translator.fit import TranslatorFit

@@ -14,7 +14,7 @@ from tiny import tiny
 
 from c2c.core import cache as kvcache
 from c2c.cli import main
-from c2c.model.fuser import FuserConfig
+from c2c.model.config import FuserConfig
 from c2c.core.tensors import position_ids
 from c2c.model.pair import C2CModel, CheckpointError
 from c2c.interop.reference import convert_reference

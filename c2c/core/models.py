@@ -19,6 +19,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from .names import DEFAULT_RECEIVER, DEFAULT_SHARER  # noqa: F401 (re-exported)
+from .names import DTYPE_NAMES
 
 
 class ModelLoadError(RuntimeError):
@@ -160,7 +161,7 @@ def resolve(spec: str) -> Path | str:
     return spec  # a hub id: transformers downloads it when online, or finds it in its own cache
 
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
 
 def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:

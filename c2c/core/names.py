@@ -7,6 +7,7 @@ DEFAULT_SHARER = "gemma3-270m"
 TOKEN_ALIGNMENTS = ("offsets", "receiver_ids", "reencode_first", "reencode_longest", "identity")
 RENAMED_ALIGNMENTS = {"first": "reencode_first", "longest": "reencode_longest"}
 LAYER_MAPS = ("last_aligned", "spread")
+DTYPE_NAMES = ("float32", "bfloat16", "float16")  # what models load in, and translator maps are stored in
 
 SCORINGS = ("generate", "letter", "cloze", "cloze-options", "free")  # free: a free-text answer, scored by text
 FREE_MAX_NEW_TOKENS = 24  # the free scoring's default answer budget (chosen on SQuAD dev articles)

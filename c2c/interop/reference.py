@@ -31,7 +31,7 @@ import torch
 from ..core.models import LoadedModel, load_model
 from ..core.names import RENAMED_ALIGNMENTS
 from ..model.config import C2CConfig, CheckpointError, SharerConfig
-from ..model.fuser import FuserConfig
+from ..model.config import FuserConfig
 from ..model.pair import C2CModel
 
 PROJECTOR_CLASS = "C2CProjector"

@@ -16,57 +16,12 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..core.validate import above, at_least, check_known_keys, check_ranges, check_types, within
-
-
-@dataclass
-class FuserConfig:
-    hidden_size: int = 128  # the reference uses 1024 (~17M parameters per layer); 128 trains on a CPU
-    intermediate_size: int = 128
-    num_layers: int = 3  # the projection branch has num_layers - 2 FFN blocks, as in the reference
-    dropout: float = 0.1
-    # The paper feeds the fuser (sharer K/V, receiver K/V). False feeds the sharer's K/V alone: the fuser can
-    # then no longer compute a function of the receiver's own cache (act as a plain adapter), so whatever
-    # it adds is computed from what the sharer read.
-    receiver_input: bool = True
-    # The paper feeds keys as each model cached them, rotated by the positions they sit at. True removes each
-    # model's rotary first and applies the receiver's to the key residual, so the fuser maps position-free keys
-    # (the translator's space) and does not have to learn two models' rotations.
-    position_free: bool = False
-    zero_init: bool = True  # zero the projection's output layer: the untrained fuser changes nothing
-    gate_noise: str = "logistic"  # "logistic" (binary Concrete), "gumbel" (the reference's) or "none"
-    straight_through: bool = True  # forward with the hard gate, backward through the relaxed one
-    temperature_start: float = 1.0
-    temperature_end: float = 0.001
-
-    def __post_init__(self):
-        check_types(self, ValueError, "fuser ")
-        check_ranges(self, FUSER_RANGES, ValueError, "fuser ")
-        if self.gate_noise not in ("logistic", "gumbel", "none"):
-            raise ValueError(f"gate_noise must be 'logistic', 'gumbel' or 'none', got {self.gate_noise!r}")
-        if self.temperature_end > self.temperature_start:
-            raise ValueError("gate temperatures must satisfy 0 < temperature_end <= temperature_start, got "
-                             f"{self.temperature_start} -> {self.temperature_end}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "FuserConfig":
-        check_known_keys(data, cls, ValueError, "fuser config ")
-        return cls(**data)
-
-
-FUSER_RANGES = {"hidden_size": at_least(1, 128), "intermediate_size": at_least(1, 128),
-                "num_layers": at_least(2, 3),  # input trunk + output
-                "dropout": within(0, 1, 0.1, high_open=True), "temperature_start": above(0, 1.0),
-                "temperature_end": above(0, 0.001)}
+from .config import FuserConfig
 
 
 class FFNBlock(nn.Module):

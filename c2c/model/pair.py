@@ -22,7 +22,7 @@ from torch.nn import functional as F
 from transformers import DynamicCache
 
 from ..core import cache as kvcache
-from ..core.models import LoadedModel, global_attention_layers, load_model
+from ..core.models import DTYPES, LoadedModel, global_attention_layers, load_model
 from ..core.rotary import Rotary
 from ..core.tensors import position_ids
 from ..inputs import batch as batching
@@ -34,11 +34,11 @@ from ..inputs.translated_context import ContextMemo, TranslatedContext, text_key
 from ..runtime import passes
 from ..runtime.sharers import SharerRun
 from ..translator.config import TranslatorConfig
-from ..translator.model import STORAGE_DTYPES, ContextTranslator, neutral_constant_inputs, source_layers, token_kv
+from ..translator.model import ContextTranslator, neutral_constant_inputs, source_layers, token_kv
 from . import files, hub
-from .config import (CONFIG_NAME, WEIGHTS_NAME, C2CConfig, CheckpointError, SharerConfig, check_shape, load_config,
-                     shape_dict)
-from .fuser import BranchStack, FuserConfig, LayerFuser, temperature_at
+from .config import (CONFIG_NAME, WEIGHTS_NAME, C2CConfig, CheckpointError, FuserConfig, SharerConfig, check_shape,
+                     load_config, shape_dict)
+from .fuser import BranchStack, LayerFuser, temperature_at
 
 __all__ = ["C2CModel", "C2CConfig", "SharerConfig", "CheckpointError", "Batch", "Prompt", "load_config",
            "CONFIG_NAME", "WEIGHTS_NAME"]
@@ -121,7 +121,7 @@ class C2CModel(nn.Module):
         directory = Path(directory)
         weights = {name: tensor.detach().contiguous().cpu() for name, tensor in self.trained_state().items()}
         if self.translators is not None:
-            storage = STORAGE_DTYPES[self.config.translator.storage_dtype]
+            storage = DTYPES[self.config.translator.storage_dtype]
             weights = {name: t.to(storage) if name.startswith("translators.") and (".maps." in name or
                                                                                    ".residuals." in name) else t
                        for name, t in weights.items()}

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import yaml
 
-from ..core.models import DTYPES
+from ..core.names import DTYPE_NAMES
 from ..core.names import DEFAULT_RECEIVER, DEFAULT_SHARER
 from ..core.validate import Range, above, at_least, check_known_keys, check_ranges, check_types, within
-from ..model.fuser import FuserConfig
+from ..model.config import FuserConfig
 from ..translator.config import TranslatorConfig
 
 METHODS = ("c2c", "lora", "translator")  # translator: closed-form fit of context translators
@@ -110,8 +110,8 @@ class TrainConfig:
         check_types(self, RecipeError)
         check_ranges(self, RANGES, RecipeError)
         self._check_lora()
-        if self.dtype not in DTYPES:
-            raise RecipeError(f"dtype {self.dtype!r} is not supported; expected one of {sorted(DTYPES)}")
+        if self.dtype not in DTYPE_NAMES:
+            raise RecipeError(f"dtype {self.dtype!r} is not supported; expected one of {sorted(DTYPE_NAMES)}")
         if self.method not in METHODS:
             raise RecipeError(f"method {self.method!r} is unknown; expected one of {METHODS}")
         if self.objective not in OBJECTIVES:

@@ -41,7 +41,7 @@ from ..core.runlog import MetricsLog, append_jsonl, atomic_write, read_jsonl
 from ..data import Conversation, DataError, load_training_data
 from ..inputs.context import context_length, with_context
 from ..model.config import load_config
-from ..model.fuser import FuserConfig
+from ..model.config import FuserConfig
 from ..model.pair import C2CModel
 from ..runtime.sharers import SharerKVStore
 from ..translator.config import TranslatorConfig

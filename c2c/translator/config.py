@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from ..core.names import DTYPE_NAMES
 from ..core.validate import above, at_least, check_known_keys, check_ranges, check_types
 
-STORAGE_DTYPE_NAMES = ("float32", "float16", "bfloat16")  # how the maps may be saved
 
 TRANSLATOR_RANGES = {"window": at_least(0, 1), "ridge": above(0, "[0.01, 0.1, 1.0]"), "max_context_tokens": at_least(1, 4096),
                      "residual_rank": at_least(0, 0)}  # residual_rank 0: linear maps only
@@ -27,9 +27,9 @@ class TranslatorConfig:
             raise ValueError(f"translator ridge must be a non-empty list of positive strengths, got {self.ridge!r}; "
                              "e.g. ridge: [0.01, 0.1, 1.0]")
         check_ranges(self, TRANSLATOR_RANGES, ValueError, "translator ")
-        if self.storage_dtype not in STORAGE_DTYPE_NAMES:
+        if self.storage_dtype not in DTYPE_NAMES:
             raise ValueError(f"translator storage_dtype {self.storage_dtype!r} is unknown; expected one of "
-                             f"{sorted(STORAGE_DTYPE_NAMES)}")
+                             f"{sorted(DTYPE_NAMES)}")
 
     def to_dict(self) -> dict:
         return asdict(self)

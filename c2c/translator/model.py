@@ -28,9 +28,8 @@ from ..core.rotary import Rotary
 from ..core.tensors import pad_rows, position_ids
 from ..inputs.align import layer_map
 from ..runtime import passes
-from .config import STORAGE_DTYPE_NAMES, TranslatorConfig
+from .config import TranslatorConfig
 
-STORAGE_DTYPES = {name: getattr(torch, name) for name in STORAGE_DTYPE_NAMES}
 CONSTANT_SCALE = 1e-4  # inputs whose fitted scale is below this share of the median are constants
 
 
