@@ -13,12 +13,12 @@ answer are the answer under an N-token budget), and writes the table. One run pe
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import statistics
 from pathlib import Path
 
 from c2c.answers import extract_answer, free_text_scores
+from c2c.runlog import read_jsonl
 
 OUT = Path(__file__).resolve().parents[1] / "results" / "context_handoff" / "squad_prompt_choice"
 BENCH, METHODS, BUDGET = "squad:dev:100", ("receiver", "receiver-with-context"), 32
@@ -74,7 +74,7 @@ def table() -> str:
     for prompt in PROMPTS:
         if not (folder(prompt) / "squad").is_dir():
             continue
-        texts = {m: [json.loads(line) for line in (folder(prompt) / "squad" / f"{m}.jsonl").open()] for m in METHODS}
+        texts = {m: read_jsonl(folder(prompt) / "squad" / f"{m}.jsonl") for m in METHODS}
         for budget in (16, 24, 32):
             for extraction, extract in EXTRACTIONS.items():
                 scores = {}
