@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from c2c.core.stats import paired_difference, paired_text
+from c2c.core.runlog import read_jsonl
 
 BENCH = "synthetic-1fact"
 RUNGS = [  # (label, folder under the results root, channel method)
@@ -23,7 +24,7 @@ RUNGS = [  # (label, folder under the results root, channel method)
 
 
 def records(folder: Path, method: str) -> list[dict]:
-    return [json.loads(line) for line in (folder / BENCH / f"{method}.jsonl").read_text().splitlines()]
+    return read_jsonl(folder / BENCH / f"{method}.jsonl")
 
 
 def chance(folder: Path) -> float:
@@ -81,7 +82,7 @@ def main(root: Path) -> None:
     lines += [f"| {label} | " + " | ".join(f"{pct(r['channel']['per_subject'][a])} ({pct(r['shuffled']['per_subject'][a])})"
                                            for a in attributes) + " |" for label, r in translated]
     ablation = root / RUNGS[3][1]
-    if (ablation / BENCH / "c2c-translated.jsonl").is_file():
+    if read_jsonl(ablation / BENCH / "c2c-translated.jsonl"):
         change = paired_difference(records(ablation, "c2c-translated"), records(root, "c2c-translated"))
         lines += ["", f"Ablation - shipped translator, paired on the same items: {paired_text(change)} points "
                       f"({change['n']} items)."]

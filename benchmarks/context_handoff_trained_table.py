@@ -22,7 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from c2c.core.stats import paired_text  # noqa: E402
-from c2c.core.runlog import training_minutes  # noqa: E402
+from c2c.core.runlog import read_jsonl, training_minutes  # noqa: E402
 
 RIDGE_CLOZE = Path("results/context_handoff")
 TRANSLATORS = {"ridge": "closed-form (ridge) maps", "distill": "phase 2, synthetic facts (320 steps)",
@@ -34,7 +34,7 @@ METHODS = ("receiver", "receiver-with-context", "c2c-translated", "c2c-translate
 
 def records(folder: Path, bench: str, method: str) -> dict[str, dict]:
     path = folder / bench / f"{method}.jsonl"
-    return {r["id"]: r for r in map(json.loads, path.read_text().splitlines())} if path.is_file() else {}
+    return {r["id"]: r for r in read_jsonl(path)}
 
 
 def score(record: dict, key: str) -> float:

@@ -4,12 +4,12 @@ translated channel closes as its context grows.
     python benchmarks/context_length.py data  [--squad FILE] [--out DIR]   # the long-context SQuAD files
     python benchmarks/context_length.py table [--out DIR]                  # length.json, length.md, length.png
 
-``data`` writes one official-format SQuAD file per length (``squad_<length>.json``): the same questions each
+``data`` writes one official-format SQuAD file per length (``inputs/squad_<length>.json``): the same questions each
 time, their paragraph placed among its article's neighbouring paragraphs (it grows by whole paragraphs, on a
 seeded side each step, so a shorter context is part of every longer one) up to about 512, 1,024, 2,048 and 4,096
 receiver tokens, and the paragraph alone (``squad_paragraph.json``). Dev-split articles only (the test split
 stays untouched); questions share their context, so that a translated reading is made once per context.
-It also writes ``needle_<length>.jsonl``: a synthetic dev fact ("Mira's pet is a dog.") and its three-choice
+It also writes ``inputs/needle_<length>.jsonl``: a synthetic dev fact ("Mira's pet is a dog.") and its three-choice
 question, the fact hidden among dev articles' paragraphs at a seeded place, the whole about 512 to 4,096 receiver
 tokens (``needle_0``: the fact alone). ``benchmarks/context_length.sh`` runs ``c2c eval`` on them (SQuAD: free
 text, F1; needles: cloze) and on synthetic contexts of 1 to 64 facts (cloze); ``table`` reads the per-item records
@@ -91,7 +91,7 @@ def write_needles(articles: dict[str, list[dict]], titles: list[str], out: Path,
     written = {}
     for limit in NEEDLES:
         rows, lengths = needle_rows(facts, articles, titles, [limit] * len(facts), count, seed)
-        (out / f"needle_{limit}.jsonl").write_text("\n".join(rows) + "\n")
+        (out / "inputs" / f"needle_{limit}.jsonl").write_text("\n".join(rows) + "\n")
         written[str(limit)] = sizes(lengths)
     return written
 
@@ -123,7 +123,7 @@ def write_data(squad: Path, out: Path, contexts: int, questions: int, needles: i
     articles = squad_articles(squad, "dev")
     titles = long_articles(articles, count)
     picks = paragraph_picks(articles, titles, contexts, random.Random(seed))
-    out.mkdir(parents=True, exist_ok=True)
+    (out / "inputs").mkdir(parents=True, exist_ok=True)
     lengths = {}
     for name, limit in LENGTHS.items():
         data, tokens = [], []
@@ -133,7 +133,7 @@ def write_data(squad: Path, out: Path, contexts: int, questions: int, needles: i
             tokens.append(count(context))
             qas = articles[title][index]["qas"][:questions]
             data.append({"title": title, "paragraphs": [{"context": context, "qas": qas}]})
-        (out / f"squad_{name}.json").write_text(json.dumps({"version": "c2c-length-study", "data": data}) + "\n")
+        (out / "inputs" / f"squad_{name}.json").write_text(json.dumps({"version": "c2c-length-study", "data": data}) + "\n")
         lengths[name] = {"contexts": len(tokens), "questions": sum(len(d["paragraphs"][0]["qas"]) for d in data),
                          "mean_receiver_tokens": round(sum(tokens) / len(tokens)), "max_receiver_tokens": max(tokens)}
     needle_sizes = write_needles(articles, titles, out, needles, count, seed)
@@ -170,10 +170,8 @@ def write_train_data(squad: Path, out: Path, contexts: int, questions: int, need
 
 # ------------------------------------------------------------------------------------------------ table
 def records(folder: Path, method: str) -> dict[str, float]:
-    path = folder / f"{method}.jsonl"
-    if not path.is_file():
-        return {}
-    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    from c2c.core.runlog import read_jsonl
+    rows = read_jsonl(folder / f"{method}.jsonl")
     return {r["id"]: float(r["f1"] if r.get("f1") is not None else r["correct"]) for r in rows}
 
 

@@ -2,7 +2,7 @@
 K/V of the same text, by the token's position in the context (issue 32's length study, its longest contexts).
 
     python benchmarks/context_length_reconstruction.py OUT.json NAME=DIR [NAME=DIR ...]
-        [--contexts results/context_handoff/length/squad_4096.json]
+        [--contexts results/context_handoff/length/inputs/squad_4096.json]
 
 Each context is read once by both models (position-free K/V, as the fit reads them); every translator maps the same
 sharer features. R^2 per position bucket (against each output's mean within the bucket), over all receiver layers,
@@ -35,7 +35,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
     parser.add_argument("translators", nargs="+", help="NAME=DIR")
-    parser.add_argument("--contexts", type=Path, default=Path("results/context_handoff/length/squad_4096.json"))
+    parser.add_argument("--contexts", type=Path, default=Path("results/context_handoff/length/inputs/squad_4096.json"))
     args = parser.parse_args()
     texts = [p["context"] for article in json.loads(args.contexts.read_text())["data"] for p in article["paragraphs"]]
     pairs = {}

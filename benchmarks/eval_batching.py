@@ -12,7 +12,6 @@ warm-up apart, reported as ``seconds_with_warmup``). ``speedup``: all methods' b
 
 import argparse
 import json
-import os
 import platform
 import sys
 import tempfile

@@ -12,10 +12,11 @@ import sys
 from pathlib import Path
 
 from c2c.core.stats import paired_difference
+from c2c.core.runlog import read_jsonl
 
 
 def records(folder: Path, bench: str, method: str) -> dict[str, dict]:
-    return {r["id"]: r for r in map(json.loads, (folder / bench / f"{method}.jsonl").read_text().splitlines())}
+    return {r["id"]: r for r in read_jsonl(folder / bench / f"{method}.jsonl")}
 
 
 def main(base: Path, half: Path, bench: str, methods: list[str]) -> None:

@@ -12,12 +12,13 @@ import sys
 from pathlib import Path
 
 from c2c.core.stats import paired_difference, paired_text
+from c2c.core.runlog import read_jsonl
 
 BENCH = "arc-easy"
 
 
 def records(folder: Path, method: str) -> list[dict]:
-    return [json.loads(line) for line in (folder / BENCH / f"{method}.jsonl").read_text().splitlines()]
+    return read_jsonl(folder / BENCH / f"{method}.jsonl")
 
 
 def score_shift(records_a: list[dict], records_b: list[dict]) -> float:

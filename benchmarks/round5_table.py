@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from c2c.core.stats import paired_difference, paired_text
+from c2c.core.runlog import read_jsonl
 
 FUSERS = {  # name -> (evaluation folder under the results root, fuser folder)
     "shipped": ("cloze", "fusers/default_pair"),
@@ -23,7 +24,7 @@ BASELINES = ("receiver", "sharer", "lora-receiver")
 
 
 def records(folder: Path, bench: str, method: str) -> list[dict]:
-    return [json.loads(line) for line in (folder / bench / f"{method}.jsonl").read_text().splitlines()]
+    return read_jsonl(folder / bench / f"{method}.jsonl")
 
 
 def pct(x: float) -> str:

@@ -13,11 +13,11 @@ answer are the answer under an N-token budget), and writes the table. One run pe
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import statistics
 from pathlib import Path
 
+from c2c.core.runlog import read_jsonl
 from c2c.evaluation.answers import extract_answer, free_text_scores
 
 OUT = Path(__file__).resolve().parents[1] / "results" / "context_handoff" / "squad_prompt_choice"
@@ -74,7 +74,7 @@ def table() -> str:
     for prompt in PROMPTS:
         if not (folder(prompt) / "squad").is_dir():
             continue
-        texts = {m: [json.loads(line) for line in (folder(prompt) / "squad" / f"{m}.jsonl").open()] for m in METHODS}
+        texts = {m: read_jsonl(folder(prompt) / "squad" / f"{m}.jsonl") for m in METHODS}
         for budget in (16, 24, 32):
             for extraction, extract in EXTRACTIONS.items():
                 scores = {}

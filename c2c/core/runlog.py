@@ -1,4 +1,5 @@
-"""What runs leave on disk: files written atomically, per-item JSONL records, a training run's metrics log."""
+"""What runs leave on disk: files written atomically, per-item JSONL records (loose, or packed into their run's
+``records.zip``), a training run's metrics log."""
 
 from __future__ import annotations
 
@@ -6,7 +7,11 @@ import json
 import os
 import tempfile
 import time
+import zipfile
 from pathlib import Path
+
+RECORDS_ARCHIVE = "records.zip"  # an evaluation run's per-item records, packed (``pack_records``)
+RUN_MARK = "summary.json"  # what makes a folder an evaluation run
 
 
 def atomic_write(path: Path, write) -> None:
@@ -25,16 +30,61 @@ def atomic_write(path: Path, write) -> None:
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    """Records of a per-item file; a line cut off by an interrupted run is skipped (the item is redone)."""
-    if not path.exists():
+    """Records of a per-item file; a line cut off by an interrupted run is skipped (the item is redone). A run's
+    file packed into its ``records.zip`` (``pack_records``) is read from there when the loose file is absent."""
+    text = path.read_text() if path.exists() else archived_text(path)
+    if text is None:
         return []
     records = []
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError:
             continue
     return records
+
+
+def archived_text(path: Path) -> str | None:
+    """The text of a per-item file (``RUN/BENCH/METHOD.jsonl``) as packed into ``RUN/records.zip``; None if it is
+    not there."""
+    path = Path(path)
+    archive = path.parent.parent / RECORDS_ARCHIVE
+    if not archive.is_file():
+        return None
+    with zipfile.ZipFile(archive) as packed:
+        name = f"{path.parent.name}/{path.name}"
+        return packed.read(name).decode() if name in packed.namelist() else None
+
+
+def pack_records(root: Path) -> list[Path]:
+    """Pack each evaluation run's loose per-item files under ``root`` into the run's ``records.zip`` and remove
+    them: a run is a folder holding ``summary.json`` (what ``c2c eval --out`` writes), its records the files
+    ``BENCH/METHOD.jsonl`` in it; other files are left alone. A loose file replaces its packed copy; the archive
+    is byte-reproducible (sorted names, fixed dates, LZMA) and written atomically before any loose file is
+    removed. Returns the archives written."""
+    written = []
+    for run in sorted({p.parent for p in Path(root).rglob(RUN_MARK)}):
+        loose = sorted(run.glob("*/*.jsonl"))
+        if not loose:
+            continue
+        archive = run / RECORDS_ARCHIVE
+        entries = {}
+        if archive.is_file():
+            with zipfile.ZipFile(archive) as packed:
+                entries = {name: packed.read(name) for name in packed.namelist()}
+        entries.update({p.relative_to(run).as_posix(): p.read_bytes() for p in loose})
+
+        def write(temporary: str) -> None:
+            with zipfile.ZipFile(temporary, "w", zipfile.ZIP_LZMA) as packed:
+                for name in sorted(entries):
+                    packed.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), entries[name],
+                                    compress_type=zipfile.ZIP_LZMA)
+
+        atomic_write(archive, write)
+        for p in loose:
+            p.unlink()
+        written.append(archive)
+    return written
 
 
 def write_jsonl(path: Path, records: list[dict]) -> None:

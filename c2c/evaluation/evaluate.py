@@ -347,7 +347,8 @@ def run_method(method: str, setup: EvalSetup, items: list[MCItem], config: EvalC
     partners = shuffled_partners(items, config.seed) if method.endswith("-shuffled") else {}
     current = [r for r in records if r["id"] not in partners or r.get("partner") == partners[r["id"]].id]
     text = path.read_text() if path.exists() else ""
-    if len(current) != len(records) or (text and (not text.endswith("\n") or len(records) != text.count("\n"))):
+    if len(current) != len(records) or (text and (not text.endswith("\n") or len(records) != text.count("\n"))) \
+            or (current and not path.exists()):  # packed records: unpacked before new ones are appended
         write_jsonl(path, current)  # drop stale records and a line cut off by an interrupted run before appending
     done = {r["id"]: r for r in current}
     todo = [item for item in items if item.id not in done]
