@@ -13,7 +13,7 @@ from c2c.training.objectives import distillation_batch, distillation_sum, recons
 from c2c.model.pair import C2CModel
 from c2c.training.recipe import RecipeError
 from c2c.core.runlog import read_metrics
-from c2c.training.train import TrainConfig, train
+from c2c.training.train import TrainConfig, train, translator_model
 from c2c.translator.config import TranslatorConfig
 
 DISTILL_DATA = [{"benchmark": "synthetic-1fact", "split": "train", "prompt_style": "cloze", "target": "text",
@@ -134,6 +134,24 @@ def test_phase_two_can_start_from_a_translator_checkpoint(tmp_path):
         fuser_only = C2CModel.create(tiny("llama"), [tiny("gemma")])
         fuser_only.save_pretrained(tmp_path / "fuser_only")
         train(recipe(tmp_path / "bad", init_from=str(tmp_path / "fuser_only"), data=[]), **models)
+
+
+def test_phase_two_keeps_the_source_layers_of_the_checkpoint_it_starts_from(tmp_path):
+    """A checkpoint from before the global-layer rule (no translator_sources: the window around the partner) is
+    trained further on the sharer layers its maps were fitted on, not on those the rule picks today."""
+    receiver, sharer = tiny("llama"), tiny("gemma")
+    tiny_pair().save_pretrained(tmp_path / "old")
+    saved = json.loads((tmp_path / "old" / "c2c_config.json").read_text())
+    saved["sharers"][0]["translator_sources"] = None
+    (tmp_path / "old" / "c2c_config.json").write_text(json.dumps(saved))
+    old = C2CModel.from_pretrained(tmp_path / "old", receiver, [sharer])
+    assert old.translators[0].sources != tiny_pair().translators[0].sources  # the rule of today reads other layers
+    pair, _ = translator_model(recipe(tmp_path / "x", init_from=str(tmp_path / "old"), data=[]), receiver, [sharer],
+                               tmp_path / "old")
+    assert pair.translators[0].sources == old.translators[0].sources
+    with torch.no_grad():
+        losses = [float(distillation_sum(p, distillation_batch(p, ROWS, torch.device("cpu")))) for p in (old, pair)]
+    assert losses[0] == losses[1] > 0
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -90,22 +90,24 @@ class C2CModel(nn.Module):
                fuser: FuserConfig | None = None, layer_maps: str | list = "last_aligned",
                token_alignment: str = "offsets", chat_template: bool = True,
                translator: TranslatorConfig | None = None, dtype: str | torch.dtype = "float32",
-               device: str | torch.device = "auto") -> "C2CModel":
+               device: str | torch.device = "auto", translator_sources: list | None = None) -> "C2CModel":
         """A fresh (untrained) C2C model for any pair.
 
         ``layer_maps``: a strategy name or an explicit map (list of sharer layers) for every sharer, or a list
         with one of those per sharer. ``translator`` adds the translated-context channel; with a translator and
-        no ``fuser`` the model has no fusers at all (otherwise ``fuser`` defaults to ``FuserConfig()``).
-        ``dtype`` and ``device`` apply to the models given as specs."""
+        no ``fuser`` the model has no fusers at all (otherwise ``fuser`` defaults to ``FuserConfig()``). Its maps
+        read the sharer layers of ``translator.source_layers``, or per sharer the given ``translator_sources``
+        (those of a translator trained further). ``dtype`` and ``device`` apply to the models given as specs."""
         receiver = load_model(receiver, dtype, device) if isinstance(receiver, str) else receiver
         sharers = [load_model(s, dtype, device) if isinstance(s, str) else s for s in sharers]
         per_sharer = isinstance(layer_maps, list) and bool(layer_maps) and isinstance(layer_maps[0], (list, str))
         maps = layer_maps if per_sharer else [layer_maps] * len(sharers)
         sharer_configs = []
-        for sharer, strategy in zip(sharers, maps):
+        for index, (sharer, strategy) in enumerate(zip(sharers, maps)):
             alignment = "identity" if same_tokenizer(receiver.tokenizer, sharer.tokenizer) else token_alignment
-            sources = source_layers(receiver.shape.num_layers, sharer.shape.num_layers, translator.window,
-                                    global_attention_layers(sharer)) if translator is not None else None
+            sources = None if translator is None else translator_sources[index] if translator_sources else \
+                source_layers(receiver.shape.num_layers, sharer.shape.num_layers, translator.window,
+                              global_attention_layers(sharer))
             sharer_configs.append(SharerConfig(sharer.name, shape_dict(sharer),
                                                layer_map(strategy, receiver.shape.num_layers, sharer.shape.num_layers),
                                                alignment, translator_sources=sources))

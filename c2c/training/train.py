@@ -206,8 +206,8 @@ def phase_two_start(config: TrainConfig, receiver: LoadedModel | None, sharers: 
 
 def translator_model(config: TrainConfig, receiver: LoadedModel, sharers: list[LoadedModel], start: Path
                      ) -> tuple[C2CModel, torch.nn.Module]:
-    """Phase 2's pair: the recipe's translator (a new residual starts at zero) holding the maps and statistics of
-    the translator checkpoint ``start``, which must be for this pair."""
+    """Phase 2's pair: the recipe's translator (a new residual starts at zero) holding the maps, statistics and
+    source layers of the translator checkpoint ``start``, which must be for this pair."""
     fitted = C2CModel.from_pretrained(start, receiver, sharers)
     wanted = TranslatorConfig.from_dict(config.translator)
     if fitted.translators is None:
@@ -217,7 +217,7 @@ def translator_model(config: TrainConfig, receiver: LoadedModel, sharers: list[L
         raise RecipeError(f"{start} maps a window of {fitted.config.translator.window} sharer layers each side, the "
                           f"recipe asks for translator window {wanted.window}; make them agree")
     pair = C2CModel.create(receiver, sharers, None, config.layer_map, config.token_alignment, config.chat_template,
-                           translator=wanted)
+                           translator=wanted, translator_sources=[t.sources for t in fitted.translators])
     missing, unexpected = pair.translators.load_state_dict(fitted.translators.state_dict(), strict=False)
     for mine, theirs in zip(pair.config.sharers, fitted.config.sharers):
         mine.fitted_context_tokens = theirs.fitted_context_tokens
