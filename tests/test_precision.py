@@ -179,3 +179,28 @@ def test_folded_maps_compute_what_the_standardised_maps_do():
     with torch.no_grad():
         translator.maps[0].weight.add_(1)  # a changed map is folded again
         assert not translator(kv)[0][0].equal(folded[0][0])
+
+
+def test_a_fuser_stored_in_half_precision_loads_its_rounded_weights_into_float32(tmp_path):
+    from safetensors.torch import load_file
+    pair = pair_in(torch.float32)
+    with torch.no_grad():
+        for parameter in pair.fusers.parameters():
+            parameter.add_(0.01 * torch.randn_like(parameter))
+    pair.config.fuser.storage_dtype = "float16"
+    pair.save_pretrained(tmp_path / "half")
+    assert {t.dtype for t in load_file(str(tmp_path / "half" / "fuser.safetensors")).values()} == {torch.float16}
+    loaded = C2CModel.from_pretrained(tmp_path / "half", pair.receiver, pair.sharers)
+    assert loaded.config.fuser.storage_dtype == "float16"
+    for (name, kept), (_, read) in zip(pair.fusers.state_dict().items(), loaded.fusers.state_dict().items()):
+        assert read.dtype == torch.float32 and torch.equal(read, kept.half().float()), name
+    with torch.no_grad():
+        scores = [torch.cat(p.choice_scores(p.prepare(PROMPTS), CHOICES)) for p in (pair, loaded)]
+    torch.testing.assert_close(scores[1], scores[0], rtol=1e-3, atol=1e-3)
+    saved = json.loads((tmp_path / "half" / "c2c_config.json").read_text())
+    del saved["fuser"]["storage_dtype"]  # a checkpoint from before the setting: float32, as it was written
+    (tmp_path / "half" / "c2c_config.json").write_text(json.dumps(saved))
+    assert C2CModel.from_pretrained(tmp_path / "half", pair.receiver, pair.sharers).config.fuser.storage_dtype == \
+        "float32"
+    with pytest.raises(ValueError, match="fuser storage_dtype 'half' is unknown"):
+        type(pair.config.fuser)(storage_dtype="half")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from typing import TYPE_CHECKING
 
+from ..core.names import DTYPE_NAMES
 from ..core.validate import above, at_least, check_known_keys, check_ranges, check_types, within
 from ..translator.config import TranslatorConfig
 
@@ -34,10 +35,14 @@ class FuserConfig:
     straight_through: bool = True  # forward with the hard gate, backward through the relaxed one
     temperature_start: float = 1.0
     temperature_end: float = 0.001
+    storage_dtype: str = "float32"  # how the weights are saved; they train and compute in float32 either way
 
     def __post_init__(self):
         check_types(self, ValueError, "fuser ")
         check_ranges(self, FUSER_RANGES, ValueError, "fuser ")
+        if self.storage_dtype not in DTYPE_NAMES:
+            raise ValueError(f"fuser storage_dtype {self.storage_dtype!r} is unknown; expected one of "
+                             f"{sorted(DTYPE_NAMES)}")
         if self.gate_noise not in ("logistic", "gumbel", "none"):
             raise ValueError(f"gate_noise must be 'logistic', 'gumbel' or 'none', got {self.gate_noise!r}")
         if self.temperature_end > self.temperature_start:

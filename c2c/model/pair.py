@@ -121,17 +121,23 @@ class C2CModel(nn.Module):
         """Write the config and the fuser weights (only what trains), atomically; ``push_to_hub`` also uploads
         them to ``repo_id`` (default: the folder's name) with a model card (see ``push_to_hub``)."""
         directory = Path(directory)
-        weights = {name: tensor.detach().contiguous().cpu() for name, tensor in self.trained_state().items()}
-        if self.translators is not None:
-            storage = DTYPES[self.config.translator.storage_dtype]
-            weights = {name: t.to(storage) if name.startswith("translators.") and (".maps." in name or
-                                                                                   ".residuals." in name) else t
-                       for name, t in weights.items()}
+        weights = {name: tensor.detach().contiguous().cpu().to(self._storage_dtype(name, tensor))
+                   for name, tensor in self.trained_state().items()}
         files.save_fuser(directory, self.config, weights)
         if push_to_hub:
             self.source = directory
             self.push_to_hub(repo_id or directory.resolve().name, **hub_options)
         return directory
+
+    def _storage_dtype(self, name: str, tensor: torch.Tensor) -> torch.dtype:
+        """How a trained tensor is saved: the fusers' in ``fuser.storage_dtype``, the translators' maps and
+        residuals in ``translator.storage_dtype`` (their statistics, and anything not floating, as they are)."""
+        if not tensor.is_floating_point():
+            return tensor.dtype
+        if name.startswith("translators."):
+            maps = ".maps." in name or ".residuals." in name
+            return DTYPES[self.config.translator.storage_dtype] if maps else tensor.dtype
+        return DTYPES[self.config.fuser.storage_dtype]
 
     def push_to_hub(self, repo_id: str, summary: str | Path | None = None, private: bool = False,
                     token: str | None = None, commit_message: str = "Upload C2C fuser",
