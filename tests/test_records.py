@@ -57,3 +57,16 @@ def test_an_evaluation_resumes_from_packed_records_and_keeps_them(tmp_path):
     run_eval(EvalConfig([str(bench)], ["receiver"], scoring="cloze", out=str(out)), setup())
     resumed = read_jsonl(out / "tiny_mc/receiver.jsonl")
     assert resumed[:2] == done and sorted(r["id"] for r in resumed) == ["q0", "q1", "q2", "q3"]
+
+
+def test_the_pack_script_packs_the_runs_under_the_roots_it_is_given(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location("pack_records", Path(__file__).parents[1] / "benchmarks" /
+                                                  "pack_records.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    _run(tmp_path / "run", {"arc/receiver.jsonl": [{"id": "a"}]})
+    script.main([str(tmp_path)])
+    assert capsys.readouterr().out.strip() == str(tmp_path / "run" / RECORDS_ARCHIVE)
+    assert read_jsonl(tmp_path / "run" / "arc" / "receiver.jsonl") == [{"id": "a"}]
