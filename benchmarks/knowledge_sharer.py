@@ -10,8 +10,8 @@ learnt by a causal LM with LoRA and merged into a local model folder that ``c2c`
 an existing one with the same settings is kept), fine-tunes ``--model`` (loaded by ``c2c.core.models.load_model``,
 so a built-in name is read from its local GGUF package, offline) with a LoRA adapter on every linear layer, by a
 plain causal-LM loss on the corpus texts, saving the adapter, optimizer, schedule and random state every
-``--save-every`` steps into OUT/lora/ (``--resume`` continues from there: the batches of a step depend only on the
-seed and the step, so a resumed run takes the same steps as an uninterrupted one), then merges the adapter
+``--save-every`` steps into OUT/sharer_lora/ (``--resume`` continues from there: the batches of a step depend only
+on the seed and the step, so a resumed run takes the same steps as an uninterrupted one), then merges the adapter
 (``merge_and_unload``) and saves the merged model and its tokenizer as safetensors in OUT/sharer/ (with
 ``knowledge_sharer.json``: the settings, the corpus loss before and after, and the largest logit difference
 between the merged model and the adapter on top of the base model). The merged sharer is a build product: never
@@ -129,7 +129,8 @@ def train_lora(base: LoadedModel, texts: list[str], out: Path, *, r: int = 16, a
                warmup: float = 0.05, save_every: int = 100, log_every: int = 10, max_length: int = 64,
                seed: int = 0, resume: bool = False, stop_after: int | None = None):
     """LoRA on ``base.model`` (every linear layer but the LM head) by the causal-LM loss on ``texts``; checkpoints in
-    OUT/lora/, metrics in OUT/metrics.jsonl. Returns (the PEFT model, its state dict: step, total, loss_before...)."""
+    OUT/sharer_lora/, metrics in OUT/sharer_metrics.jsonl. Returns (the PEFT model, its state: step, total steps,
+    the corpus loss before and after, the settings)."""
     from peft import LoraConfig, PeftModel, get_peft_model
 
     steps_per_epoch = max(1, len(texts) // batch_size)
@@ -137,7 +138,7 @@ def train_lora(base: LoadedModel, texts: list[str], out: Path, *, r: int = 16, a
     settings = {"base": base.name, "r": r, "alpha": alpha, "dropout": dropout, "lr": lr, "batch_size": batch_size,
                 "total_steps": total, "steps_per_epoch": steps_per_epoch, "warmup": warmup, "max_length": max_length,
                 "seed": seed, "texts": len(texts)}
-    checkpoint, metrics = out / "lora", out / "metrics.jsonl"
+    checkpoint, metrics = out / "sharer_lora", out / "sharer_metrics.jsonl"
     base.model.requires_grad_(False)
     torch.manual_seed(seed)
     if resume and (checkpoint / "state.json").is_file():
@@ -301,7 +302,7 @@ def main(argv: list[str] | None = None) -> dict:
     b.add_argument("--max-length", type=int, default=64, help="tokens per corpus text (longer ones are cut)")
     b.add_argument("--save-every", type=int, default=100)
     b.add_argument("--log-every", type=int, default=10)
-    b.add_argument("--resume", action="store_true", help="continue from OUT/lora/ (same settings)")
+    b.add_argument("--resume", action="store_true", help="continue from OUT/sharer_lora/ (same settings)")
     b.add_argument("--stop-after", type=int, metavar="N", help="stop after N steps of this call (checkpointed)")
     b.add_argument("--device", default="auto")
     b.set_defaults(run=build)

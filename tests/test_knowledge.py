@@ -120,17 +120,18 @@ def test_the_build_trains_resumes_and_merges_into_a_loadable_folder(base_folder,
 
     cut = sharer.main(build_args(base_folder, tmp_path / "cut", "--stop-after", "3"))  # an interruption
     assert cut["step"] == 3 and not (tmp_path / "cut" / "sharer").exists()
-    assert json.loads((tmp_path / "cut" / "lora" / "state.json").read_text())["step"] == 3
+    assert json.loads((tmp_path / "cut" / "sharer_lora" / "state.json").read_text())["step"] == 3
     resumed = sharer.main(build_args(base_folder, tmp_path / "cut", "--resume"))
     assert resumed["step"] == 6 and resumed["loss_after"] == pytest.approx(whole["loss_after"], abs=1e-6)
-    adapters = [load_file_tensors(tmp_path / run / "lora" / "adapter") for run in ("whole", "cut")]
+    adapters = [load_file_tensors(tmp_path / run / "sharer_lora" / "adapter") for run in ("whole", "cut")]
     assert adapters[0].keys() == adapters[1].keys()
     assert all(torch.allclose(adapters[0][k], adapters[1][k], atol=1e-6) for k in adapters[0])
 
     folder = tmp_path / "whole" / "sharer"  # safetensors, loaded by c2c like any model folder
     assert (folder / "model.safetensors").is_file() and (folder / "knowledge_sharer.json").is_file()
     merged = load_model(str(folder))
-    adapted = PeftModel.from_pretrained(load_model(str(base_folder)).model, tmp_path / "whole" / "lora" / "adapter")
+    adapter = tmp_path / "whole" / "sharer_lora" / "adapter"
+    adapted = PeftModel.from_pretrained(load_model(str(base_folder)).model, adapter)
     ids = merged.tokenizer(["Question: What is Mira's home city?\nAnswer: Lisbon"], return_tensors="pt")["input_ids"]
     with torch.no_grad():
         assert torch.allclose(merged.model(ids).logits, adapted.eval()(input_ids=ids).logits, atol=1e-4)
@@ -199,3 +200,51 @@ def test_the_kv_probe_runs_on_tiny_models_and_reports_every_layer(tmp_path, base
     with pytest.raises(SystemExit, match="no class"):
         probe.main(["--model", f"receiver={base_folder}", "--encyclopedia", str(tmp_path / "book"),
                     "--test-set", "novel_values", "--device", "cpu", "--out", str(tmp_path / "probe2")])
+
+
+# ------------------------------------------------------------------------------------------------ recipes, end to end
+RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "knowledge_handoff"
+
+
+def test_the_recipes_train_on_fuser_train_questions_only(tmp_path, monkeypatch):
+    from c2c.training.recipe import TrainConfig
+    from c2c.training.train import load_examples
+    monkeypatch.chdir(tmp_path)  # the recipes name the build's paths relative to the repository root
+    write_encyclopedia(tmp_path / "runs" / "knowledge_handoff" / "encyclopedia")
+    book = Encyclopedia.build(0)
+    train_names = {p.name for p in book.people["fuser_train"]}
+    configs = {name: TrainConfig.from_file(RECIPES / f"{name}.yaml") for name in ("c2c", "position_free", "lora")}
+    assert configs["c2c"].sharers == configs["position_free"].sharers == ["runs/knowledge_handoff/sharer"]
+    assert configs["position_free"].fuser["position_free"] and not configs["c2c"].fuser.get("position_free")
+    assert configs["c2c"].fuser["hidden_size"] == 128 and configs["c2c"].objective == "choices"  # shipped shape
+    assert configs["lora"].method == "lora" and configs["c2c"].method == "c2c"
+    for name, config in configs.items():
+        examples, held_out = load_examples(config)
+        assert len(examples) == 2000 - 64 and len(held_out) == 64 and config.chat_template is False
+        asked = {c.messages[0]["content"][len("Question: What is "):].split("'s ")[0] for c in examples + held_out}
+        assert asked == train_names  # never a held-out or novel-values person
+    assert [c.messages for c in load_examples(configs["c2c"])[0]] == \
+        [c.messages for c in load_examples(configs["lora"])[0]]  # the LoRA baseline trains on the same questions
+
+
+def test_build_train_and_eval_every_method_on_tiny_models(tmp_path, monkeypatch, base_folder, isolated_cache):
+    from c2c.cli import main
+    monkeypatch.chdir(tmp_path)
+    gemma = tmp_path / "gemma"
+    tiny("gemma").model.save_pretrained(gemma)
+    tiny("gemma").tokenizer.save_pretrained(gemma)
+    sharer = script("knowledge_sharer")
+    sharer.main(build_args(gemma, Path("runs/knowledge_handoff"))[:-2])  # the recipes' paths, under the tmp cwd
+    small = ["--set", f"receiver={base_folder}", "--steps", "2", "--batch-size", "2", "--max-examples", "6",
+             "--set", "eval_examples=2", "--set", "fuser.hidden_size=8", "--set", "fuser.intermediate_size=8"]
+    main(["train", str(RECIPES / "position_free.yaml"), *small])
+    main(["train", str(RECIPES / "lora.yaml"), *small, "--set", "sharers=[runs/knowledge_handoff/sharer]"])
+    book = "runs/knowledge_handoff/encyclopedia"
+    main(["eval", "--fuser", "runs/knowledge_handoff/c2c_position_free", "--lora", "runs/knowledge_handoff/lora",
+          "--bench", f"{book}/held_out.jsonl,{book}/novel_values.jsonl", "--scoring", "cloze", "--limit", "4",
+          "--methods", "receiver,sharer,c2c,c2c-shuffled,lora-receiver,t2t,routing-oracle", "--t2t-tokens", "2",
+          "--out", "results/eval"])
+    summary = json.loads(Path("results/eval/summary.json").read_text())
+    assert set(summary["benchmarks"]) == {"held_out", "novel_values"}
+    assert set(summary["benchmarks"]["held_out"]["methods"]) == {"receiver", "sharer", "c2c", "c2c-shuffled",
+                                                                 "lora-receiver", "t2t", "routing-oracle"}
