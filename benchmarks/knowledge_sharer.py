@@ -116,7 +116,9 @@ def save_checkpoint(folder: Path, model, optimizer, scheduler, step: int, settin
     staging.mkdir(parents=True)
     model.save_pretrained(staging / "adapter")
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng": torch.get_rng_state()}, staging / "trainer.pt")
+                "rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+               staging / "trainer.pt")
     (staging / "state.json").write_text(json.dumps({"step": step, **settings}, indent=1) + "\n")
     if folder.exists():
         folder.rename(old)
@@ -168,6 +170,8 @@ def train_lora(base: LoadedModel, texts: list[str], out: Path, *, r: int = 16, a
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         torch.set_rng_state(saved["rng"])
+        if saved.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(saved["cuda_rng"])  # dropout on a GPU draws from its own generator
         print(f"resumed at step {start} of {total}", file=sys.stderr)
     model.train()
     began, step = time.time(), start
