@@ -19,6 +19,8 @@ import inspect
 import torch
 from torch import nn
 
+from .tensors import tensor_version
+
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
@@ -48,7 +50,7 @@ class Rotary:
         if not 0 <= layer < self.num_layers:
             raise ValueError(f"layer {layer} is out of range for a model with {self.num_layers} layers")
         kind = self.layer_types[layer] if self.per_layer_type else None
-        key = (positions, positions._version if not positions.is_inference() else object(), kind, like.device)
+        key = (positions, tensor_version(positions), kind, like.device)
         last = self._last
         if last is None or not (last[0][0] is key[0] and last[0][1:] == key[1:]):
             probe = like.new_zeros(1, dtype=torch.float32)

@@ -1,4 +1,5 @@
-"""Token rows as tensors: padding rows to one width, and the positions a padded row's tokens take."""
+"""Token rows as tensors: padding rows to one width, and the positions a padded row's tokens take; a tensor's
+in-place version, for caches keyed by the tensors they were computed from."""
 
 from __future__ import annotations
 
@@ -17,3 +18,12 @@ def pad_rows(rows: Sequence[Sequence[int]], value: int, left: bool) -> torch.Ten
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     """Positions that skip padding, as ``generate`` computes them: (B, N) -> (B, N)."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def tensor_version(tensor: torch.Tensor) -> object:
+    """How often ``tensor`` was modified in place; tensors made under ``torch.inference_mode`` keep no count, so
+    theirs is a fresh object, equal to nothing (a cache keyed by it misses: always correct)."""
+    try:
+        return tensor._version
+    except RuntimeError:
+        return object()

@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from ..core.cache import KV
 from ..core.models import cache_dir
 from ..core.runlog import atomic_write
+from ..core.tensors import tensor_version
 
 
 class SharerCaches:
@@ -38,7 +39,7 @@ class SharerCaches:
     @staticmethod
     def _key(batch) -> tuple:
         """The sharer inputs' identity: each tensor (held, so its id is never reused) and its in-place version."""
-        return tuple((tensor, _version(tensor)) for pair in zip(batch.sharer_ids, batch.sharer_mask) for tensor in pair)
+        return tuple((tensor, tensor_version(tensor)) for pair in zip(batch.sharer_ids, batch.sharer_mask) for tensor in pair)
 
     def _matches(self, key: tuple) -> bool:
         last = self._last[0] if self._last is not None else None
@@ -121,15 +122,6 @@ class SharerKVStore(SharerCaches):
     def report(self) -> dict:
         return {"folder": str(self.folder), "hits": self.hits, "misses": self.misses, "bytes": self.bytes,
                 "max_bytes": self.max_bytes, "not_stored_over_budget": self.over_budget}
-
-
-def _version(tensor: torch.Tensor) -> object:
-    """How often ``tensor`` was modified in place; tensors made under ``torch.inference_mode`` keep no count, so
-    theirs is a fresh object, equal to nothing (such a batch is never taken for the last one: always correct)."""
-    try:
-        return tensor._version
-    except RuntimeError:
-        return object()
 
 
 def _load(path: Path) -> list[KV]:
