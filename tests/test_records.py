@@ -3,6 +3,8 @@
 
 import json
 
+import pytest
+
 from conftest import make_pair
 from tiny import tiny
 
@@ -42,6 +44,19 @@ def test_packed_records_read_as_loose_ones_each_run_its_own_archive(tmp_path):
     write_jsonl(tmp_path / "study/arc/c2c.jsonl", [{"id": "a", "correct": False}])
     pack_records(tmp_path)
     assert archives[0].read_bytes() == first  # the same records give the same bytes
+
+
+def test_a_damaged_archive_is_refused_with_what_to_do_and_nothing_is_lost(tmp_path):
+    _run(tmp_path / "run", {"arc/receiver.jsonl": [{"id": "a"}]})
+    pack_records(tmp_path)
+    archive = tmp_path / "run" / RECORDS_ARCHIVE
+    archive.write_bytes(archive.read_bytes()[:40])  # cut off
+    with pytest.raises(ValueError, match="records.zip is damaged .*restore it"):
+        read_jsonl(tmp_path / "run" / "arc" / "receiver.jsonl")
+    write_jsonl(tmp_path / "run" / "arc" / "c2c.jsonl", [{"id": "b"}])
+    with pytest.raises(ValueError, match="is damaged"):
+        pack_records(tmp_path)
+    assert read_jsonl(tmp_path / "run" / "arc" / "c2c.jsonl") == [{"id": "b"}]  # the loose file is kept
 
 
 def test_an_evaluation_resumes_from_packed_records_and_keeps_them(tmp_path):

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import lzma
 import os
 import tempfile
 import time
@@ -51,9 +52,19 @@ def archived_text(path: Path) -> str | None:
     archive = path.parent.parent / RECORDS_ARCHIVE
     if not archive.is_file():
         return None
-    with zipfile.ZipFile(archive) as packed:
-        name = f"{path.parent.name}/{path.name}"
-        return packed.read(name).decode() if name in packed.namelist() else None
+    name = f"{path.parent.name}/{path.name}"
+    entries = _archived(archive)
+    return entries[name].decode() if name in entries else None
+
+
+def _archived(archive: Path) -> dict[str, bytes]:
+    """Every file packed in ``archive``; a damaged archive is refused with what to do."""
+    try:
+        with zipfile.ZipFile(archive) as packed:
+            return {name: packed.read(name) for name in packed.namelist()}
+    except (zipfile.BadZipFile, lzma.LZMAError, EOFError, OSError) as error:
+        raise ValueError(f"{archive} is damaged ({error}): restore it (git checkout -- {archive}) or remove it, "
+                         "and the records it held are made again by the next run") from error
 
 
 def pack_records(root: Path) -> list[Path]:
@@ -68,10 +79,7 @@ def pack_records(root: Path) -> list[Path]:
         if not loose:
             continue
         archive = run / RECORDS_ARCHIVE
-        entries = {}
-        if archive.is_file():
-            with zipfile.ZipFile(archive) as packed:
-                entries = {name: packed.read(name) for name in packed.namelist()}
+        entries = _archived(archive) if archive.is_file() else {}
         entries.update({p.relative_to(run).as_posix(): p.read_bytes() for p in loose})
 
         def write(temporary: str) -> None:
