@@ -53,15 +53,17 @@ def archived_text(path: Path) -> str | None:
     if not archive.is_file():
         return None
     name = f"{path.parent.name}/{path.name}"
-    entries = _archived(archive)
-    return entries[name].decode() if name in entries else None
+    found = _archived(archive, [name])
+    return found[name].decode() if name in found else None
 
 
-def _archived(archive: Path) -> dict[str, bytes]:
-    """Every file packed in ``archive``; a damaged archive is refused with what to do."""
+def _archived(archive: Path, names: list[str] | None = None) -> dict[str, bytes]:
+    """The files packed in ``archive`` (those of ``names`` it holds, or all); a damaged archive is refused with
+    what to do."""
     try:
         with zipfile.ZipFile(archive) as packed:
-            return {name: packed.read(name) for name in packed.namelist()}
+            held = packed.namelist()
+            return {name: packed.read(name) for name in (held if names is None else set(names) & set(held))}
     except (zipfile.BadZipFile, lzma.LZMAError, EOFError, OSError) as error:
         raise ValueError(f"{archive} is damaged ({error}): restore it (git checkout -- {archive}) or remove it, "
                          "and the records it held are made again by the next run") from error
