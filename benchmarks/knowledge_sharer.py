@@ -9,9 +9,11 @@ learnt by a causal LM with LoRA and merged into a local model folder that ``c2c`
 ``build`` writes OUT/encyclopedia/ (the corpus and the question files: ``c2c.data.encyclopedia.write_encyclopedia``;
 an existing one with the same settings is kept), fine-tunes ``--model`` (loaded by ``c2c.core.models.load_model``,
 so a built-in name is read from its local GGUF package, offline) with a LoRA adapter on every linear layer, by a
-plain causal-LM loss on the corpus texts, saving the adapter, optimizer, schedule and random state every
-``--save-every`` steps into OUT/sharer_lora/ (``--resume`` continues from there: the batches of a step depend only
-on the seed and the step, so a resumed run takes the same steps as an uninterrupted one), then merges the adapter
+plain causal-LM loss on the corpus texts (the schedule and batch order of ``c2c train``: ``training.train.lr_factor``,
+``Order``), saving its resumable state every ``--save-every`` steps as ``c2c train`` does (``training.state``: the
+adapter's weights, optimizer, schedule and random state in OUT/sharer_lora/checkpoint/, the settings beside it;
+``--resume`` continues from there: the batches of a step depend only on the seed and the step, so a resumed run takes
+the same steps as an uninterrupted one), writes the trained adapter to OUT/sharer_lora/adapter/, then merges it
 (``merge_and_unload``) and saves the merged model and its tokenizer as safetensors in OUT/sharer/ (with
 ``knowledge_sharer.json``: the settings, the corpus loss before and after, and the largest logit difference
 between the merged model and the adapter on top of the base model). The merged sharer is a build product: never
@@ -41,6 +43,8 @@ from c2c.core.tensors import pad_rows
 from c2c.data import load_benchmark
 from c2c.data.encyclopedia import DEFAULT_CHOICES, DEFAULT_SIZES, PERSON_SETS, write_encyclopedia
 from c2c.evaluation.scorers import ModelScorer, item_prompt, score_items
+from c2c.training.state import load_trainer_state, save_trainer_state
+from c2c.training.train import Order, lr_factor
 
 LOSS_SAMPLE = 64  # corpus texts whose mean loss is measured before and after training
 MERGE_SAMPLE = 8  # corpus texts on which the merged model's logits are compared with the adapter's
@@ -91,41 +95,6 @@ def mean_loss(model, tokenizer, texts: list[str], max_length: int, batch_size: i
     return total / max(count, 1)
 
 
-def step_indices(step: int, steps_per_epoch: int, n: int, batch_size: int, seed: int) -> list[int]:
-    """The corpus rows of optimizer step ``step``: a seeded permutation per epoch, cut in batches; a function of
-    (seed, step) alone, so a resumed run reads the batches an uninterrupted one would."""
-    epoch, index = divmod(step, steps_per_epoch)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-    return order[index * batch_size:(index + 1) * batch_size].tolist()
-
-
-def schedule(total: int, warmup: float):
-    warm = max(1, round(total * warmup))
-
-    def factor(step: int) -> float:  # linear warm-up, then cosine decay to zero
-        if step < warm:
-            return (step + 1) / warm
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
-    return factor
-
-
-def save_checkpoint(folder: Path, model, optimizer, scheduler, step: int, settings: dict) -> None:
-    """The adapter, optimizer, schedule and random state at ``step``, staged and swapped in whole."""
-    staging, old = folder.with_name(folder.name + ".staging"), folder.with_name(folder.name + ".old")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    model.save_pretrained(staging / "adapter")
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-               staging / "trainer.pt")
-    (staging / "state.json").write_text(json.dumps({"step": step, **settings}, indent=1) + "\n")
-    if folder.exists():
-        folder.rename(old)
-    staging.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def train_lora(base: LoadedModel, texts: list[str], out: Path, *, r: int = 16, alpha: float = 32, dropout: float = 0.05,
                lr: float = 1e-3, epochs: float = 4, batch_size: int = 32, max_steps: int | None = None,
                warmup: float = 0.05, save_every: int = 100, log_every: int = 10, max_length: int = 64,
@@ -133,52 +102,44 @@ def train_lora(base: LoadedModel, texts: list[str], out: Path, *, r: int = 16, a
     """LoRA on ``base.model`` (every linear layer but the LM head) by the causal-LM loss on ``texts``; checkpoints in
     OUT/sharer_lora/, metrics in OUT/sharer_metrics.jsonl. Returns (the PEFT model, its state: step, total steps,
     the corpus loss before and after, the settings)."""
-    from peft import LoraConfig, PeftModel, get_peft_model
+    from peft import LoraConfig, get_peft_model
 
     steps_per_epoch = max(1, len(texts) // batch_size)
     total = max_steps or max(1, math.ceil(epochs * steps_per_epoch))
     settings = {"base": base.name, "r": r, "alpha": alpha, "dropout": dropout, "lr": lr, "batch_size": batch_size,
                 "total_steps": total, "steps_per_epoch": steps_per_epoch, "warmup": warmup, "max_length": max_length,
                 "seed": seed, "texts": len(texts)}
-    checkpoint, metrics = out / "sharer_lora", out / "sharer_metrics.jsonl"
+    folder, metrics = out / "sharer_lora", out / "sharer_metrics.jsonl"
     base.model.requires_grad_(False)
     torch.manual_seed(seed)
-    if resume and (checkpoint / "state.json").is_file():
-        state = json.loads((checkpoint / "state.json").read_text())
-        changed = {k: (state.get(k), v) for k, v in settings.items() if state.get(k) != v}
-        if changed:
-            raise SystemExit(f"--resume: {checkpoint} was trained with other settings {changed}; start afresh "
-                             "without --resume (or with the checkpoint's settings)")
-        model = PeftModel.from_pretrained(base.model, checkpoint / "adapter", is_trainable=True)
-        start, loss_before = state["step"], state["loss_before"]
-    else:
-        if checkpoint.exists() and not resume:
-            shutil.rmtree(checkpoint)
-        model = get_peft_model(base.model, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,
-                                                      target_modules="all-linear"))
-        metrics.unlink(missing_ok=True)
-        start, loss_before = 0, None
-    tokenizer, sample = base.tokenizer, texts[:LOSS_SAMPLE]
-    if loss_before is None:
-        loss_before = mean_loss(model, tokenizer, sample, max_length, batch_size)
-    settings_state = {**settings, "loss_before": loss_before}
+    model = get_peft_model(base.model, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,
+                                                  target_modules="all-linear"))
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(total, warmup))
-    if start:
-        saved = torch.load(checkpoint / "trainer.pt", weights_only=False)
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        torch.set_rng_state(saved["rng"])
-        if saved.get("cuda_rng") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(saved["cuda_rng"])  # dropout on a GPU draws from its own generator
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total, warmup, "cosine"))
+    tokenizer, sample = base.tokenizer, texts[:LOSS_SAMPLE]
+    if resume and (folder / "checkpoint" / "trainer_state.json").is_file():
+        saved = json.loads((folder / "settings.json").read_text())
+        changed = {k: (saved.get(k), v) for k, v in settings.items() if saved.get(k) != v}
+        if changed:
+            raise SystemExit(f"--resume: {folder} was trained with other settings {changed}; start afresh "
+                             "without --resume (or with the checkpoint's settings)")
+        start = load_trainer_state(folder / "checkpoint", model, optimizer, scheduler, model.device)
+        settings = saved
         print(f"resumed at step {start} of {total}", file=sys.stderr)
+    else:
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        metrics.unlink(missing_ok=True)
+        start, settings = 0, {**settings, "loss_before": mean_loss(model, tokenizer, sample, max_length, batch_size)}
+        text = json.dumps(settings, indent=1) + "\n"
+        atomic_write(folder / "settings.json", lambda path: Path(path).write_text(text))
+    order = Order(len(texts), batch_size, seed)
     model.train()
     began, step = time.time(), start
     last = start + stop_after if stop_after is not None else total
     while step < min(total, last):
-        ids, mask = text_batch(tokenizer, [texts[i] for i in step_indices(step, steps_per_epoch, len(texts),
-                                                                          batch_size, seed)], max_length, model.device)
+        ids, mask = text_batch(tokenizer, [texts[i] for i in order.indices(step)], max_length, model.device)
         loss = lm_loss(model, ids, mask)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
@@ -190,10 +151,11 @@ def train_lora(base: LoadedModel, texts: list[str], out: Path, *, r: int = 16, a
             append_jsonl(metrics, [{"step": step, "loss": round(loss.item(), 5), "lr": scheduler.get_last_lr()[0],
                                     "seconds": round(time.time() - began, 2)}])
         if step % save_every == 0 or step in (total, last):
-            save_checkpoint(checkpoint, model, optimizer, scheduler, step, settings_state)
+            save_trainer_state(folder, model, optimizer, scheduler, step)
+    if step == total:
+        model.save_pretrained(folder / "adapter")  # the trained adapter, in peft's own format
     model.eval()
-    return model, {**settings_state, "step": step,
-                   "loss_after": mean_loss(model, tokenizer, sample, max_length, batch_size)}
+    return model, {**settings, "step": step, "loss_after": mean_loss(model, tokenizer, sample, max_length, batch_size)}
 
 
 @torch.no_grad()

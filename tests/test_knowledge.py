@@ -120,7 +120,7 @@ def test_the_build_trains_resumes_and_merges_into_a_loadable_folder(base_folder,
 
     cut = sharer.main(build_args(base_folder, tmp_path / "cut", "--stop-after", "3"))  # an interruption
     assert cut["step"] == 3 and not (tmp_path / "cut" / "sharer").exists()
-    assert json.loads((tmp_path / "cut" / "sharer_lora" / "state.json").read_text())["step"] == 3
+    assert json.loads((tmp_path / "cut" / "sharer_lora" / "checkpoint" / "trainer_state.json").read_text())["step"] == 3
     resumed = sharer.main(build_args(base_folder, tmp_path / "cut", "--resume"))
     assert resumed["step"] == 6 and resumed["loss_after"] == pytest.approx(whole["loss_after"], abs=1e-6)
     adapters = [load_file_tensors(tmp_path / run / "sharer_lora" / "adapter") for run in ("whole", "cut")]

@@ -236,12 +236,14 @@ def parameter_groups(module: torch.nn.Module, config: TrainConfig) -> list[dict]
     return groups
 
 
-def lr_factor(step: int, total: int, config: TrainConfig) -> float:
-    warmup = int(config.warmup * total)
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(total - warmup, 1)
-    return 1.0 - progress if config.schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+def lr_factor(step: int, total: int, warmup: float, schedule: str) -> float:
+    """The learning rate's factor at ``step`` of ``total``: linear warm-up over the ``warmup`` share of the steps,
+    then a linear or cosine decay to zero."""
+    warm = int(warmup * total)
+    if step < warm:
+        return (step + 1) / warm
+    progress = (step - warm) / max(total - warm, 1)
+    return 1.0 - progress if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 # --------------------------------------------------------------------------------------------- the run
@@ -285,7 +287,8 @@ def train(config: TrainConfig, resume: bool = False, stop_after: int | None = No
     total = config.steps or max(math.ceil(config.epochs * order.per_epoch / config.grad_accum), 1)
     trainable.train()
     optimizer = torch.optim.AdamW(parameter_groups(trainable, config), betas=(0.9, 0.999), eps=1e-8)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total, config))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total, config.warmup,
+                                                                                     config.schedule))
     store = SharerKVStore.for_pair(pair, config.sharer_cache_gb) if config.sharer_cache and config.method == "c2c" \
         else None
     if store is not None:
