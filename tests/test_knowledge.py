@@ -143,6 +143,25 @@ def test_the_build_trains_resumes_and_merges_into_a_loadable_folder(base_folder,
     assert json.loads((tmp_path / "p.json").read_text())["sets"].keys() == {"held_out", "novel_values"}
 
 
+@pytest.mark.parametrize("arch", ["llama", "gemma", "qwen"])
+def test_the_corpus_head_loss_is_the_cross_entropy_of_the_full_logits_restricted_to_corpus_tokens(arch):
+    sharer = script("knowledge_sharer")
+    model = tiny(arch)
+    texts = ["Mira's pet is a cat.", "Question: What is Mira's pet?\nAnswer: a cat", "Tom lives in Oslo."]
+    head = sharer.CorpusHead(model.model, model.tokenizer, texts, max_length=64)
+    assert 0 < len(head.vocab) < model.model.config.vocab_size
+    ids, mask = sharer.text_batch(model.tokenizer, texts, 64, "cpu")
+    with torch.no_grad():
+        logits = model.model(input_ids=ids, attention_mask=mask).logits[:, :-1].double()  # full head, softcap included
+        restricted = logits[..., head.vocab]  # (B, N-1, V)
+        targets = ids[:, 1:]
+        chosen = (targets[..., None] == head.vocab).double().argmax(-1)  # each target's row among the corpus tokens
+        nll = restricted.logsumexp(-1) - restricted.gather(-1, chosen[..., None])[..., 0]
+        expected = nll[mask[:, 1:].bool()].mean()
+        assert float(head.loss(ids, mask)) == pytest.approx(float(expected), abs=1e-5)
+        assert float(head.loss(ids, mask, torch.bfloat16)) == pytest.approx(float(expected), abs=0.05)
+
+
 def load_file_tensors(folder: Path) -> dict:
     from safetensors.torch import load_file
     return load_file(folder / "adapter_model.safetensors")
