@@ -23,6 +23,8 @@ import random
 import sys
 from pathlib import Path
 
+from c2c.core.stats import gap_closed
+
 LENGTHS = {"paragraph": 0, "512": 512, "1024": 1024, "2048": 2048, "4096": 4096}  # receiver tokens, at most
 NEEDLES = (0, 512, 1024, 2048, 4096)
 TRAIN_LENGTHS = (512, 1024, 2048)  # phase 2's long contexts: each one's limit drawn from these
@@ -175,26 +177,11 @@ def records(folder: Path, method: str) -> dict[str, float]:
     return {r["id"]: float(r["f1"] if r.get("f1") is not None else r["correct"]) for r in rows}
 
 
-def gap_closed(receiver: dict, ceiling: dict, channel: dict, draws: int = 2000) -> dict:
-    """(channel - receiver) / (ceiling - receiver) on the items all three have; a 95% interval resampling them
-    (samples without a gap left out). None where there is no gap to close."""
-    ids = sorted(set(receiver) & set(ceiling) & set(channel))
-    if not ids:
-        return {"n": 0}
-    rows = [(receiver[i], ceiling[i], channel[i]) for i in ids]
-
-    def share(sample):
-        gap = sum(c - r for r, c, _ in sample)
-        return sum(t - r for r, _, t in sample) / gap if gap else None
-
-    rng = random.Random(0)
-    values = sorted(v for v in (share([rng.choice(rows) for _ in rows]) for _ in range(draws)) if v is not None)
-    closed = share(rows)
-    mean = lambda k: round(100 * sum(row[k] for row in rows) / len(rows), 1)  # noqa: E731
-    return {"n": len(ids), "receiver": mean(0), "with_context": mean(1), "translated": mean(2),
-            "gap_closed": None if closed is None else round(closed, 4),
-            "ci95": [round(values[int(0.025 * len(values))], 4), round(values[int(0.975 * len(values)) - 1], 4)]
-            if closed is not None and values else None}
+def translated_gap(receiver: dict, ceiling: dict, channel: dict) -> dict:
+    """``core.stats.gap_closed`` under the names this study reports: receiver, with_context, translated."""
+    gap = gap_closed(receiver, ceiling, channel)
+    names = {"floor": "receiver", "ceiling": "with_context", "channel": "translated"}
+    return {names.get(key, key): value for key, value in gap.items()}
 
 
 def write_table(out: Path) -> None:
@@ -214,7 +201,7 @@ def write_table(out: Path) -> None:
             receiver = records(runs / "baselines" / alone.get(study, folder), "receiver")
             ceiling = records(runs / "baselines" / folder, "receiver-with-context")
             result[study][name] = {"mean_receiver_tokens": tokens, **{
-                t: gap_closed(receiver, ceiling, records(runs / t / folder, "c2c-translated")) for t in translators}}
+                t: translated_gap(receiver, ceiling, records(runs / t / folder, "c2c-translated")) for t in translators}}
     for study, short in (("squad_f1", "paragraph"), ("needle_cloze", "0")):  # target: >= 75% kept at 2,048 tokens
         result[f"{study}_kept_at_2048"] = {t: _ratio(result[study]["2048"][t].get("gap_closed"),
                                                       result[study][short][t].get("gap_closed")) for t in translators}

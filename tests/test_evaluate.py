@@ -11,7 +11,7 @@ from tiny import tiny
 
 from c2c.data import cloze_continuations, load_benchmark
 from c2c.evaluation.evaluate import EvalConfig, EvalSetup, derived_records, run_eval, shuffled_partners
-from c2c.core.stats import paired_difference, wilson
+from c2c.core.stats import gap_closed, paired_difference, wilson
 from c2c.evaluation.scorers import ModelScorer, PairScorer, item_prompt, score_item, state_continuations
 
 QUESTIONS = [
@@ -208,6 +208,19 @@ def test_paired_difference_matches_items_by_id():
     half = 1.96 * statistics.stdev(differences) / math.sqrt(10)
     assert result["ci95"] == [round(0.1 - half, 4), round(0.1 + half, 4)]
     assert paired_difference(c2c[:1], shuffled)["difference"] is None
+
+
+def test_gap_closed_is_the_share_of_the_floor_to_ceiling_gap_on_common_items_with_a_resampled_interval():
+    floor = {i: 0.0 for i in range(40)}
+    ceiling = {i: 1.0 for i in range(40)}
+    channel = {i: float(i % 4 == 0) for i in range(40)} | {"extra": 1.0}  # 10 of the 40 common items closed
+    result = gap_closed(floor, ceiling, channel)
+    assert result["n"] == 40 and result["gap_closed"] == 0.25
+    assert (result["floor"], result["ceiling"], result["channel"]) == (0.0, 100.0, 25.0)
+    low, high = result["ci95"]
+    assert low < 0.25 < high and high - low < 0.35  # about 0.25 +- 1.96 * sqrt(0.25 * 0.75 / 40) = +-0.13
+    assert gap_closed(floor, floor, channel)["gap_closed"] is None  # no gap to close
+    assert gap_closed({}, ceiling, channel) == {"n": 0}
 
 
 def closed_form_wilson(correct: int, n: int, z: float = 1.96) -> list[float]:

@@ -4,6 +4,7 @@ the same items and their text, agreement. Plain Python, no torch: evaluation sum
 from __future__ import annotations
 
 import math
+import random
 import statistics
 
 
@@ -49,3 +50,27 @@ def agreement(records: list[dict], reference: list[dict]) -> dict:
     same = [r["prediction"] == picks[r["id"]] for r in records if r["id"] in picks and r["prediction"] is not None]
     return {"n": len(same), "agreement": round(sum(same) / len(same), 4) if same else None,
             "ci95": wilson(sum(same), len(same))}
+
+
+def gap_closed(floor: dict, ceiling: dict, channel: dict, draws: int = 2000) -> dict:
+    """The share of the gap from ``floor`` to ``ceiling`` that ``channel`` closes, (channel - floor) / (ceiling -
+    floor), from per-item scores (id -> score) on the items all three have, with a 95% interval resampling the items
+    (seeded; resamples without a gap left out). ``gap_closed`` is None where there is no gap to close; the three
+    means are in points."""
+    ids = sorted(set(floor) & set(ceiling) & set(channel))
+    if not ids:
+        return {"n": 0}
+    rows = [(floor[i], ceiling[i], channel[i]) for i in ids]
+
+    def share(sample):
+        gap = sum(c - f for f, c, _ in sample)
+        return sum(t - f for f, _, t in sample) / gap if gap else None
+
+    rng = random.Random(0)
+    values = sorted(v for v in (share([rng.choice(rows) for _ in rows]) for _ in range(draws)) if v is not None)
+    closed = share(rows)
+    mean = lambda k: round(100 * sum(row[k] for row in rows) / len(rows), 1)  # noqa: E731
+    return {"n": len(ids), "floor": mean(0), "ceiling": mean(1), "channel": mean(2),
+            "gap_closed": None if closed is None else round(closed, 4),
+            "ci95": [round(values[int(0.025 * len(values))], 4), round(values[int(0.975 * len(values)) - 1], 4)]
+            if closed is not None and values else None}
