@@ -267,3 +267,23 @@ def test_build_train_and_eval_every_method_on_tiny_models(tmp_path, monkeypatch,
     assert set(summary["benchmarks"]) == {"held_out", "novel_values"}
     assert set(summary["benchmarks"]["held_out"]["methods"]) == {"receiver", "sharer", "c2c", "c2c-shuffled",
                                                                  "lora-receiver", "t2t", "routing-oracle"}
+    # the table: every method per test set, the paired gain, the gap closed, the targets, a scaling row
+    import shutil
+    from c2c.core.runlog import read_jsonl
+    root = Path("results/knowledge_handoff")
+    root.mkdir(parents=True)
+    shutil.copytree("results/eval", root / "eval")
+    shutil.copytree("results/eval", root / "scale" / "n250")
+    script("knowledge_handoff_table").main(root)
+    result = json.loads((root / "knowledge.json").read_text())
+    held_out = result["tests"]["held_out"]
+    correct = {m: {r["id"]: r["correct"] for r in read_jsonl(root / "eval" / "held_out" / f"{m}.jsonl")}
+               for m in ("c2c", "c2c-shuffled")}
+    assert held_out["n"] == 4 and held_out["gain"]["difference"] == pytest.approx(
+        sum(correct["c2c"][i] - correct["c2c-shuffled"][i] for i in correct["c2c"]) / 4)
+    assert set(held_out["accuracy"]) == {"receiver", "sharer", "c2c", "c2c-shuffled", "lora-receiver", "t2t",
+                                         "routing-oracle"}
+    assert len(result["targets"]) == 3 and all(isinstance(v, bool) for v in result["targets"].values())
+    assert set(result["scale"]) == {"full", "n250"} and result["scale"]["n250"]["questions"] == 250
+    assert result["scale"]["n250"]["held_out"]["gain"] == held_out["gain"]  # the same records, the same gain
+    assert (root / "table.md").read_text().startswith("# Knowledge handoff") and (root / "scale.png").is_file()

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Issue 34, knowledge handoff: every step after the sharer's build (python benchmarks/knowledge_sharer.py build), in
+# the order of docs/knowledge_handoff.md. Each step resumes or is skipped when done (training from its checkpoint,
+# evaluation from its per-item records), so an interrupted run continues with the same command.
+#   benchmarks/knowledge_handoff.sh [cloze | kv_probe | train | eval | scale | table | all]
+# Settings are chosen on the dev sets (dev, novel_dev); the test sets (held_out, novel_values) are read only by
+# `eval` and `scale`. Writes results/knowledge_handoff/ (see its README).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+PY=.venv/bin/python
+C2C=.venv/bin/c2c
+RUNS=runs/knowledge_handoff
+E=$RUNS/encyclopedia
+OUT=results/knowledge_handoff
+TESTS=$E/held_out.jsonl,$E/novel_values.jsonl
+step=${1:-all}
+run() { [[ $step == all || $step == "$1" ]]; }
+train() {  # recipe, output folder, extra arguments: resume an interrupted run, skip a finished one
+  local recipe=$1 folder=$2; shift 2
+  [[ -f $folder/knowledge_done ]] && return
+  if [[ -f $folder/checkpoint/trainer_state.json ]]; then $C2C train --resume "$folder"
+  else $C2C train "$recipe" --output "$folder" "$@"; fi
+  touch "$folder/knowledge_done"
+}
+[[ -f $RUNS/sharer/knowledge_sharer.json ]] || { echo "build the sharer first: $PY benchmarks/knowledge_sharer.py build" >&2; exit 1; }
+mkdir -p $OUT
+
+if run cloze; then  # the sharer knows, the receiver does not (200 questions a set; the test sets in full in eval)
+  [[ -f $OUT/cloze_sharer.json ]] || $PY benchmarks/knowledge_sharer.py probe --model $RUNS/sharer --limit 200 \
+    --encyclopedia $E --out $OUT/cloze_sharer.json
+  [[ -f $OUT/cloze_receiver.json ]] || $PY benchmarks/knowledge_sharer.py probe --model smollm2-135m-instruct \
+    --limit 200 --encyclopedia $E --out $OUT/cloze_receiver.json
+fi
+if run kv_probe; then
+  [[ -f $OUT/probe/probe.json ]] || $PY benchmarks/knowledge_probe.py --model sharer=$RUNS/sharer \
+    --model receiver=smollm2-135m-instruct --encyclopedia $E --out $OUT/probe
+fi
+if run train; then
+  train recipes/knowledge_handoff/c2c.yaml $RUNS/c2c
+  train recipes/knowledge_handoff/lora.yaml $RUNS/lora
+fi
+if run eval; then
+  $C2C eval --fuser $RUNS/c2c --lora $RUNS/lora --bench $TESTS --scoring cloze \
+    --methods receiver,sharer,c2c,c2c-shuffled,lora-receiver,t2t,routing-oracle --t2t-tokens 16 --t2t-batch 8 \
+    --out $OUT/eval
+fi
+if run scale; then  # the gain against the number of training questions and the fuser's size
+  for n in 250 500 1000; do
+    train recipes/knowledge_handoff/c2c.yaml $RUNS/c2c_n$n --max-examples $n
+    $C2C eval --fuser $RUNS/c2c_n$n --bench $TESTS --scoring cloze --methods c2c,c2c-shuffled --out $OUT/scale/n$n
+  done
+  for h in 32 512; do
+    train recipes/knowledge_handoff/c2c.yaml $RUNS/c2c_h$h --set fuser.hidden_size=$h --set fuser.intermediate_size=$h
+    $C2C eval --fuser $RUNS/c2c_h$h --bench $TESTS --scoring cloze --methods c2c,c2c-shuffled --out $OUT/scale/h$h
+  done
+fi
+if run table; then
+  $PY benchmarks/knowledge_handoff_table.py $OUT
+fi
+true
