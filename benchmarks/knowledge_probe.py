@@ -14,6 +14,9 @@ prompt, found by the tokenizer's offsets), reported side by side:
   - ``last``: the question's last token ("?"), which has attended to the whole question, the name included;
   - ``mean``: the mean over the question's tokens, which also holds the name's own positions, where facts about a
     subject are recalled in causal LMs (its last token), but dilutes them with the template words.
+And one past the question: ``prompt_end``, the prompt's last token (":" of "Answer:"), where the model predicts the
+answer; the fuser writes these positions too (every prompt position), so it is where the answer is most likely
+readable, and the question's own tokens say whether it is there before the template asks for it.
 The classifier is closed-form ridge regression onto one-hot answer values (every value of every attribute seen in
 fitting, float64, features standardised on the fitting set; the penalty chosen on ``--dev-set`` people from a grid),
 fitted on ``--train-set`` people's questions and scored on ``--test-set`` people's: a prediction is the
@@ -43,7 +46,7 @@ from c2c.evaluation.scorers import item_prompt
 from c2c.inputs.align import as_messages, render
 from c2c.runtime.passes import model_kv
 
-POOLS = ("last", "mean")
+POOLS = ("last", "mean", "prompt_end")
 PENALTIES = [10.0 ** e for e in range(-2, 5)]  # ridge penalties tried on the dev set, times the fitting rows
 
 
@@ -64,7 +67,7 @@ def question_columns(tokenizer, item: MCItem) -> tuple[list[int], list[int]]:
 @torch.no_grad()
 def question_features(model: LoadedModel, items: list[MCItem], batch_size: int = 16) -> dict[str, torch.Tensor]:
     """Per pooling, (layers, items, features): the keys (rotary removed) and values of every KV head at the question's
-    tokens, pooled ``last`` and ``mean``; float32 on the CPU."""
+    tokens, pooled ``last`` and ``mean``, and at the prompt's last token (``prompt_end``); float32 on the CPU."""
     rotary, device = Rotary(model.model), model.model.device
     pad = model.tokenizer.pad_token_id or 0
     out: dict[str, list[torch.Tensor]] = {pool: [] for pool in POOLS}
@@ -86,6 +89,7 @@ def question_features(model: LoadedModel, items: list[MCItem], batch_size: int =
             both = torch.cat([keys, values], dim=-1).float().transpose(1, 2).flatten(2)  # (B, N, H * 2d)
             per_layer["mean"].append(torch.einsum("bn,bnf->bf", select, both))
             per_layer["last"].append(both[torch.arange(len(rows), device=device), last])
+            per_layer["prompt_end"].append(both[:, -1])  # left padding: every prompt ends in the last column
         for pool in POOLS:
             out[pool].append(torch.stack(per_layer[pool]).cpu())  # (L, B, F)
     return {pool: torch.cat(chunks, dim=1) for pool, chunks in out.items()}
@@ -172,11 +176,12 @@ def table(result: dict) -> str:
              f"the attribute's values (chance {result['chance']['accuracy']:.3f}) and among the question's choices "
              f"(chance {result['chance']['choice_accuracy']:.3f}).", ""]
     for label, model in result["models"].items():
-        lines += [f"### {label} ({model['spec']})", "", "| layer | last | last, choices | mean | mean, choices |",
-                  "|---:|---:|---:|---:|---:|"]
+        lines += [f"### {label} ({model['spec']})", "",
+                  "| layer | " + " | ".join(f"{pool} | {pool}, choices" for pool in POOLS) + " |",
+                  "|---:|" + "---:|---:|" * len(POOLS)]
         for row in model["layers"]:
-            lines.append(f"| {row['layer']} | {row['last']['accuracy']:.3f} | {row['last']['choice_accuracy']:.3f} | "
-                         f"{row['mean']['accuracy']:.3f} | {row['mean']['choice_accuracy']:.3f} |")
+            lines.append(f"| {row['layer']} | " + " | ".join(
+                f"{row[pool]['accuracy']:.3f} | {row[pool]['choice_accuracy']:.3f}" for pool in POOLS) + " |")
         lines.append("")
     return "\n".join(lines)
 
@@ -189,7 +194,7 @@ def plot(result: dict, path: Path) -> None:
     for label, model in result["models"].items():
         count = len(model["layers"])
         depth = [row["layer"] / max(count - 1, 1) for row in model["layers"]]
-        for pool, style in zip(POOLS, ("-", "--")):
+        for pool, style in zip(POOLS, ("-", "--", ":")):
             axis.plot(depth, [row[pool]["accuracy"] for row in model["layers"]], style, marker="o", markersize=3,
                       label=f"{label}, {pool} ({count} layers)")
     axis.axhline(result["chance"]["accuracy"], color="grey", linestyle=":", label="chance")
@@ -231,7 +236,8 @@ def main(argv: list[str] | None = None) -> dict:
                          f"{sorted(missing)[0]}): a probe has no class for them; test on held_out")
     result = {"encyclopedia": str(folder), "train_set": args.train_set, "dev_set": args.dev_set,
               "test_set": args.test_set, "n_train": len(train_items), "n_test": len(test_items),
-              "positions": "the question's tokens: last (its last token) and mean (over them)",
+              "positions": "the question's tokens: last (its last token) and mean (over them); prompt_end: the "
+                           "prompt's last token, where the answer is predicted",
               "features": "keys (rotary removed) and values of every KV head, concatenated",
               "classifier": "ridge onto one-hot answer values, penalty chosen on the dev set",
               "chance": chance(test_items, classes), "models": {}}
@@ -241,8 +247,9 @@ def main(argv: list[str] | None = None) -> dict:
             label, name = Path(spec).name, spec
         model = load_model(name, args.dtype, args.device)
         result["models"][label] = probe_model(model, train_items, test_items, dev_items, args.batch_size)
-        best = max(result["models"][label]["layers"], key=lambda r: r["last"]["accuracy"])
-        print(f"{label}: best layer {best['layer']} last {best['last']['accuracy']:.3f}", file=sys.stderr)
+        for pool in POOLS:
+            best = max(result["models"][label]["layers"], key=lambda r: r[pool]["accuracy"])
+            print(f"{label}: {pool} best at layer {best['layer']}: {best[pool]['accuracy']:.3f}", file=sys.stderr)
         del model
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
