@@ -43,17 +43,21 @@ fi
 if run eval; then
   $C2C eval --fuser $RUNS/c2c --lora $RUNS/lora --bench $TESTS --scoring cloze \
     --methods receiver,sharer,c2c,c2c-shuffled,lora-receiver,t2t,routing-oracle --t2t-tokens 16 --t2t-batch 8 \
+    --batch-size 8 \
     --out $OUT/eval
 fi
-if run scale; then  # the gain against the number of training questions and the fuser's size
-  for n in 250 500 1000; do
-    train recipes/knowledge_handoff/c2c.yaml $RUNS/c2c_n$n --max-examples $n
-    $C2C eval --fuser $RUNS/c2c_n$n --bench $TESTS --scoring cloze --methods c2c,c2c-shuffled --out $OUT/scale/n$n
-  done
-  for h in 32 512; do
-    train recipes/knowledge_handoff/c2c.yaml $RUNS/c2c_h$h --set fuser.hidden_size=$h --set fuser.intermediate_size=$h
-    $C2C eval --fuser $RUNS/c2c_h$h --bench $TESTS --scoring cloze --methods c2c,c2c-shuffled --out $OUT/scale/h$h
-  done
+if run scale; then  # the gain against the number of training questions and the fuser's size, on held_out only
+  scale() {  # name, extra training arguments
+    local name=$1; shift
+    train recipes/knowledge_handoff/c2c.yaml $RUNS/c2c_$name "$@"
+    $C2C eval --fuser $RUNS/c2c_$name --bench $E/held_out.jsonl --scoring cloze --methods c2c,c2c-shuffled \
+      --batch-size 8 --out $OUT/scale/$name
+  }
+  scale n250 --max-examples 250
+  scale n500 --max-examples 500
+  scale h32 --set fuser.hidden_size=32 --set fuser.intermediate_size=32
+  scale n1000 --max-examples 1000
+  scale h512 --set fuser.hidden_size=512 --set fuser.intermediate_size=512
 fi
 if run table; then
   $PY benchmarks/knowledge_handoff_table.py $OUT

@@ -81,7 +81,7 @@ def probe_lines(root: Path) -> tuple[list[str], dict]:
              "| model | pooling | best layer | accuracy | among choices |", "|---|---|---:|---:|---:|"]
     best = {}
     for label, model in result["models"].items():
-        for pool in ("last", "mean"):
+        for pool in (key for key in model["layers"][0] if key != "layer"):
             row = max(model["layers"], key=lambda r: r[pool]["accuracy"])
             best[f"{label}/{pool}"] = {"layer": row["layer"], **{k: row[pool][k] for k in ("accuracy", "choice_accuracy")}}
             lines.append(f"| {label} | {pool} | {row['layer']} of {len(model['layers'])} | "

@@ -14,9 +14,10 @@ prompt, found by the tokenizer's offsets), reported side by side:
   - ``last``: the question's last token ("?"), which has attended to the whole question, the name included;
   - ``mean``: the mean over the question's tokens, which also holds the name's own positions, where facts about a
     subject are recalled in causal LMs (its last token), but dilutes them with the template words.
-And one past the question: ``prompt_end``, the prompt's last token (":" of "Answer:"), where the model predicts the
-answer; the fuser writes these positions too (every prompt position), so it is where the answer is most likely
-readable, and the question's own tokens say whether it is there before the template asks for it.
+And two past the question: ``prompt_end``, the prompt's last token (":" of "Answer:"), where the model predicts the
+answer, and ``fused_end``, the token before it ("Answer"), the last position a fuser writes: C2C fuses the prompt
+minus its last token, which the receiver runs unfused over the fused cache (as the paper does), so the answer
+must be readable at the question's tokens or at ``fused_end`` for a fuser to carry it.
 The classifier is closed-form ridge regression onto one-hot answer values (every value of every attribute seen in
 fitting, float64, features standardised on the fitting set; the penalty chosen on ``--dev-set`` people from a grid),
 fitted on ``--train-set`` people's questions and scored on ``--test-set`` people's: a prediction is the
@@ -46,7 +47,7 @@ from c2c.evaluation.scorers import item_prompt
 from c2c.inputs.align import as_messages, render
 from c2c.runtime.passes import model_kv
 
-POOLS = ("last", "mean", "prompt_end")
+POOLS = ("last", "mean", "fused_end", "prompt_end")
 PENALTIES = [10.0 ** e for e in range(-2, 5)]  # ridge penalties tried on the dev set, times the fitting rows
 
 
@@ -67,7 +68,8 @@ def question_columns(tokenizer, item: MCItem) -> tuple[list[int], list[int]]:
 @torch.no_grad()
 def question_features(model: LoadedModel, items: list[MCItem], batch_size: int = 16) -> dict[str, torch.Tensor]:
     """Per pooling, (layers, items, features): the keys (rotary removed) and values of every KV head at the question's
-    tokens, pooled ``last`` and ``mean``, and at the prompt's last token (``prompt_end``); float32 on the CPU."""
+    tokens, pooled ``last`` and ``mean``, at the last position a fuser writes (``fused_end``) and at the prompt's last
+    token (``prompt_end``); float32 on the CPU."""
     rotary, device = Rotary(model.model), model.model.device
     pad = model.tokenizer.pad_token_id or 0
     out: dict[str, list[torch.Tensor]] = {pool: [] for pool in POOLS}
@@ -89,7 +91,8 @@ def question_features(model: LoadedModel, items: list[MCItem], batch_size: int =
             both = torch.cat([keys, values], dim=-1).float().transpose(1, 2).flatten(2)  # (B, N, H * 2d)
             per_layer["mean"].append(torch.einsum("bn,bnf->bf", select, both))
             per_layer["last"].append(both[torch.arange(len(rows), device=device), last])
-            per_layer["prompt_end"].append(both[:, -1])  # left padding: every prompt ends in the last column
+            per_layer["fused_end"].append(both[:, -2])  # left padding: every prompt ends in the last column
+            per_layer["prompt_end"].append(both[:, -1])
         for pool in POOLS:
             out[pool].append(torch.stack(per_layer[pool]).cpu())  # (L, B, F)
     return {pool: torch.cat(chunks, dim=1) for pool, chunks in out.items()}
@@ -194,7 +197,7 @@ def plot(result: dict, path: Path) -> None:
     for label, model in result["models"].items():
         count = len(model["layers"])
         depth = [row["layer"] / max(count - 1, 1) for row in model["layers"]]
-        for pool, style in zip(POOLS, ("-", "--", ":")):
+        for pool, style in zip(POOLS, ("-", "--", "-.", ":")):
             axis.plot(depth, [row[pool]["accuracy"] for row in model["layers"]], style, marker="o", markersize=3,
                       label=f"{label}, {pool} ({count} layers)")
     axis.axhline(result["chance"]["accuracy"], color="grey", linestyle=":", label="chance")
@@ -237,7 +240,8 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"encyclopedia": str(folder), "train_set": args.train_set, "dev_set": args.dev_set,
               "test_set": args.test_set, "n_train": len(train_items), "n_test": len(test_items),
               "positions": "the question's tokens: last (its last token) and mean (over them); prompt_end: the "
-                           "prompt's last token, where the answer is predicted",
+                           "prompt's last token, where the answer is predicted; fused_end: the one before it, the "
+                           "last position a fuser writes",
               "features": "keys (rotary removed) and values of every KV head, concatenated",
               "classifier": "ridge onto one-hot answer values, penalty chosen on the dev set",
               "chance": chance(test_items, classes), "models": {}}

@@ -208,11 +208,13 @@ def test_the_kv_probe_runs_on_tiny_models_and_reports_every_layer(tmp_path, base
     model = tiny("gemma")  # a sliding-window model with a BOS token
     features = probe.question_features(model, items[:5], batch_size=2)
     assert features["last"].shape == features["mean"].shape == features["prompt_end"].shape == (3, 5, 2 * 16)
+    assert features["fused_end"].shape == (3, 5, 2 * 16)
     ids, _ = probe.question_columns(model.tokenizer, items[4])
     with torch.no_grad():  # the prompt's last token: its own values, read in a pass of its own
         values = model_kv(model.model, torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long))[1][1]
-    values = values[0, :, -1].flatten()  # layer 1's values at the last position, (H * d,)
-    assert torch.allclose(features["prompt_end"][1, 4, 16:], values, atol=1e-4)
+    values = values[0]  # layer 1's values, (H, N, d)
+    assert torch.allclose(features["prompt_end"][1, 4, 16:], values[:, -1].flatten(), atol=1e-4)
+    assert torch.allclose(features["fused_end"][1, 4, 16:], values[:, -2].flatten(), atol=1e-4)
     alone = probe.question_features(model, items[3:4])  # left padding changes nothing (rotary removed)
     assert torch.allclose(alone["mean"][:, 0], features["mean"][:, 3], atol=1e-4)
 
@@ -220,7 +222,7 @@ def test_the_kv_probe_runs_on_tiny_models_and_reports_every_layer(tmp_path, base
                          "--device", "cpu", "--out", str(tmp_path / "probe")])
     layers = result["models"]["receiver"]["layers"]
     assert [row["layer"] for row in layers] == [0, 1, 2, 3]
-    assert all(0 <= row[pool]["accuracy"] <= 1 for row in layers for pool in ("last", "mean", "prompt_end"))
+    assert all(0 <= row[pool]["accuracy"] <= 1 for row in layers for pool in probe.POOLS)
     assert {p.name for p in (tmp_path / "probe").iterdir()} == {"probe.json", "probe.md", "probe.png"}
     with pytest.raises(SystemExit, match="no class"):
         probe.main(["--model", f"receiver={base_folder}", "--encyclopedia", str(tmp_path / "book"),
