@@ -2,7 +2,7 @@
 # Issue 34, knowledge handoff: every step after the sharer's build (python benchmarks/knowledge_sharer.py build), in
 # the order of docs/knowledge_handoff.md. Each step resumes or is skipped when done (training from its checkpoint,
 # evaluation from its per-item records), so an interrupted run continues with the same command.
-#   benchmarks/knowledge_handoff.sh [cloze | kv_probe | train | eval | scale | table | all]
+#   benchmarks/knowledge_handoff.sh [cloze | kv_probe | train | eval | position_free | scale | table | all]
 # Settings are chosen on the dev sets (dev, novel_dev); the test sets (held_out, novel_values) are read only by
 # `eval` and `scale`. Writes results/knowledge_handoff/ (see its README).
 set -euo pipefail
@@ -45,6 +45,11 @@ if run eval; then
     --methods receiver,sharer,c2c,c2c-shuffled,lora-receiver,t2t,routing-oracle --t2t-tokens 16 --t2t-batch 8 \
     --batch-size 8 \
     --out $OUT/eval
+fi
+if run position_free; then  # the same fuser with position-free keys (recipes/knowledge_handoff/position_free.yaml)
+  train recipes/knowledge_handoff/position_free.yaml $RUNS/c2c_position_free
+  $C2C eval --fuser $RUNS/c2c_position_free --bench $TESTS --scoring cloze --methods c2c,c2c-shuffled \
+    --batch-size 8 --out $OUT/position_free
 fi
 if run scale; then  # the gain against the number of training questions and the fuser's size, on held_out only
   scale() {  # name, extra training arguments

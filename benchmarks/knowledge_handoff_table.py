@@ -6,7 +6,7 @@ Reads `eval/summary.json` and its per-item records (`c2c eval`, both test sets),
 (the cloze probe), `probe/probe.json` (the K/V probe) and `scale/*/` (c2c and c2c-shuffled of the scaling runs,
 on the same items as `eval`), and writes `table.md` and `knowledge.json`: accuracy per method and test set, the
 communication gain (c2c - c2c-shuffled, paired), the share of the receiver -> sharer gap c2c closes
-(`core.stats.gap_closed`), the LoRA receiver against chance, the probe's best layers, the scaling rows, and each
+(`core.stats.gap_closed`), the LoRA receiver against chance, the position-free fuser (`position_free/`), the probe's best layers, the scaling rows, and each
 of the issue's targets met or not. A step not yet run is left out.
 """
 from __future__ import annotations
@@ -73,7 +73,9 @@ def probe_lines(root: Path) -> tuple[list[str], dict]:
         return [], {}
     result = json.loads(path.read_text())
     lines = ["## Where the knowledge lives (K/V probe)", "",
-             f"Ridge probe per layer on each model's K/V at the question's tokens, fitted on {result['train_set']}, "
+             "Ridge probe per layer on each model's K/V, at the question's tokens (last, mean), at the last position a "
+             "fuser writes (fused_end) and at the prompt's last token (prompt_end, never fused); fitted on "
+             f"{result['train_set']}, "
              f"scored on {result['test_set']} ({result['n_test']} questions); accuracy among the attribute's values "
              f"(chance {pct(result['chance']['accuracy'])}) and among the question's four choices (chance "
              f"{pct(result['chance']['choice_accuracy'])}). The best layer of each model and pooling; every layer is "
@@ -157,6 +159,16 @@ def main(root: Path) -> None:
                         (row["gap_closed"].get("gap_closed") or 0) >= 0.5,
                     "lora-receiver within its interval of chance (held_out)":
                         lora is not None and lora["ci95"][0] <= chance <= lora["ci95"][1]}
+        if (root / "position_free" / "summary.json").is_file():  # the same fuser with position-free keys
+            lines += ["### The position-free fuser (`position_free/`)", "", "| test | c2c | c2c-shuffled | gain | "
+                      "gap closed |", "|---|---:|---:|---|---|"]
+            benches = json.loads((root / "position_free" / "summary.json").read_text())["benchmarks"]
+            for bench in (b for b in TESTS if b in benches):
+                row = out.setdefault("position_free", {})[bench] = communication(root / "position_free", evaluation,
+                                                                                 bench)
+                lines.append(f"| {bench} | {pct(row['c2c'])} | {pct(row['c2c-shuffled'])} | {paired_text(row['gain'])} "
+                             f"| {share_text(row['gap_closed'])} |")
+            lines.append("")
         scale_rows = {"full": evaluation, **{name: root / "scale" / name for name in SCALE
                                              if (root / "scale" / name / "summary.json").is_file()}}
         lines += ["## Scale of the claim: the gain against training questions and fuser size", "",

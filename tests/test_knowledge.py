@@ -282,6 +282,7 @@ def test_build_train_and_eval_every_method_on_tiny_models(tmp_path, monkeypatch,
     root.mkdir(parents=True)
     shutil.copytree("results/eval", root / "eval")
     shutil.copytree("results/eval", root / "scale" / "n250")
+    shutil.copytree("results/eval", root / "position_free")
     script("knowledge_handoff_table").main(root)
     result = json.loads((root / "knowledge.json").read_text())
     held_out = result["tests"]["held_out"]
@@ -294,4 +295,5 @@ def test_build_train_and_eval_every_method_on_tiny_models(tmp_path, monkeypatch,
     assert len(result["targets"]) == 3 and all(isinstance(v, bool) for v in result["targets"].values())
     assert set(result["scale"]) == {"full", "n250"} and result["scale"]["n250"]["questions"] == 250
     assert result["scale"]["n250"]["held_out"]["gain"] == held_out["gain"]  # the same records, the same gain
+    assert result["position_free"]["novel_values"]["gain"] == result["tests"]["novel_values"]["gain"]
     assert (root / "table.md").read_text().startswith("# Knowledge handoff") and (root / "scale.png").is_file()
