@@ -38,12 +38,12 @@ def test_the_share_of_the_gap_is_computed_on_the_items_all_methods_have():
     receiver = {"a": 0.0, "b": 0.0, "c": 0.5, "x": 1.0}
     ceiling = {"a": 1.0, "b": 1.0, "c": 1.0}
     channel = {"a": 1.0, "b": 0.0, "c": 0.5, "y": 0.0}
-    result = length.gap_closed(receiver, ceiling, channel)
+    result = length.translated_gap(receiver, ceiling, channel)
     assert result["n"] == 3 and result["gap_closed"] == pytest.approx(1 / 2.5)  # (1 + 0 + 0) / (1 + 1 + 0.5)
     assert (result["receiver"], result["with_context"], result["translated"]) == (16.7, 100.0, 50.0)
     assert result["ci95"][0] <= result["gap_closed"] <= result["ci95"][1]
-    assert length.gap_closed(receiver, {}, channel) == {"n": 0}
-    assert length.gap_closed({"a": 1.0}, {"a": 1.0}, {"a": 0.0})["gap_closed"] is None  # nothing to close
+    assert length.translated_gap(receiver, {}, channel) == {"n": 0}
+    assert length.translated_gap({"a": 1.0}, {"a": 1.0}, {"a": 0.0})["gap_closed"] is None  # nothing to close
 
 
 def test_the_table_reads_the_records_c2c_eval_wrote(tmp_path):
