@@ -6,8 +6,8 @@ Reads `eval/summary.json` and its per-item records (`c2c eval`, both test sets),
 (the cloze probe), `probe/probe.json` (the K/V probe) and `scale/*/` (c2c and c2c-shuffled of the scaling runs,
 on the same items as `eval`), and writes `table.md` and `knowledge.json`: accuracy per method and test set, the
 communication gain (c2c - c2c-shuffled, paired), the share of the receiver -> sharer gap c2c closes
-(`core.stats.gap_closed`), the LoRA receiver against chance, the position-free fuser (`position_free/`), the probe's best layers, the scaling rows, and each
-of the issue's targets met or not. A step not yet run is left out.
+(`core.stats.gap_closed`), the LoRA receiver against chance, the position-free fuser (`position_free/`), the
+probe's best layers, the scaling rows, and each of the issue's targets met or not. A step not yet run is left out.
 """
 from __future__ import annotations
 
@@ -25,8 +25,12 @@ SCALE = {  # scaling run -> (fuser_train questions it trained on, the fuser's hi
     "h32": (1936, 32), "h512": (1936, 512)}
 
 
+def by_id(records: list[dict]) -> dict[str, float]:
+    return {r["id"]: float(r["correct"]) for r in records}
+
+
 def scores(folder: Path, bench: str, method: str) -> dict[str, float]:
-    return {r["id"]: float(r["correct"]) for r in read_jsonl(folder / bench / f"{method}.jsonl")}
+    return by_id(read_jsonl(folder / bench / f"{method}.jsonl"))
 
 
 def pct(x: float) -> str:
@@ -44,7 +48,7 @@ def communication(folder: Path, eval_folder: Path, bench: str) -> dict:
     """c2c, its gain over c2c-shuffled (paired) and the share of the receiver -> sharer gap it closes."""
     c2c = read_jsonl(folder / bench / "c2c.jsonl")
     shuffled = read_jsonl(folder / bench / "c2c-shuffled.jsonl")
-    c2c_scores = {r["id"]: float(r["correct"]) for r in c2c}
+    c2c_scores = by_id(c2c)
     return {"n": len(c2c), "c2c": round(sum(c2c_scores.values()) / len(c2c), 4),
             "c2c-shuffled": round(sum(float(r["correct"]) for r in shuffled) / len(shuffled), 4),
             "gain": paired_difference(c2c, shuffled),

@@ -12,8 +12,8 @@ so a built-in name is read from its local GGUF package, offline) with a LoRA ada
 causal-LM loss on the corpus texts whose softmax runs over the corpus's own tokens (``CorpusHead``: a few thousand
 of Gemma's 262,144, so the LM head stops costing more than the model; the ranking among corpus tokens, every cloze
 choice's first token included, is trained as a full softmax would train it) with the body under bf16 autocast
-(``--autocast``; about 3x faster than the full head in float32 on this CPU) (the schedule and batch order of ``c2c train``: ``training.train.lr_factor``,
-``Order``), saving its resumable state every ``--save-every`` steps as ``c2c train`` does (``training.state``: the
+(``--autocast``; about 3x faster than the full head in float32 on this CPU), with the schedule and batch order of
+``c2c train`` (``training.train.lr_factor``, ``Order``), saving its resumable state every ``--save-every`` steps as ``c2c train`` does (``training.state``: the
 adapter's weights, optimizer, schedule and random state in OUT/sharer_lora/checkpoint/, the settings beside it;
 ``--resume`` continues from there: the batches of a step depend only on the seed and the step, so a resumed run takes
 the same steps as an uninterrupted one), writes the trained adapter to OUT/sharer_lora/adapter/, then merges it
@@ -144,9 +144,8 @@ def train_lora(base: LoadedModel, texts: list[str], out: Path, *, r: int = 16, a
     model = get_peft_model(base.model, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,
                                                   target_modules="all-linear"))
     trainable = [p for p in model.parameters() if p.requires_grad]
-    head, autocast_dtype = CorpusHead(model.get_base_model(), base.tokenizer, texts, max_length), None
-    if autocast:
-        autocast_dtype = getattr(torch, autocast)
+    head = CorpusHead(model.get_base_model(), base.tokenizer, texts, max_length)
+    autocast_dtype = getattr(torch, autocast) if autocast else None
     optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total, warmup, "cosine"))
     tokenizer, sample = base.tokenizer, texts[:LOSS_SAMPLE]
