@@ -2,7 +2,7 @@
 # Issue 34, knowledge handoff: every step after the sharer's build (python benchmarks/knowledge_sharer.py build), in
 # the order of docs/knowledge_handoff.md. Each step resumes or is skipped when done (training from its checkpoint,
 # evaluation from its per-item records), so an interrupted run continues with the same command.
-#   benchmarks/knowledge_handoff.sh [cloze | kv_probe | train | eval | position_free | scale | table | all]
+#   benchmarks/knowledge_handoff.sh [cloze | kv_probe | train | eval | position_free | ahead | scale | table | all]
 # Settings are chosen on the dev sets (dev, novel_dev); the test sets (held_out, novel_values) are read only by
 # `eval` and `scale`. Writes results/knowledge_handoff/ (see its README).
 set -euo pipefail
@@ -46,11 +46,13 @@ if run eval; then
     --batch-size 8 \
     --out $OUT/eval
 fi
-if run position_free; then  # the same fuser with position-free keys (recipes/knowledge_handoff/position_free.yaml)
-  train recipes/knowledge_handoff/position_free.yaml $RUNS/c2c_position_free
-  $C2C eval --fuser $RUNS/c2c_position_free --bench $TESTS --scoring cloze --methods c2c,c2c-shuffled \
-    --batch-size 8 --out $OUT/position_free
-fi
+for variant in position_free ahead; do  # the same fuser with one change (recipes/knowledge_handoff/$variant.yaml):
+  if run $variant; then               # position-free keys; each fused position reads the sharer one token ahead
+    train recipes/knowledge_handoff/$variant.yaml $RUNS/c2c_$variant
+    $C2C eval --fuser $RUNS/c2c_$variant --bench $TESTS --scoring cloze --methods c2c,c2c-shuffled \
+      --batch-size 8 --out $OUT/$variant
+  fi
+done
 if run scale; then  # the gain against the number of training questions and the fuser's size, on held_out only
   scale() {  # name, extra training arguments
     local name=$1; shift

@@ -6,8 +6,9 @@ Reads `eval/summary.json` and its per-item records (`c2c eval`, both test sets),
 (the cloze probe), `probe/probe.json` (the K/V probe) and `scale/*/` (c2c and c2c-shuffled of the scaling runs,
 on the same items as `eval`), and writes `table.md` and `knowledge.json`: accuracy per method and test set, the
 communication gain (c2c - c2c-shuffled, paired), the share of the receiver -> sharer gap c2c closes
-(`core.stats.gap_closed`), the LoRA receiver against chance, the position-free fuser (`position_free/`), the
-probe's best layers, the scaling rows, and each of the issue's targets met or not. A step not yet run is left out.
+(`core.stats.gap_closed`), the LoRA receiver against chance, the one-change variants (`VARIANTS`: position-free
+keys, reading one sharer token ahead), the probe's best layers, the scaling rows, and each of the issue's targets
+met or not. A step not yet run is left out.
 """
 from __future__ import annotations
 
@@ -23,6 +24,9 @@ METHODS = ("receiver", "sharer", "c2c", "c2c-shuffled", "lora-receiver", "t2t", 
 SCALE = {  # scaling run -> (fuser_train questions it trained on, the fuser's hidden and intermediate size)
     "n250": (250, 128), "n500": (500, 128), "n1000": (1000, 128), "full": (1936, 128),
     "h32": (1936, 32), "h512": (1936, 512)}
+VARIANTS = {  # folder -> title: the main fuser's recipe with one change (recipes/knowledge_handoff/<folder>.yaml)
+    "position_free": "The position-free fuser",
+    "ahead": "Reading one sharer token ahead (`offsets_ahead`; not the paper's protocol)"}
 
 
 def by_id(records: list[dict]) -> dict[str, float]:
@@ -163,13 +167,14 @@ def main(root: Path) -> None:
                         (row["gap_closed"].get("gap_closed") or 0) >= 0.5,
                     "lora-receiver within its interval of chance (held_out)":
                         lora is not None and lora["ci95"][0] <= chance <= lora["ci95"][1]}
-        if (root / "position_free" / "summary.json").is_file():  # the same fuser with position-free keys
-            lines += ["### The position-free fuser (`position_free/`)", "", "| test | c2c | c2c-shuffled | gain | "
-                      "gap closed |", "|---|---:|---:|---|---|"]
-            benches = json.loads((root / "position_free" / "summary.json").read_text())["benchmarks"]
+        for variant, title in VARIANTS.items():  # the main fuser's recipe with one change each
+            if not (root / variant / "summary.json").is_file():
+                continue
+            lines += [f"### {title} (`{variant}/`)", "", "| test | c2c | c2c-shuffled | gain | gap closed |",
+                      "|---|---:|---:|---|---|"]
+            benches = json.loads((root / variant / "summary.json").read_text())["benchmarks"]
             for bench in (b for b in TESTS if b in benches):
-                row = out.setdefault("position_free", {})[bench] = communication(root / "position_free", evaluation,
-                                                                                 bench)
+                row = out.setdefault(variant, {})[bench] = communication(root / variant, evaluation, bench)
                 lines.append(f"| {bench} | {pct(row['c2c'])} | {pct(row['c2c-shuffled'])} | {paired_text(row['gain'])} "
                              f"| {share_text(row['gap_closed'])} |")
             lines.append("")

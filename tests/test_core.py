@@ -68,6 +68,20 @@ def test_byte_level_pieces_of_one_character_share_its_sharer_token():
     assert "猫" in sharer_view.text[slice(*sharer_view.offsets[targets.pop()])] or s.unk_token_id in sharer_view.ids
 
 
+@pytest.mark.parametrize("receiver,sharer", PAIRS)
+def test_offsets_ahead_reads_the_next_sharer_token_and_ends_on_the_sharers_last(receiver, sharer):
+    r, s = tiny(receiver).tokenizer, tiny(sharer).tokenizer
+    messages = as_messages("Question: What is Mira's home city?\nAnswer:")
+    view = render(r, messages, chat=False)
+    offsets = TokenAligner(r, s, "offsets").align(messages, view, chat=False)
+    ahead = TokenAligner(r, s, "offsets_ahead").align(messages, view, chat=False)
+    last = len(offsets.sharer_ids) - 1
+    assert ahead.sharer_ids == offsets.sharer_ids
+    assert ahead.positions == [min(p + 1, last) if p >= 0 else -1 for p in offsets.positions]
+    assert ahead.positions[-1] == -1 and ahead.positions[-2] == last  # the last fused position: the sharer's last
+    assert offsets.positions[-2] < last  # which plain offsets never fuse
+
+
 def test_chat_templates_differ_and_only_message_text_is_fused():
     r, s = tiny("llama").tokenizer, tiny("qwen").tokenizer
     messages = [{"role": "user", "content": "What is the capital of France?"},
@@ -335,6 +349,27 @@ def test_rows_whose_fused_runs_end_at_different_columns_equal_one_at_a_time(rece
     batched = _last_logits(pair, CONVERSATIONS)
     for row, prompt in enumerate(CONVERSATIONS):
         torch.testing.assert_close(batched[row], _last_logits(pair, [prompt])[0], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("alignment", ["offsets", "offsets_ahead"])
+def test_only_reading_ahead_fuses_the_sharers_last_prompt_token(alignment):
+    """With ``offsets_ahead`` the last fused column reads the sharer's K/V at the prompt's last token: changing
+    them changes the fused cache there; with ``offsets`` no fused column reads them."""
+    pair = make_pair("llama", ("gemma",), token_alignment=alignment, chat_template=False)
+    batch = pair.prepare(["Question: What is Mira's home city?\nAnswer:"])
+    last_fused = int((batch.positions[0][0] >= 0).nonzero().max())
+    sharer_last = batch.sharer_ids[0].shape[1] - 1  # one row: the sharer's last prompt token
+    assert (int(batch.positions[0][0, last_fused]) == sharer_last) == (alignment == "offsets_ahead")
+    run = pair.sharer_cache_provider
+
+    def changed_at_the_end(pair_, batch_, chunks=None):
+        return [[(k.clone().index_fill_(2, torch.tensor([sharer_last]), 3.0), v) for k, v in layers]
+                for layers in run(pair_, batch_, chunks)]
+    cache = [k for k, _ in kvcache.all_kv(pair.prefill(batch))]
+    pair.sharer_cache_provider = changed_at_the_end
+    changed = [k for k, _ in kvcache.all_kv(pair.prefill(batch))]
+    difference = max((a - b).abs().max().item() for a, b in zip(cache, changed))
+    assert (difference > 1e-4) == (alignment == "offsets_ahead")
 
 
 def test_padding_and_template_positions_are_not_fused_per_row():

@@ -240,9 +240,13 @@ def test_the_recipes_train_on_fuser_train_questions_only(tmp_path, monkeypatch):
     write_encyclopedia(tmp_path / "runs" / "knowledge_handoff" / "encyclopedia")
     book = Encyclopedia.build(0)
     train_names = {p.name for p in book.people["fuser_train"]}
-    configs = {name: TrainConfig.from_file(RECIPES / f"{name}.yaml") for name in ("c2c", "position_free", "lora")}
-    assert configs["c2c"].sharers == configs["position_free"].sharers == ["runs/knowledge_handoff/sharer"]
+    configs = {name: TrainConfig.from_file(RECIPES / f"{name}.yaml") for name in ("c2c", "position_free", "ahead",
+                                                                                   "lora")}
+    assert configs["c2c"].sharers == configs["position_free"].sharers == configs["ahead"].sharers == \
+        ["runs/knowledge_handoff/sharer"]
     assert configs["position_free"].fuser["position_free"] and not configs["c2c"].fuser.get("position_free")
+    assert configs["ahead"].token_alignment == "offsets_ahead" and configs["c2c"].token_alignment == "offsets"
+    assert configs["ahead"].fuser == configs["c2c"].fuser  # one change each
     assert configs["c2c"].fuser["hidden_size"] == 128 and configs["c2c"].objective == "choices"  # shipped shape
     assert configs["lora"].method == "lora" and configs["c2c"].method == "c2c"
     for name, config in configs.items():
@@ -283,6 +287,7 @@ def test_build_train_and_eval_every_method_on_tiny_models(tmp_path, monkeypatch,
     shutil.copytree("results/eval", root / "eval")
     shutil.copytree("results/eval", root / "scale" / "n250")
     shutil.copytree("results/eval", root / "position_free")
+    shutil.copytree("results/eval", root / "ahead")
     script("knowledge_handoff_table").main(root)
     result = json.loads((root / "knowledge.json").read_text())
     held_out = result["tests"]["held_out"]
@@ -296,4 +301,5 @@ def test_build_train_and_eval_every_method_on_tiny_models(tmp_path, monkeypatch,
     assert set(result["scale"]) == {"full", "n250"} and result["scale"]["n250"]["questions"] == 250
     assert result["scale"]["n250"]["held_out"]["gain"] == held_out["gain"]  # the same records, the same gain
     assert result["position_free"]["novel_values"]["gain"] == result["tests"]["novel_values"]["gain"]
+    assert result["ahead"]["held_out"]["gain"] == held_out["gain"]
     assert (root / "table.md").read_text().startswith("# Knowledge handoff") and (root / "scale.png").is_file()

@@ -4,7 +4,7 @@
 DEFAULT_RECEIVER = "smollm2-135m-instruct"
 DEFAULT_SHARER = "gemma3-270m"
 
-TOKEN_ALIGNMENTS = ("offsets", "receiver_ids", "reencode_first", "reencode_longest", "identity")
+TOKEN_ALIGNMENTS = ("offsets", "offsets_ahead", "receiver_ids", "reencode_first", "reencode_longest", "identity")
 RENAMED_ALIGNMENTS = {"first": "reencode_first", "longest": "reencode_longest"}
 LAYER_MAPS = ("last_aligned", "spread")
 DTYPE_NAMES = ("float32", "bfloat16", "float16")  # what models load in, and translator maps are stored in

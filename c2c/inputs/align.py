@@ -9,6 +9,10 @@ Strategies:
   ``[a, b)`` of a message reads the sharer token covering character ``b - 1`` of the same message (or, in a
   gap, the last sharer token starting before it). Exact for CJK, emoji and byte-level pieces, because it
   works on characters rather than on decoded token strings.
+- ``offsets_ahead``: ``offsets``, then each fused receiver position reads the sharer position one ahead (the
+  last fused position reads the sharer's last prompt token, clamped there). Not the paper's protocol: it lets
+  the sharer's state at the token that predicts the answer, which the paper leaves to the receiver alone,
+  reach the fused cache (the knowledge-handoff probe finds a sharer's recalled fact there and barely before).
 - ``receiver_ids`` (the reference's layout for pairs that share a vocabulary, e.g. its Qwen3 <- Qwen2.5 fusers):
   the sharer reads the receiver's own token ids, chat template included, one position per receiver position,
   and every prompt position but the last is fused. Needs a sharer whose vocabulary covers the receiver's ids.
@@ -23,7 +27,7 @@ Strategies:
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from transformers import PreTrainedTokenizerBase
 
@@ -112,6 +116,11 @@ class Alignment:
     exact: int = 0  # fused receiver tokens whose character span equals their sharer token's span
     approximate: int = 0  # fused receiver tokens that share a sharer token or cover part of one
 
+    def ahead(self) -> "Alignment":
+        """Each fused position reads the next sharer position (the last sharer position at most)."""
+        last = len(self.sharer_ids) - 1
+        return replace(self, positions=[min(p + 1, last) if p >= 0 else -1 for p in self.positions])
+
 
 @dataclass
 class TokenAligner:
@@ -147,6 +156,11 @@ class TokenAligner:
         ``shifted[m] = (r, s)``: in message ``m`` the receiver's characters from ``r`` on are the sharer's from
         ``s`` on, and the receiver's characters before ``r`` are not fused (always by offsets).
         """
+        alignment = self._align(messages, receiver_view, chat, sharer_messages, shifted)
+        return alignment.ahead() if self.strategy == "offsets_ahead" else alignment
+
+    def _align(self, messages: list[Message], receiver_view: Rendered, chat: bool,
+               sharer_messages: list[Message] | None, shifted: dict[int, tuple[int, int]] | None) -> Alignment:
         fusable = [t for t in content_tokens(receiver_view) if t[0] < len(receiver_view.ids) - 1]
         if sharer_messages is not None:
             shifted = shifted or {}
@@ -159,7 +173,7 @@ class TokenAligner:
         if self.strategy in ("identity", "receiver_ids"):
             positions = list(range(len(receiver_view.ids) - 1)) + [-1]
             return Alignment(list(receiver_view.ids), positions, exact=len(positions) - 1)
-        if self.strategy == "offsets":
+        if self.strategy in ("offsets", "offsets_ahead"):
             return self._align_offsets(messages, receiver_view, fusable, chat)
         return self._align_reencoded(receiver_view, fusable)
 
