@@ -151,13 +151,13 @@ def cmd_read_context(args) -> None:
 
 def cmd_train(args) -> None:
     import yaml
-    from .training.recipe import TrainConfig, merge
+    from .training.recipe import TrainConfig, load_yaml, merge
     from .training.train import train
     overrides = {}
     for assignment in args.set or []:
         key, equals, value = assignment.partition("=")
         try:
-            parsed = yaml.safe_load(value)
+            parsed = load_yaml(value)
         except yaml.YAMLError:
             parsed = None
             equals = ""

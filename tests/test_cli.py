@@ -39,9 +39,10 @@ def test_train_generate_and_eval(folders, tmp_path, capsys):
                                              {"role": "assistant", "content": "Paris."}]}) + "\n")
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(f"receiver: {folders['llama']}\nsharers: [{folders['gemma']}]\ndata: [{data}]\nsteps: 2\n"
-                      f"eval_examples: 0\nbatch_size: 1\nfuser: {{hidden_size: 8, intermediate_size: 8}}\n")
-    main(["train", str(recipe), "--output", str(tmp_path / "run"), "--set", "gate_lr=0.5"])
-    assert json.loads((tmp_path / "run" / "train_config.json").read_text())["gate_lr"] == 0.5
+                      f"eval_examples: 0\nbatch_size: 1\nfuser: {{hidden_size: 8, intermediate_size: 8}}\nlr: 2e-4\n")
+    main(["train", str(recipe), "--output", str(tmp_path / "run"), "--set", "gate_lr=5e-1"])  # exponents, no dot
+    saved = json.loads((tmp_path / "run" / "train_config.json").read_text())
+    assert saved["gate_lr"] == 0.5 and saved["lr"] == 2e-4
     assert capsys.readouterr().out == f"saved to {tmp_path / 'run'}\n"
     main(["generate", "--fuser", str(tmp_path / "run"), "Hello there", "Water boils", "--max-new-tokens", "3",
           "--no-stream"])

@@ -419,6 +419,13 @@ def test_shipped_recipes_are_valid(recipe):
     assert len(examples) == config.max_examples and len(held_out) == config.eval_examples
 
 
+def test_recipes_read_exponent_numbers_without_a_dot():
+    from c2c.training.recipe import load_yaml
+    assert load_yaml("lr: 3e-4\nb: 1E5\nc: -2.5e+3\nd: .5e-3\ne: 3.0e-4") == \
+        {"lr": 3e-4, "b": 1e5, "c": -2500.0, "d": 5e-4, "e": 3e-4}
+    assert load_yaml("a: e5\nb: 3e\nc: 3e-4x\nd: 7") == {"a": "e5", "b": "3e", "c": "3e-4x", "d": 7}
+
+
 def test_a_recipe_is_its_base_with_overrides(tmp_path):
     (tmp_path / "base.yaml").write_text("steps: 3\nlr: 0.1\nfuser: {hidden_size: 16, dropout: 0.2}\n"
                                         "data: [a.jsonl, b.jsonl]\n")

@@ -4,6 +4,7 @@ recipe (``base: default_pair_choices.yaml``) rather than a copy of it."""
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,20 @@ OBJECTIVES = ("tokens", "choices")
 
 class RecipeError(ValueError):
     """A training recipe that cannot run; raised before any model loads."""
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """PyYAML reads YAML 1.1, where a number in exponent form without a dot (``3e-4``) is a string; recipes and
+    ``--set`` read it as the number it is (YAML 1.2)."""
+
+
+_YamlLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+                                  list("-+0123456789."))
+
+
+def load_yaml(text: str):
+    """A recipe's (or a ``--set`` value's) YAML, with YAML 1.2's exponent floats."""
+    return yaml.load(text, Loader=_YamlLoader)
 
 
 # Every numeric field of a recipe and the values it accepts (after its type is checked; None, where a field may be
@@ -199,7 +214,7 @@ def read_recipe(path: Path, chain: tuple[Path, ...] = ()) -> dict:
                           "remove the loop of `base:` keys")
     text = path.read_text()
     try:
-        data = yaml.safe_load(text) or {}
+        data = load_yaml(text) or {}
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
