@@ -574,6 +574,18 @@ def test_the_sharer_store_serves_what_the_sharers_compute(tmp_path):
     assert not torch.equal(fused, alone)  # the stored K/V are fused
 
 
+def test_a_sharer_with_other_weights_under_the_same_name_gets_a_store_of_its_own(tmp_path, monkeypatch):
+    """A sharer rebuilt in the same folder (its name unchanged) must not be served the old build's K/V."""
+    from c2c.runtime.sharers import SharerKVStore
+    monkeypatch.setattr("c2c.runtime.sharers.cache_dir", lambda: tmp_path)
+    pair = make_pair()
+    folder = SharerKVStore.for_pair(pair, 1).folder
+    assert SharerKVStore.for_pair(pair, 1).folder == folder  # the same pair: the same store
+    with torch.no_grad():
+        next(pair.sharers[0].model.parameters()).add_(1e-3)
+    assert SharerKVStore.for_pair(pair, 1).folder != folder
+
+
 def test_to_moves_what_the_pair_holds_and_refuses_a_dtype():
     import copy
     # private copies: tiny() shares its models between tests, and these go to the meta device

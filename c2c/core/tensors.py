@@ -1,8 +1,10 @@
 """Token rows as tensors: padding rows to one width, and the positions a padded row's tokens take; a tensor's
-in-place version, for caches keyed by the tensors they were computed from."""
+in-place version, for caches keyed by the tensors they were computed from; a module's weights fingerprint, for
+caches keyed by the weights they were computed with."""
 
 from __future__ import annotations
 
+import hashlib
 from typing import Sequence
 
 import torch
@@ -27,3 +29,12 @@ def tensor_version(tensor: torch.Tensor) -> object:
         return tensor._version
     except RuntimeError:
         return object()
+
+
+def weights_fingerprint(module: torch.nn.Module) -> str:
+    """sha256 of a module's state (names, shapes, dtypes, bytes), 16 hex digits."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]

@@ -103,15 +103,6 @@ class TranslatedContext:
         return cls(text, kv, identity)
 
 
-def weights_fingerprint(module: torch.nn.Module) -> str:
-    """sha256 of a module's state (names, shapes, dtypes, bytes), 16 hex digits."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
 def text_key(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 

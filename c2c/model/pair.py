@@ -24,13 +24,13 @@ from transformers import DynamicCache
 from ..core import cache as kvcache
 from ..core.models import DTYPES, LoadedModel, global_attention_layers, load_model
 from ..core.rotary import Rotary
-from ..core.tensors import position_ids
+from ..core.tensors import position_ids, weights_fingerprint
 from ..inputs import batch as batching
 from ..inputs.align import Rendered, TokenAligner, layer_map, same_tokenizer
 from ..inputs.batch import Batch, Prompt
 from ..inputs.context import check_context, sharer_reading
 from ..inputs.sections import TranslatedSection
-from ..inputs.translated_context import ContextMemo, TranslatedContext, text_key, weights_fingerprint
+from ..inputs.translated_context import ContextMemo, TranslatedContext, text_key
 from ..runtime import passes
 from ..runtime.sharers import SharerRun
 from ..translator.config import TranslatorConfig

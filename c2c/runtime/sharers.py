@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from ..core.cache import KV
 from ..core.models import cache_dir
 from ..core.runlog import atomic_write
-from ..core.tensors import tensor_version
+from ..core.tensors import tensor_version, weights_fingerprint
 
 
 class SharerCaches:
@@ -76,7 +76,9 @@ class SharerKVStore(SharerCaches):
 
     @classmethod
     def for_pair(cls, pair, max_gb: float) -> "SharerKVStore":
-        identity = json.dumps([[s.model, s.shape, s.token_alignment] for s in pair.config.sharers]
+        # The sharers' weights, not only their names: a sharer rebuilt in the same folder gets a store of its own
+        identity = json.dumps([[s.model, s.shape, s.token_alignment, weights_fingerprint(loaded.model)]
+                               for s, loaded in zip(pair.config.sharers, pair.sharers)]
                               + [pair.config.chat_template], sort_keys=True)
         digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
         return cls(cache_dir() / "sharer_kv" / digest, int(max_gb * 2**30))
