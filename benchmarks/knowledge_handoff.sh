@@ -2,7 +2,7 @@
 # Issue 34, knowledge handoff: every step after the sharer's build (python benchmarks/knowledge_sharer.py build), in
 # the order of docs/knowledge_handoff.md. Each step resumes or is skipped when done (training from its checkpoint,
 # evaluation from its per-item records), so an interrupted run continues with the same command.
-#   benchmarks/knowledge_handoff.sh [cloze | kv_probe | train | eval | position_free | ahead | scale | table | all]
+#   benchmarks/knowledge_handoff.sh [cloze | kv_probe | train | eval | position_free | ahead | self | scale | table | all]
 # Settings are chosen on the dev sets (dev, novel_dev); the test sets (held_out, novel_values) are read only by
 # `eval` and `scale`. Writes results/knowledge_handoff/ (see its README).
 set -euo pipefail
@@ -53,6 +53,19 @@ for variant in position_free ahead; do  # the same fuser with one change (recipe
       --batch-size 8 --out $OUT/$variant
   fi
 done
+if run self; then  # a diagnostic: the receiver's own model, taught the encyclopedia, as the sharer (same tokenizer
+  # and shapes: no translation between models to learn), with the paper's alignment and reading ahead
+  SELF=runs/knowledge_handoff_self
+  [[ -f $SELF/sharer/knowledge_sharer.json ]] || $PY benchmarks/knowledge_sharer.py build \
+    --model smollm2-135m-instruct --epochs 3 --out $SELF $([[ -d $SELF/sharer_lora ]] && echo --resume)
+  [[ -f $OUT/cloze_self_sharer.json ]] || $PY benchmarks/knowledge_sharer.py probe --model $SELF/sharer --limit 200 \
+    --encyclopedia $E --out $OUT/cloze_self_sharer.json
+  for variant in self_ahead self; do
+    train recipes/knowledge_handoff/$variant.yaml $RUNS/c2c_$variant
+    $C2C eval --fuser $RUNS/c2c_$variant --bench $TESTS --scoring cloze --methods sharer,c2c,c2c-shuffled \
+      --batch-size 8 --out $OUT/$variant
+  done
+fi
 if run scale; then  # the gain against the number of training questions and the fuser's size, on held_out only
   scale() {  # name, extra training arguments
     local name=$1; shift

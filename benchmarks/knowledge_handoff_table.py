@@ -2,13 +2,13 @@
 
     python benchmarks/knowledge_handoff_table.py [results/knowledge_handoff]
 
-Reads `eval/summary.json` and its per-item records (`c2c eval`, both test sets), `cloze_{sharer,receiver}.json`
+Reads `eval/summary.json` and its per-item records (`c2c eval`, both test sets), `cloze_*.json`
 (the cloze probe), `probe/probe.json` (the K/V probe) and `scale/*/` (c2c and c2c-shuffled of the scaling runs,
 on the same items as `eval`), and writes `table.md` and `knowledge.json`: accuracy per method and test set, the
 communication gain (c2c - c2c-shuffled, paired), the share of the receiver -> sharer gap c2c closes
 (`core.stats.gap_closed`), the LoRA receiver against chance, the one-change variants (`VARIANTS`: position-free
-keys, reading one sharer token ahead), the probe's best layers, the scaling rows, and each of the issue's targets
-met or not. A step not yet run is left out.
+keys, reading one sharer token ahead, the receiver's own model taught as the sharer), the probe's best layers, the
+scaling rows, and each of the issue's targets met or not. A step not yet run is left out.
 """
 from __future__ import annotations
 
@@ -26,7 +26,11 @@ SCALE = {  # scaling run -> (fuser_train questions it trained on, the fuser's hi
     "h32": (1936, 32), "h512": (1936, 512)}
 VARIANTS = {  # folder -> title: the main fuser's recipe with one change (recipes/knowledge_handoff/<folder>.yaml)
     "position_free": "The position-free fuser",
-    "ahead": "Reading one sharer token ahead (`offsets_ahead`; not the paper's protocol)"}
+    "ahead": "Reading one sharer token ahead (`offsets_ahead`; not the paper's protocol)",
+    "self": "Diagnostic: the receiver's own model, taught the encyclopedia, as the sharer",
+    "self_ahead": "Diagnostic: the receiver's own model as the sharer, reading one token ahead"}
+CLOZE_MODELS = {"sharer": "sharer (Gemma, built)", "receiver": "receiver",
+                "self_sharer": "receiver's own model, taught (the diagnostic's sharer)"}
 
 
 def by_id(records: list[dict]) -> dict[str, float]:
@@ -49,19 +53,22 @@ def share_text(gap: dict) -> str:
 
 
 def communication(folder: Path, eval_folder: Path, bench: str) -> dict:
-    """c2c, its gain over c2c-shuffled (paired) and the share of the receiver -> sharer gap it closes."""
+    """c2c, its gain over c2c-shuffled (paired), its sharer's accuracy and the share of the receiver -> sharer gap
+    it closes. The sharer is the run's own where it scored one (a run with another sharer), else the main one."""
     c2c = read_jsonl(folder / bench / "c2c.jsonl")
     shuffled = read_jsonl(folder / bench / "c2c-shuffled.jsonl")
     c2c_scores = by_id(c2c)
+    benches = json.loads((folder / "summary.json").read_text())["benchmarks"]
+    sharer = scores(folder if "sharer" in benches[bench]["methods"] else eval_folder, bench, "sharer")
     return {"n": len(c2c), "c2c": round(sum(c2c_scores.values()) / len(c2c), 4),
             "c2c-shuffled": round(sum(float(r["correct"]) for r in shuffled) / len(shuffled), 4),
+            "sharer": round(sum(sharer.values()) / len(sharer), 4),
             "gain": paired_difference(c2c, shuffled),
-            "gap_closed": gap_closed(scores(eval_folder, bench, "receiver"), scores(eval_folder, bench, "sharer"),
-                                     c2c_scores)}
+            "gap_closed": gap_closed(scores(eval_folder, bench, "receiver"), sharer, c2c_scores)}
 
 
 def cloze_lines(root: Path) -> tuple[list[str], dict]:
-    found = {who: json.loads((root / f"cloze_{who}.json").read_text()) for who in ("sharer", "receiver")
+    found = {who: json.loads((root / f"cloze_{who}.json").read_text()) for who in CLOZE_MODELS
              if (root / f"cloze_{who}.json").is_file()}
     if not found:
         return [], {}
@@ -71,7 +78,7 @@ def cloze_lines(root: Path) -> tuple[list[str], dict]:
              "", "| model | " + " | ".join(sets) + " |", "|---|" + "---:|" * len(sets)]
     for who, result in found.items():
         cells = [f"{pct(s['accuracy'])} [{pct(s['ci95'][0])}, {pct(s['ci95'][1])}]" for s in result["sets"].values()]
-        lines.append(f"| {who} | " + " | ".join(cells) + " |")
+        lines.append(f"| {CLOZE_MODELS[who]} | " + " | ".join(cells) + " |")
     return lines + [""], {who: {s: r["accuracy"] for s, r in result["sets"].items()} for who, result in found.items()}
 
 
@@ -170,13 +177,13 @@ def main(root: Path) -> None:
         for variant, title in VARIANTS.items():  # the main fuser's recipe with one change each
             if not (root / variant / "summary.json").is_file():
                 continue
-            lines += [f"### {title} (`{variant}/`)", "", "| test | c2c | c2c-shuffled | gain | gap closed |",
-                      "|---|---:|---:|---|---|"]
+            lines += [f"### {title} (`{variant}/`)", "",
+                      "| test | sharer | c2c | c2c-shuffled | gain | gap closed |", "|---|---:|---:|---:|---|---|"]
             benches = json.loads((root / variant / "summary.json").read_text())["benchmarks"]
             for bench in (b for b in TESTS if b in benches):
                 row = out.setdefault(variant, {})[bench] = communication(root / variant, evaluation, bench)
-                lines.append(f"| {bench} | {pct(row['c2c'])} | {pct(row['c2c-shuffled'])} | {paired_text(row['gain'])} "
-                             f"| {share_text(row['gap_closed'])} |")
+                lines.append(f"| {bench} | {pct(row['sharer'])} | {pct(row['c2c'])} | {pct(row['c2c-shuffled'])} | "
+                             f"{paired_text(row['gain'])} | {share_text(row['gap_closed'])} |")
             lines.append("")
         scale_rows = {"full": evaluation, **{name: root / "scale" / name for name in SCALE
                                              if (root / "scale" / name / "summary.json").is_file()}}

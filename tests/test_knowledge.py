@@ -240,13 +240,16 @@ def test_the_recipes_train_on_fuser_train_questions_only(tmp_path, monkeypatch):
     write_encyclopedia(tmp_path / "runs" / "knowledge_handoff" / "encyclopedia")
     book = Encyclopedia.build(0)
     train_names = {p.name for p in book.people["fuser_train"]}
-    configs = {name: TrainConfig.from_file(RECIPES / f"{name}.yaml") for name in ("c2c", "position_free", "ahead",
-                                                                                   "lora")}
+    configs = {name: TrainConfig.from_file(RECIPES / f"{name}.yaml")
+               for name in ("c2c", "position_free", "ahead", "self", "self_ahead", "lora")}
     assert configs["c2c"].sharers == configs["position_free"].sharers == configs["ahead"].sharers == \
         ["runs/knowledge_handoff/sharer"]
     assert configs["position_free"].fuser["position_free"] and not configs["c2c"].fuser.get("position_free")
     assert configs["ahead"].token_alignment == "offsets_ahead" and configs["c2c"].token_alignment == "offsets"
     assert configs["ahead"].fuser == configs["c2c"].fuser  # one change each
+    assert configs["self"].sharers == configs["self_ahead"].sharers == ["runs/knowledge_handoff_self/sharer"]
+    assert configs["self_ahead"].token_alignment == "offsets_ahead" and configs["self"].token_alignment == "offsets"
+    assert len({c.output for c in configs.values()}) == len(configs)  # every run its own folder
     assert configs["c2c"].fuser["hidden_size"] == 128 and configs["c2c"].objective == "choices"  # shipped shape
     assert configs["lora"].method == "lora" and configs["c2c"].method == "c2c"
     for name, config in configs.items():
@@ -282,17 +285,23 @@ def test_build_train_and_eval_every_method_on_tiny_models(tmp_path, monkeypatch,
     # the table: every method per test set, the paired gain, the gap closed, the targets, a scaling row
     import shutil
     from c2c.core.runlog import read_jsonl
+    from c2c.core.stats import gap_closed
     root = Path("results/knowledge_handoff")
     root.mkdir(parents=True)
     shutil.copytree("results/eval", root / "eval")
     shutil.copytree("results/eval", root / "scale" / "n250")
-    shutil.copytree("results/eval", root / "position_free")
-    shutil.copytree("results/eval", root / "ahead")
+    main(["eval", "--fuser", "runs/knowledge_handoff/c2c_position_free", "--bench", f"{book}/held_out.jsonl",
+          "--scoring", "cloze", "--limit", "4", "--methods", "c2c,c2c-shuffled", "--out", "results/variant"])
+    shutil.copytree("results/variant", root / "position_free")
+    shutil.copytree("results/variant", root / "ahead")
+    shutil.copytree("results/eval", root / "self")  # a variant with a sharer of its own, which knows everything
+    own = root / "self" / "held_out" / "sharer.jsonl"
+    own.write_text("".join(json.dumps({**r, "correct": True}) + "\n" for r in read_jsonl(own)))
     script("knowledge_handoff_table").main(root)
     result = json.loads((root / "knowledge.json").read_text())
     held_out = result["tests"]["held_out"]
-    correct = {m: {r["id"]: r["correct"] for r in read_jsonl(root / "eval" / "held_out" / f"{m}.jsonl")}
-               for m in ("c2c", "c2c-shuffled")}
+    correct = {m: {r["id"]: float(r["correct"]) for r in read_jsonl(root / "eval" / "held_out" / f"{m}.jsonl")}
+               for m in ("c2c", "c2c-shuffled", "receiver")}
     assert held_out["n"] == 4 and held_out["gain"]["difference"] == pytest.approx(
         sum(correct["c2c"][i] - correct["c2c-shuffled"][i] for i in correct["c2c"]) / 4)
     assert set(held_out["accuracy"]) == {"receiver", "sharer", "c2c", "c2c-shuffled", "lora-receiver", "t2t",
@@ -300,6 +309,11 @@ def test_build_train_and_eval_every_method_on_tiny_models(tmp_path, monkeypatch,
     assert len(result["targets"]) == 3 and all(isinstance(v, bool) for v in result["targets"].values())
     assert set(result["scale"]) == {"full", "n250"} and result["scale"]["n250"]["questions"] == 250
     assert result["scale"]["n250"]["held_out"]["gain"] == held_out["gain"]  # the same records, the same gain
-    assert result["position_free"]["novel_values"]["gain"] == result["tests"]["novel_values"]["gain"]
+    assert set(result["position_free"]) == {"held_out"}  # the test sets its run scored
+    assert result["position_free"]["held_out"]["gain"] == held_out["gain"]
     assert result["ahead"]["held_out"]["gain"] == held_out["gain"]
+    assert result["ahead"]["held_out"]["sharer"] == held_out["accuracy"]["sharer"]  # the main evaluation's sharer
+    assert result["self"]["held_out"]["sharer"] == 1.0  # its own
+    assert result["self"]["held_out"]["gap_closed"] == gap_closed(correct["receiver"], {i: 1.0 for i in correct["c2c"]},
+                                                                  correct["c2c"])
     assert (root / "table.md").read_text().startswith("# Knowledge handoff") and (root / "scale.png").is_file()
