@@ -60,7 +60,9 @@ if run self; then  # a diagnostic: the receiver's own model, taught the encyclop
     --model smollm2-135m-instruct --epochs 3 --out $SELF $([[ -d $SELF/sharer_lora ]] && echo --resume)
   [[ -f $OUT/cloze_self_sharer.json ]] || $PY benchmarks/knowledge_sharer.py probe --model $SELF/sharer --limit 200 \
     --encyclopedia $E --out $OUT/cloze_self_sharer.json
-  for variant in self_ahead self; do
+  [[ -f $OUT/self_probe/probe.json ]] || $PY benchmarks/knowledge_probe.py --model self_sharer=$SELF/sharer \
+    --encyclopedia $E --out $OUT/self_probe
+  for variant in self self_ahead; do
     train recipes/knowledge_handoff/$variant.yaml $RUNS/c2c_$variant
     $C2C eval --fuser $RUNS/c2c_$variant --bench $TESTS --scoring cloze --methods sharer,c2c,c2c-shuffled \
       --batch-size 8 --out $OUT/$variant
