@@ -394,6 +394,12 @@ def test_bad_recipes_fail_before_any_model_loads(tmp_path, data, monkeypatch):
         TrainConfig(data=[data], steps=1, objective="choices", distill_weight=1.5)
     with pytest.raises(RecipeError, match="distill_temperature must be > 0"):
         TrainConfig(data=[data], steps=1, objective="choices", distill_temperature=0)
+    with pytest.raises(RecipeError, match="token_alignment 'offset' is unknown; expected one of .*offsets_ahead"):
+        TrainConfig(data=[data], steps=1, token_alignment="offset")
+    with pytest.raises(RecipeError, match="token_alignment 'first' is unknown; it is now called 'reencode_first'"):
+        TrainConfig(data=[data], steps=1, token_alignment="first")
+    with pytest.raises(RecipeError, match="layer_map 'last' is unknown"):
+        TrainConfig(data=[data], steps=1, layer_map="last")
     with pytest.raises(RecipeError, match="no checkpoint"):
         train(TrainConfig(data=[data], steps=2, output=str(tmp_path / "fresh")), resume=True,
               receiver=tiny("llama"), sharers=[tiny("gemma")])
