@@ -41,6 +41,15 @@ def scores(folder: Path, bench: str, method: str) -> dict[str, float]:
     return by_id(read_jsonl(folder / bench / f"{method}.jsonl"))
 
 
+def picks(records: list[dict]) -> dict[str, int]:
+    return {r["id"]: r["prediction"] for r in records}
+
+
+def same_picks(a: dict[str, int], b: dict[str, int]) -> float:
+    """The share of ``a``'s items on which ``b`` picks the same choice."""
+    return round(sum(a[i] == b[i] for i in a) / len(a), 4)
+
+
 def pct(x: float) -> str:
     return f"{100 * x:.1f}"
 
@@ -53,18 +62,30 @@ def share_text(gap: dict) -> str:
 
 
 def communication(folder: Path, eval_folder: Path, bench: str) -> dict:
-    """c2c, its gain over c2c-shuffled (paired), its sharer's accuracy and the share of the receiver -> sharer gap
-    it closes. The sharer is the run's own where it scored one (a run with another sharer), else the main one."""
+    """c2c, its gain over c2c-shuffled and over the receiver (paired), its sharer's accuracy, the share of the
+    receiver -> sharer gap it closes, and how often it picks what c2c-shuffled, the receiver and the sharer pick.
+    The sharer is the run's own where it scored one (a run with another sharer), else the main one."""
     c2c = read_jsonl(folder / bench / "c2c.jsonl")
     shuffled = read_jsonl(folder / bench / "c2c-shuffled.jsonl")
     c2c_scores = by_id(c2c)
     benches = json.loads((folder / "summary.json").read_text())["benchmarks"]
-    sharer = scores(folder if "sharer" in benches[bench]["methods"] else eval_folder, bench, "sharer")
+    sharer_records = read_jsonl((folder if "sharer" in benches[bench]["methods"] else eval_folder) / bench /
+                                "sharer.jsonl")
+    receiver_records = read_jsonl(eval_folder / bench / "receiver.jsonl")
+    sharer = by_id(sharer_records)
     return {"n": len(c2c), "c2c": round(sum(c2c_scores.values()) / len(c2c), 4),
             "c2c-shuffled": round(sum(float(r["correct"]) for r in shuffled) / len(shuffled), 4),
             "sharer": round(sum(sharer.values()) / len(sharer), 4),
             "gain": paired_difference(c2c, shuffled),
-            "gap_closed": gap_closed(scores(eval_folder, bench, "receiver"), sharer, c2c_scores)}
+            "c2c - receiver": paired_difference(c2c, receiver_records),
+            "gap_closed": gap_closed(by_id(receiver_records), sharer, c2c_scores),
+            # does what the fuser writes depend on what the sharer read? (the same pick as ...)
+            "c2c picks as": {name: same_picks(picks(c2c), picks(records)) for name, records in
+                             (("c2c-shuffled", shuffled), ("receiver", receiver_records), ("sharer", sharer_records))}}
+
+
+def picks_text(row: dict) -> str:
+    return ", ".join(f"{name} {pct(share)}%" for name, share in row["c2c picks as"].items())
 
 
 def cloze_lines(root: Path) -> tuple[list[str], dict]:
@@ -158,15 +179,14 @@ def main(root: Path) -> None:
             lora = methods.get("lora-receiver")
             row["accuracy"] = {m: methods[m]["accuracy"] for m in METHODS if m in methods}
             row["ci95"] = {m: methods[m]["ci95"] for m in METHODS if m in methods}
-            row["c2c - receiver"] = paired_difference(read_jsonl(evaluation / bench / "c2c.jsonl"),
-                                                      read_jsonl(evaluation / bench / "receiver.jsonl"))
             out["tests"][bench] = row
             lines += [f"### {bench} (n = {row['n']})", "", "| method | accuracy |", "|---|---:|"]
             lines += [f"| {m} | {pct(row['accuracy'][m])} [{pct(row['ci95'][m][0])}, {pct(row['ci95'][m][1])}] |"
                       for m in row["accuracy"]]
             lines += ["", f"- c2c - c2c-shuffled: {paired_text(row['gain'])}",
                       f"- c2c - receiver: {paired_text(row['c2c - receiver'])}",
-                      f"- gap closed: {share_text(row['gap_closed'])}", ""]
+                      f"- gap closed: {share_text(row['gap_closed'])}",
+                      f"- c2c picks as (the same choice on this share of items): {picks_text(row)}", ""]
             if bench == "held_out":
                 out["targets"] = {
                     "c2c - c2c-shuffled above 0 (held_out)": row["gain"]["ci95"][0] > 0,
@@ -178,12 +198,13 @@ def main(root: Path) -> None:
             if not (root / variant / "summary.json").is_file():
                 continue
             lines += [f"### {title} (`{variant}/`)", "",
-                      "| test | sharer | c2c | c2c-shuffled | gain | gap closed |", "|---|---:|---:|---:|---|---|"]
+                      "| test | sharer | c2c | c2c-shuffled | gain | gap closed | c2c picks as |",
+                      "|---|---:|---:|---:|---|---|---|"]
             benches = json.loads((root / variant / "summary.json").read_text())["benchmarks"]
             for bench in (b for b in TESTS if b in benches):
                 row = out.setdefault(variant, {})[bench] = communication(root / variant, evaluation, bench)
                 lines.append(f"| {bench} | {pct(row['sharer'])} | {pct(row['c2c'])} | {pct(row['c2c-shuffled'])} | "
-                             f"{paired_text(row['gain'])} | {share_text(row['gap_closed'])} |")
+                             f"{paired_text(row['gain'])} | {share_text(row['gap_closed'])} | {picks_text(row)} |")
             lines.append("")
         scale_rows = {"full": evaluation, **{name: root / "scale" / name for name in SCALE
                                              if (root / "scale" / name / "summary.json").is_file()}}

@@ -314,6 +314,14 @@ def test_build_train_and_eval_every_method_on_tiny_models(tmp_path, monkeypatch,
     assert result["ahead"]["held_out"]["gain"] == held_out["gain"]
     assert result["ahead"]["held_out"]["sharer"] == held_out["accuracy"]["sharer"]  # the main evaluation's sharer
     assert result["self"]["held_out"]["sharer"] == 1.0  # its own
+    predicted = {m: {r["id"]: r["prediction"] for r in read_jsonl(root / "eval" / "held_out" / f"{m}.jsonl")}
+                 for m in ("c2c", "c2c-shuffled", "receiver")}
+    assert held_out["c2c picks as"]["c2c-shuffled"] == pytest.approx(
+        sum(predicted["c2c"][i] == predicted["c2c-shuffled"][i] for i in predicted["c2c"]) / 4)
+    assert held_out["c2c picks as"]["receiver"] == pytest.approx(
+        sum(predicted["c2c"][i] == predicted["receiver"][i] for i in predicted["c2c"]) / 4)
+    assert held_out["c2c - receiver"]["difference"] == pytest.approx(
+        sum(correct["c2c"][i] - correct["receiver"][i] for i in correct["c2c"]) / 4)
     assert result["self"]["held_out"]["gap_closed"] == gap_closed(correct["receiver"], {i: 1.0 for i in correct["c2c"]},
                                                                   correct["c2c"])
     assert (root / "table.md").read_text().startswith("# Knowledge handoff") and (root / "scale.png").is_file()
