@@ -104,10 +104,13 @@ def cloze_lines(root: Path) -> tuple[list[str], dict]:
 
 
 def probe_lines(root: Path) -> tuple[list[str], dict]:
-    path = root / "probe" / "probe.json"
-    if not path.is_file():
+    """The K/V probe's best layers: `probe/` (the sharer and the receiver), then `self_probe/` (the diagnostic's
+    taught receiver), where it ran."""
+    paths = [root / folder / "probe.json" for folder in ("probe", "self_probe") if (root / folder / "probe.json").is_file()]
+    if not paths:
         return [], {}
-    result = json.loads(path.read_text())
+    results = [json.loads(path.read_text()) for path in paths]
+    result = results[0]
     lines = ["## Where the knowledge lives (K/V probe)", "",
              "Ridge probe per layer on each model's K/V, at the question's tokens (last, mean), at the last position a "
              "fuser writes (fused_end) and at the prompt's last token (prompt_end, never fused); fitted on "
@@ -115,10 +118,10 @@ def probe_lines(root: Path) -> tuple[list[str], dict]:
              f"scored on {result['test_set']} ({result['n_test']} questions); accuracy among the attribute's values "
              f"(chance {pct(result['chance']['accuracy'])}) and among the question's four choices (chance "
              f"{pct(result['chance']['choice_accuracy'])}). The best layer of each model and pooling; every layer is "
-             "in `probe/probe.md` and `probe/probe.png`.", "",
+             "in `probe/probe.md` and `probe/probe.png` (`self_probe/` for the taught receiver).", "",
              "| model | pooling | best layer | accuracy | among choices |", "|---|---|---:|---:|---:|"]
     best = {}
-    for label, model in result["models"].items():
+    for label, model in ((label, model) for result in results for label, model in result["models"].items()):
         for pool in (key for key in model["layers"][0] if key != "layer"):
             row = max(model["layers"], key=lambda r: r[pool]["accuracy"])
             best[f"{label}/{pool}"] = {"layer": row["layer"], **{k: row[pool][k] for k in ("accuracy", "choice_accuracy")}}

@@ -224,6 +224,15 @@ def test_the_kv_probe_runs_on_tiny_models_and_reports_every_layer(tmp_path, base
     assert [row["layer"] for row in layers] == [0, 1, 2, 3]
     assert all(0 <= row[pool]["accuracy"] <= 1 for row in layers for pool in probe.POOLS)
     assert {p.name for p in (tmp_path / "probe").iterdir()} == {"probe.json", "probe.md", "probe.png"}
+    # the table's best layers: probe/, then self_probe/ (the taught receiver) where it ran
+    (tmp_path / "self_probe").mkdir()
+    (tmp_path / "self_probe" / "probe.json").write_text(json.dumps({**result, "models": {
+        "self_sharer": result["models"]["receiver"]}}))
+    lines, best = script("knowledge_handoff_table").probe_lines(tmp_path)
+    best_layer = max(layers, key=lambda row: row["prompt_end"]["accuracy"])
+    assert best["receiver/prompt_end"] == best["self_sharer/prompt_end"] == {
+        "layer": best_layer["layer"], **{k: best_layer["prompt_end"][k] for k in ("accuracy", "choice_accuracy")}}
+    assert len(best) == 2 * len(probe.POOLS) and sum(line.startswith("| self_sharer |") for line in lines) == len(probe.POOLS)
     with pytest.raises(SystemExit, match="no class"):
         probe.main(["--model", f"receiver={base_folder}", "--encyclopedia", str(tmp_path / "book"),
                     "--test-set", "novel_values", "--device", "cpu", "--out", str(tmp_path / "probe2")])
