@@ -581,9 +581,16 @@ def test_a_sharer_with_other_weights_under_the_same_name_gets_a_store_of_its_own
     pair = make_pair()
     folder = SharerKVStore.for_pair(pair, 1).folder
     assert SharerKVStore.for_pair(pair, 1).folder == folder  # the same pair: the same store
-    with torch.no_grad():
-        next(pair.sharers[0].model.parameters()).add_(1e-3)
-    assert SharerKVStore.for_pair(pair, 1).folder != folder
+    parameter = next(pair.sharers[0].model.parameters())  # the shared tiny sharer: restored bit for bit after
+    original = parameter.detach().clone()
+    try:
+        with torch.no_grad():
+            parameter.add_(1e-3)
+        assert SharerKVStore.for_pair(pair, 1).folder != folder
+    finally:
+        with torch.no_grad():
+            parameter.copy_(original)
+    assert SharerKVStore.for_pair(pair, 1).folder == folder
 
 
 def test_to_moves_what_the_pair_holds_and_refuses_a_dtype():
