@@ -122,6 +122,25 @@ class Alignment:
         return replace(self, positions=[min(p + 1, last) if p >= 0 else -1 for p in self.positions])
 
 
+OFFSET_ALIGNMENTS = ("offsets", "offsets_ahead")  # the sharer reads the text its own way, aligned by offsets
+
+
+def check_token_alignment(strategy: str, name: str = "token alignment") -> None:
+    """ValueError unless ``strategy`` is a token alignment of this version (``name``: what the user called it)."""
+    if strategy in RENAMED_ALIGNMENTS:
+        raise ValueError(f"{name} {strategy!r} is unknown; it is now called {RENAMED_ALIGNMENTS[strategy]!r} (the same "
+                         "rule): use that name (in a checkpoint: edit c2c_config.json)")
+    if strategy not in TOKEN_ALIGNMENTS:
+        raise ValueError(f"{name} {strategy!r} is unknown; expected one of {TOKEN_ALIGNMENTS}")
+
+
+def check_layer_map(strategy: str | list[int], name: str = "layer map") -> None:
+    """ValueError unless ``strategy`` is a list (checked against the models by ``layer_map``) or a named map."""
+    if not isinstance(strategy, (list, tuple)) and strategy not in LAYER_MAPS:
+        raise ValueError(f"{name} {strategy!r} is unknown; expected one of {LAYER_MAPS} or a list of sharer layers, "
+                         "one per receiver layer")
+
+
 @dataclass
 class TokenAligner:
     receiver: PreTrainedTokenizerBase
@@ -131,11 +150,7 @@ class TokenAligner:
     _cache: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
-        if self.strategy in RENAMED_ALIGNMENTS:
-            raise ValueError(f"token alignment {self.strategy!r} is now called {RENAMED_ALIGNMENTS[self.strategy]!r} "
-                             "(the same rule); use that name (in a checkpoint: edit c2c_config.json)")
-        if self.strategy not in TOKEN_ALIGNMENTS:
-            raise ValueError(f"token alignment {self.strategy!r} is unknown; expected one of {TOKEN_ALIGNMENTS}")
+        check_token_alignment(self.strategy)
         if self.strategy == "identity" and not same_tokenizer(self.receiver, self.sharer):
             raise ValueError("token alignment 'identity' needs the same tokenizer on both models; "
                              "use 'offsets' for different tokenizers")
@@ -173,7 +188,7 @@ class TokenAligner:
         if self.strategy in ("identity", "receiver_ids"):
             positions = list(range(len(receiver_view.ids) - 1)) + [-1]
             return Alignment(list(receiver_view.ids), positions, exact=len(positions) - 1)
-        if self.strategy in ("offsets", "offsets_ahead"):
+        if self.strategy in OFFSET_ALIGNMENTS:
             return self._align_offsets(messages, receiver_view, fusable, chat)
         return self._align_reencoded(receiver_view, fusable)
 
@@ -233,6 +248,7 @@ def layer_map(strategy: str | list[int], receiver_layers: int, sharer_layers: in
     all read sharer layer 0. ``spread``: receiver layer ``t`` reads the sharer layer at the same relative depth.
     A list is an explicit map, validated.
     """
+    check_layer_map(strategy)
     if isinstance(strategy, (list, tuple)):
         mapping = [int(s) for s in strategy]
         if len(mapping) != receiver_layers or not all(0 <= s < sharer_layers for s in mapping):
@@ -246,4 +262,3 @@ def layer_map(strategy: str | list[int], receiver_layers: int, sharer_layers: in
         if receiver_layers == 1:
             return [sharer_layers - 1]
         return [round(t * (sharer_layers - 1) / (receiver_layers - 1)) for t in range(receiver_layers)]
-    raise ValueError(f"layer map {strategy!r} is unknown; expected one of {LAYER_MAPS} or a list of sharer layers")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from ..core.models import max_positions
-from .align import Prompt, Rendered, TokenAligner, as_messages, render
+from .align import OFFSET_ALIGNMENTS, Prompt, Rendered, TokenAligner, as_messages, render
 from .context import (ContextWarning, check_context, context_span, cut_context, question_start, sharer_reading,
                       with_context)
 from .translated_context import TranslatedContext
@@ -120,7 +120,7 @@ def align_row(pair, j: int, aligner: TokenAligner, prompt: Prompt, row: RowLayou
     last = max(i for i, m in enumerate(messages) if m.get("role") == "user")
     sharer_messages = with_context(prompt, context) if context is not None else messages
     sharer_start = question_start(context) if context is not None else 0
-    offsets_aligner = aligner if aligner.strategy in ("offsets", "offsets_ahead") else \
+    offsets_aligner = aligner if aligner.strategy in OFFSET_ALIGNMENTS else \
         TokenAligner(aligner.receiver, aligner.sharer, "offsets")
     return offsets_aligner.align(messages, row.view, pair.config.chat_template, sharer_messages,
                                  {last: (receiver_start or 0, sharer_start)})

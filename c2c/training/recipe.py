@@ -10,9 +10,10 @@ from pathlib import Path
 
 import yaml
 
-from ..core.names import DTYPE_NAMES, LAYER_MAPS, RENAMED_ALIGNMENTS, TOKEN_ALIGNMENTS
+from ..core.names import DTYPE_NAMES
 from ..core.names import DEFAULT_RECEIVER, DEFAULT_SHARER
 from ..core.validate import Range, above, at_least, check_known_keys, check_ranges, check_types, within
+from ..inputs.align import check_layer_map, check_token_alignment
 from ..model.config import FuserConfig
 from ..translator.config import TranslatorConfig
 
@@ -131,13 +132,11 @@ class TrainConfig:
             raise RecipeError(f"method {self.method!r} is unknown; expected one of {METHODS}")
         if self.objective not in OBJECTIVES:
             raise RecipeError(f"objective {self.objective!r} is unknown; expected one of {OBJECTIVES}")
-        if self.token_alignment not in TOKEN_ALIGNMENTS:
-            renamed = RENAMED_ALIGNMENTS.get(self.token_alignment)
-            raise RecipeError(f"token_alignment {self.token_alignment!r} is unknown; "
-                              + (f"it is now called {renamed!r}" if renamed else f"expected one of {TOKEN_ALIGNMENTS}"))
-        if isinstance(self.layer_map, str) and self.layer_map not in LAYER_MAPS:
-            raise RecipeError(f"layer_map {self.layer_map!r} is unknown; expected one of {LAYER_MAPS} or a list of "
-                              "sharer layers, one per receiver layer")
+        try:
+            check_token_alignment(self.token_alignment, "token_alignment")
+            check_layer_map(self.layer_map, "layer_map")
+        except ValueError as error:
+            raise RecipeError(str(error)) from None
         if self.method == "translator":
             try:
                 TranslatorConfig.from_dict(self.translator)
