@@ -46,13 +46,12 @@ if run eval; then
     --batch-size 8 \
     --out $OUT/eval
 fi
-for variant in position_free ahead; do  # the same fuser with one change (recipes/knowledge_handoff/$variant.yaml):
-  if run $variant; then               # position-free keys; each fused position reads the sharer one token ahead
-    train recipes/knowledge_handoff/$variant.yaml $RUNS/c2c_$variant
-    $C2C eval --fuser $RUNS/c2c_$variant --bench $TESTS --scoring cloze --methods c2c,c2c-shuffled \
-      --batch-size 8 --out $OUT/$variant
-  fi
-done
+variant() {  # the main fuser's recipe with one change (recipes/knowledge_handoff/NAME.yaml): NAME, methods to score
+  train recipes/knowledge_handoff/$1.yaml $RUNS/c2c_$1
+  $C2C eval --fuser $RUNS/c2c_$1 --bench $TESTS --scoring cloze --methods $2 --batch-size 8 --out $OUT/$1
+}
+run position_free && variant position_free c2c,c2c-shuffled  # position-free keys
+run ahead && variant ahead c2c,c2c-shuffled  # each fused position reads the sharer one token ahead
 if run self; then  # a diagnostic: the receiver's own model, taught the encyclopedia, as the sharer (same tokenizer
   # and shapes: no translation between models to learn), with the paper's alignment and reading ahead
   SELF=runs/knowledge_handoff_self
@@ -64,11 +63,8 @@ if run self; then  # a diagnostic: the receiver's own model, taught the encyclop
     --encyclopedia $E --out $OUT/self_probe
   if $PY -c "import json, sys; sets = json.load(open(sys.argv[1]))['sets'].values()
 sys.exit(min(s['accuracy'] for s in sets) < 0.9)" $OUT/cloze_self_sharer.json; then
-    for variant in self self_ahead; do
-      train recipes/knowledge_handoff/$variant.yaml $RUNS/c2c_$variant
-      $C2C eval --fuser $RUNS/c2c_$variant --bench $TESTS --scoring cloze --methods sharer,c2c,c2c-shuffled \
-        --batch-size 8 --out $OUT/$variant
-    done
+    variant self sharer,c2c,c2c-shuffled  # a sharer of its own: its accuracy scored beside the fusers
+    variant self_ahead sharer,c2c,c2c-shuffled
   else  # 3 epochs at r 16 (the Gemma sharer's settings but one epoch) reached 34-38%: nothing for a fuser to carry
     echo "the taught receiver knows too little (cloze below 90% on a set of $OUT/cloze_self_sharer.json): no" \
       "fuser trained; rebuild $SELF (delete it) with more --epochs or a larger --r" >&2
