@@ -353,9 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="write t2t's sharer texts N items at a time (faster on many items; latency statistics "
                                "then come only from items run one at a time)")
     evaluate.add_argument("--batch-size", type=int, metavar="N",
-                          help="score N items per forward under the cloze scorings, each record bearing 1/N of the "
-                               "batch's time (default: 8 on a GPU, 1 on a CPU; t2t, receiver-enriched and the "
-                               "letter/generate/free scorings run one item at a time)")
+                          help="score N items per forward, each record bearing 1/N of the batch's time, which "
+                               "then counts as throughput, not latency (default: 8 on a GPU, 1 on a CPU)")
     evaluate.add_argument("--max-new-tokens", type=int, help="answer budget of the generate scoring (default 64) "
                                                                f"and the free one (default {FREE_MAX_NEW_TOKENS})")
     evaluate.add_argument("--no-chat-template", action="store_true", help="without --fuser: raw prompts")

@@ -1,5 +1,6 @@
-"""Batched evaluation (``c2c eval --batch-size``): every method that runs a model scores each item as it does one
-at a time, within 1e-4 nats, with prompts and contexts of different lengths in one batch."""
+"""Batched evaluation (``c2c eval --batch-size``): every method that runs a model, under every scoring, scores each
+item as it does one at a time (within 1e-4 nats; the same generated text), with prompts and contexts of different
+lengths in one batch."""
 
 import json
 
@@ -9,7 +10,10 @@ from conftest import make_pair
 from test_context import fitted
 from tiny import tiny
 
+from c2c.core import cache as kvcache
+from c2c.core.tensors import pad_rows
 from c2c.evaluation.evaluate import EvalConfig, EvalSetup, run_eval
+from c2c.runtime.passes import decode, greedy_texts
 
 QUESTIONS = [
     ("Which pet does Mira have?", ["dog", "cat", "pony"], 0, "Mira's pet is a dog."),
@@ -36,6 +40,10 @@ def records(folder, method):
     return {r["id"]: r for r in map(json.loads, (folder / f"ctx_mc/{method}.jsonl").open())}
 
 
+METHODS = ["receiver", "sharer", "receiver-with-context", "sharer-with-context", "receiver-enriched", "c2c",
+           "c2c-shuffled", "lora-receiver", "t2t"]
+
+
 def compare(tmp_path, bench, setup, methods, scoring="cloze"):
     for batch_size in (1, 3):
         run_eval(EvalConfig([bench], methods, scoring=scoring, out=str(tmp_path / f"b{batch_size}"),
@@ -43,28 +51,41 @@ def compare(tmp_path, bench, setup, methods, scoring="cloze"):
     for method in methods:
         one, three = records(tmp_path / "b1", method), records(tmp_path / "b3", method)
         assert set(one) == set(three) == {f"q{i}" for i in range(len(QUESTIONS))}, method
-        assert [three[f"q{i}"]["batch"] for i in range(5)] == [3, 3, 3, 2, 2], method
+        assert sorted(r["batch"] for r in three.values()) == [2, 2, 3, 3, 3], method
         assert all("batch" not in r for r in one.values()), method
         for item_id, record in one.items():
-            assert three[item_id]["scores"] == pytest.approx(record["scores"], abs=1e-4), (method, item_id)
-            assert three[item_id]["prediction"] == record["prediction"], (method, item_id)
-            assert three[item_id].get("partner") == record.get("partner"), (method, item_id)
-            assert three[item_id]["latency_ms"] > 0
+            batched = three[item_id]
+            if record["scores"] is not None:
+                assert batched["scores"] == pytest.approx(record["scores"], abs=1e-4), (method, item_id)
+            for key in ("prediction", "text", "generated_tokens", "partner", "background", "sharer_tokens"):
+                assert batched.get(key) == record.get(key), (method, item_id, key)
+            assert batched["latency_ms"] > 0
 
 
-@pytest.mark.parametrize("scoring", ["cloze", "cloze-options"])
-def test_batched_equals_one_at_a_time_fused_pair(tmp_path, bench, scoring):
-    setup = EvalSetup(make_pair(chat_template=False), lora_receiver=tiny("llama"))
-    compare(tmp_path, bench, setup, ["receiver", "sharer", "receiver-with-context", "sharer-with-context", "c2c",
-                                     "c2c-shuffled", "lora-receiver"], scoring)
+@pytest.mark.parametrize("scoring", ["cloze", "cloze-options", "letter", "generate", "free"])
+def test_batched_equals_one_at_a_time_every_method_and_scoring(tmp_path, bench, scoring):
+    setup = EvalSetup(make_pair(chat_template=False), lora_receiver=tiny("llama"), t2t_tokens=4, max_new_tokens=5)
+    compare(tmp_path, bench, setup, METHODS, scoring)
 
 
 def test_batched_equals_one_at_a_time_chat_template(tmp_path, bench):
-    compare(tmp_path, bench, EvalSetup(make_pair(chat_template=True)), ["receiver", "sharer-with-context", "c2c"])
+    compare(tmp_path, bench, EvalSetup(make_pair(chat_template=True), t2t_tokens=4),
+            ["receiver", "sharer-with-context", "receiver-enriched", "c2c", "t2t"])
 
 
 def test_batched_equals_one_at_a_time_translated(tmp_path, bench):
     compare(tmp_path, bench, EvalSetup(fitted()), ["receiver", "c2c-translated", "c2c-translated-shuffled"])
+
+
+def test_batches_group_prompts_of_similar_length(tmp_path, bench):
+    """The records file lists items in the order they were scored: the three shortest prompts (with their
+    contexts) first, together."""
+    setup = EvalSetup(make_pair(chat_template=False))
+    run_eval(EvalConfig([bench], ["receiver"], scoring="cloze", out=str(tmp_path), batch_size=3), setup)
+    order = [json.loads(line)["id"] for line in (tmp_path / "ctx_mc/receiver.jsonl").open()]
+    size = {f"q{i}": len(q) + len(" ".join(c)) + len(ctx) for i, (q, c, _, ctx) in enumerate(QUESTIONS)}
+    assert max(size[i] for i in order[:3]) < min(size[i] for i in order[3:])
+    assert sorted(order) == sorted(size)
 
 
 def test_batched_records_are_resumed_per_item(tmp_path, bench):
@@ -80,13 +101,12 @@ def test_batched_records_are_resumed_per_item(tmp_path, bench):
     assert [second[f"q{i}"]["batch"] for i in range(2, 5)] == [3, 3, 3]
 
 
-def test_other_protocols_and_t2t_stay_one_at_a_time(tmp_path, bench):
-    setup = EvalSetup(make_pair(chat_template=False), t2t_tokens=3)
-    run_eval(EvalConfig([bench], ["receiver", "t2t"], scoring="letter", out=str(tmp_path / "l"), batch_size=3),
-             setup)
-    assert all("batch" not in r for r in records(tmp_path / "l", "receiver").values())
-    run_eval(EvalConfig([bench], ["t2t"], scoring="cloze", out=str(tmp_path / "c"), batch_size=3), setup)
-    assert all("batch" not in r for r in records(tmp_path / "c", "t2t").values())
+def test_batched_items_count_as_throughput_not_latency(tmp_path, bench):
+    setup = EvalSetup(make_pair(chat_template=False))
+    summary = run_eval(EvalConfig([bench], ["receiver"], scoring="cloze", out=str(tmp_path), batch_size=3), setup)
+    result = summary["benchmarks"]["ctx_mc"]["methods"]["receiver"]
+    assert result["n"] == 5 and result["latency_n"] == 0 and result["latency_ms_mean"] is None
+    assert "96.4], batched |" in (tmp_path / "table.md").read_text()
     with pytest.raises(ValueError, match="batch_size"):
         EvalConfig([bench], ["receiver"], batch_size=0)
 
@@ -94,3 +114,23 @@ def test_other_protocols_and_t2t_stay_one_at_a_time(tmp_path, bench):
 def test_default_batch_size_by_device():
     from c2c.evaluation.evaluate import default_batch_size
     assert default_batch_size("cpu") == 1 and default_batch_size(torch.device("cuda", 0)) == 8
+
+
+def test_greedy_texts_cut_each_row_at_its_own_end_of_sequence(monkeypatch):
+    """Decoded together, a row that ends early reads as it does decoded alone (its end-of-sequence token counted,
+    the padding ``generate`` adds after it dropped) while the other rows go on."""
+    loaded = tiny("llama")
+    model, tokenizer = loaded.model, loaded.tokenizer
+    prompts = [[5, 9, 13, 2], [7, 3], [11, 4, 6, 8, 10]]
+
+    def decoded(rows):
+        ids = pad_rows(rows, tokenizer.pad_token_id or 0, left=True)
+        mask = pad_rows([[1] * len(row) for row in rows], 0, left=True)
+        return greedy_texts(model, tokenizer, ids, mask, kvcache.full_length_cache(), 6)
+    monkeypatch.setattr(model.generation_config, "eos_token_id", None)
+    free_run = [decode(model, tokenizer, torch.tensor([row]), torch.ones(1, len(row), dtype=torch.long),
+                       kvcache.full_length_cache(), 6, do_sample=False)[0].tolist() for row in prompts]
+    monkeypatch.setattr(model.generation_config, "eos_token_id", free_run[0][1])  # the first row ends early
+    alone = [decoded([row])[0] for row in prompts]
+    assert decoded(prompts) == alone
+    assert alone[0][1] <= 2 and max(count for _, count in alone) == 6

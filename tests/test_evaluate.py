@@ -12,7 +12,7 @@ from tiny import tiny
 from c2c.data import cloze_continuations, load_benchmark
 from c2c.evaluation.evaluate import EvalConfig, EvalSetup, derived_records, run_eval, shuffled_partners
 from c2c.core.stats import gap_closed, paired_difference, wilson
-from c2c.evaluation.scorers import ModelScorer, PairScorer, item_prompt, score_item, state_continuations
+from c2c.evaluation.scorers import ModelScorer, PairScorer, item_prompt, score_items, state_continuations
 
 QUESTIONS = [
     ("What is the capital of France?", ["Paris", "London", "Berlin", "Rome"], 0),
@@ -160,7 +160,7 @@ def test_batched_choice_scores_equal_the_evaluators_and_train_the_fuser(bench, r
     prompts = [item_prompt(item, "cloze") for item in items]
     batched = pair.choice_scores(pair.prepare(prompts), [cloze_continuations(item) for item in items])
     for item, prompt, scores in zip(items, prompts, batched):
-        single = score_item(PairScorer("c2c", pair).prefill(prompt), item, "cloze", 1)["scores"]
+        single = score_items(PairScorer("c2c", pair).prefill(prompt), [item], "cloze")[0]["scores"]
         torch.testing.assert_close(scores.detach(), torch.tensor(single), rtol=1e-4, atol=1e-5)
     pair.train()  # inference runs stacked copies of the fuser weights; training runs the parameters
     choices = [cloze_continuations(item) for item in items]
@@ -179,7 +179,7 @@ def test_sharer_choice_scores_equal_the_evaluators_sharer_method(bench, receiver
     batched = pair.sharer_choice_scores(pair.prepare(prompts), [cloze_continuations(item) for item in items])
     alone = ModelScorer("sharer", pair.sharers[0], chat=pair.config.chat_template)
     for item, prompt, scores in zip(items, prompts, batched):
-        single = score_item(alone.prefill(prompt), item, "cloze", 1)["scores"]
+        single = score_items(alone.prefill(prompt), [item], "cloze")[0]["scores"]
         torch.testing.assert_close(scores, torch.tensor(single), rtol=1e-4, atol=1e-5)
 
 

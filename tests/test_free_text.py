@@ -131,7 +131,7 @@ def test_answer_extraction():
 # ------------------------------------------------------------------------------------------------ c2c eval
 def _fake_answers(monkeypatch, text: str):
     """Every method's greedy generation returns ``text`` (the protocols run as usual around it)."""
-    monkeypatch.setattr(scorers, "greedy_text", lambda state, max_new_tokens: (text, 3))
+    monkeypatch.setattr(scorers, "greedy_texts", lambda model, tokenizer, ids, *rest: [(text, 3)] * len(ids))
 
 
 def test_free_scoring_on_squad_gives_the_scores_the_table_and_the_records(squad_dir, tmp_path, monkeypatch):

@@ -26,10 +26,9 @@ from ..data import DataError, MCItem, load_benchmark
 from ..inputs.align import Prompt, as_messages, render
 from ..inputs.context import with_context
 from ..model.pair import C2CModel
-from ..runtime.passes import decode
+from ..runtime.passes import greedy_texts
 from .metrics import markdown_table, plot, summarize, summarize_free
-from .scorers import (BATCHED_SCORINGS, EnrichedScorer, ModelScorer, PairScorer, Scorer, item_prompt, score_item,
-                      score_items)
+from .scorers import EnrichedScorer, ModelScorer, PairScorer, Scorer, item_prompt, score_items
 
 __all__ = ["EvalConfig", "EvalSetup", "run_eval", "run_method", "method_runner", "sharer_backgrounds",
            "shuffled_partners", "derived_records", "measure_throughput", "fuser_report"]
@@ -72,13 +71,12 @@ class EvalSetup:
 
 
 def method_runner(method: str, setup: EvalSetup, items: list[MCItem], scoring: str, seed: int,
-                  backgrounds: dict[str, tuple[str, int]] | None = None) -> Callable[[MCItem], dict]:
-    """A function that evaluates one item with ``method`` and returns its record (without timing). Where the
-    method and protocol can score several items in one forward (cloze protocols, every method but t2t and
-    receiver-enriched) it also has ``.batch``: a list of items -> their records, each as the function gives it.
+                  backgrounds: dict[str, tuple[str, int]] | None = None) -> Callable[[list[MCItem]], list[dict]]:
+    """A function that evaluates a batch of items (one or several) with ``method`` in one forward and returns
+    their records (without timing), each as if its item were scored alone.
 
     For t2t, ``backgrounds`` may hold sharer texts already written for some items (``sharer_backgrounds``,
-    batched); each is used once, and any other item's is written on the spot."""
+    batched); each is used once, and the other items' texts are written together, in one batch."""
     def with_scorer(scorer: Scorer, partner: Callable[[MCItem], str | None] = lambda item: None,
                     prefix: Callable[[MCItem], tuple[str, dict]] = lambda item: ("", {}),
                     context: Callable[[MCItem], str | None] = lambda item: None,
@@ -89,18 +87,12 @@ def method_runner(method: str, setup: EvalSetup, items: list[MCItem], scoring: s
             question, read = text + item_prompt(item, scoring), ahead(item)
             return with_context(question, read) if read else question
 
-        def run(item: MCItem) -> dict:
-            text, extra = prefix(item)
-            state = scorer.prefill(prompt(text, item), partner(item), context(item))
-            return {**score_item(state, item, scoring, setup.max_new_tokens), **extra}
-
-        def run_batch(batch: list[MCItem]) -> list[dict]:
+        def run(batch: list[MCItem]) -> list[dict]:
             texts, extras = zip(*(prefix(item) for item in batch))
             state = scorer.prefill_batch([prompt(text, item) for text, item in zip(texts, batch)],
                                          [partner(item) for item in batch], [context(item) for item in batch])
-            return [{**result, **extra} for result, extra in zip(score_items(state, batch, scoring), extras)]
-        if scoring in BATCHED_SCORINGS and hasattr(scorer, "prefill_batch") and method != "t2t":
-            run.batch = run_batch  # several items per forward (``run_method`` with batch_size > 1)
+            results = score_items(state, batch, scoring, setup.max_new_tokens)
+            return [{**result, **extra} for result, extra in zip(results, extras)]
         return run
 
     def own_context(item: MCItem) -> str:
@@ -154,9 +146,16 @@ def method_runner(method: str, setup: EvalSetup, items: list[MCItem], scoring: s
         written = backgrounds if backgrounds is not None else {}
 
         def background(item: MCItem) -> tuple[str, dict]:
-            text, generated = written.pop(item.id, None) or sharer_backgrounds(setup, [item])[0]
+            text, generated = written.pop(item.id)
             return f"Background: {text.strip()}\n\n", {"background": text, "sharer_tokens": generated}
-        return with_scorer(receiver, prefix=background)
+        score = with_scorer(receiver, prefix=background)
+
+        def run_t2t(batch: list[MCItem]) -> list[dict]:
+            unwritten = [item for item in batch if item.id not in written]
+            if unwritten:
+                written.update(zip([item.id for item in unwritten], sharer_backgrounds(setup, unwritten)))
+            return score(batch)
+        return run_t2t
     raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
 
 
@@ -170,14 +169,7 @@ def sharer_backgrounds(setup: EvalSetup, items: list[MCItem]) -> list[tuple[str,
                    setup.chat).ids for prompt, item in zip(prompts, items)]
     ids = pad_rows(rows, tokenizer.pad_token_id, left=True).to(model.device)  # (B, P)
     mask = pad_rows([[1] * len(row) for row in rows], 0, left=True).to(model.device)
-    output = decode(model, tokenizer, ids, mask, kvcache.full_length_cache(), setup.t2t_tokens, do_sample=False)
-    eos = model.generation_config.eos_token_id
-    eos = set(eos if isinstance(eos, list) else [eos])
-    results = []
-    for new in output.tolist():
-        stops = [i for i, token in enumerate(new) if token in eos]
-        results.append((tokenizer.decode(new, skip_special_tokens=True), stops[0] + 1 if stops else len(new)))
-    return results
+    return greedy_texts(model, tokenizer, ids, mask, kvcache.full_length_cache(), setup.t2t_tokens)
 
 
 def shuffled_partners(items: list[MCItem], seed: int) -> dict[str, MCItem]:
@@ -232,8 +224,7 @@ class EvalConfig:
     method_limits: dict[str, int] | None = None  # e.g. {"t2t": 50}: that method sees only the first 50 items
     throughput_batch: int | None = None  # also measure batched generation throughput (receiver vs C2C)
     t2t_batch: int = 1  # t2t's sharer texts generated this many items at a time (those items get no latency)
-    # items scored per forward (cloze protocols; t2t, receiver-enriched and the other protocols run one at a
-    # time); None: ``default_batch_size`` of the device
+    # items scored per forward (every method and scoring); None: ``default_batch_size`` of the device
     batch_size: int | None = None
 
     def __post_init__(self):
@@ -356,13 +347,12 @@ def run_method(method: str, setup: EvalSetup, items: list[MCItem], config: EvalC
         backgrounds: dict[str, tuple[str, int]] = {}
         run = method_runner(method, setup, items, config.scoring, config.seed, backgrounds)
         batch_size = config.batch_size or default_batch_size(setup.pair.device)
-        run_batch = getattr(run, "batch", None) if batch_size > 1 else None
-        if run_batch is not None:
+        if batch_size > 1:
             if config.warmup:
-                run_batch(todo[:batch_size])  # warm-up: first calls pay for allocation and lazy initialisation
-            return run_batched(method, run_batch, items, todo, batch_size, path, folder, done)
+                run(todo[:batch_size])  # warm-up: first calls pay for allocation and lazy initialisation
+            return run_batched(method, run, items, todo, batch_size, config.scoring, path, folder, done)
         for item in todo[:config.warmup]:
-            run(item)  # warm-up: first calls pay for allocation and lazy initialisation
+            run([item])  # warm-up: first calls pay for allocation and lazy initialisation
         group_size = config.t2t_batch if method == "t2t" else 1
         with path.open("a") as handle, tqdm(total=len(todo), desc=f"{folder.name} {method}",
                                             dynamic_ncols=True) as progress:
@@ -376,7 +366,7 @@ def run_method(method: str, setup: EvalSetup, items: list[MCItem], config: EvalC
                     batched = {"sharer_batch": len(group)}
                 for item in group:
                     started = time.perf_counter()
-                    result = run(item)
+                    result = run([item])[0]
                     record = item_record(item, result, (time.perf_counter() - started) * 1000 + shared_ms,
                                          **batched)
                     handle.write(json.dumps(record, ensure_ascii=False) + "\n")
@@ -399,9 +389,13 @@ def default_batch_size(device: torch.device | str) -> int:
 
 
 def run_batched(method: str, run_batch: Callable[[list[MCItem]], list[dict]], items: list[MCItem],
-                todo: list[MCItem], batch_size: int, path: Path, folder: Path, done: dict[str, dict]) -> list[dict]:
+                todo: list[MCItem], batch_size: int, scoring: str, path: Path, folder: Path, done: dict[str, dict]
+                ) -> list[dict]:
     """``run_method``'s loop with ``batch_size`` items per forward: each record gets its share of the batch's
-    time as its latency and the batch's size as ``batch``; records are appended (and reused) per item."""
+    time as its latency and the batch's size as ``batch``; records are appended (and reused) per item.
+
+    Items are batched in order of their prompt's length (with its context), so that a batch pads little."""
+    todo = sorted(todo, key=lambda item: len(item_prompt(item, scoring)) + len(item.context or ""))
     with path.open("a") as handle, tqdm(total=len(todo), desc=f"{folder.name} {method}",
                                         dynamic_ncols=True) as progress:
         for start in range(0, len(todo), batch_size):

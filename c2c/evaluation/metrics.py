@@ -12,10 +12,11 @@ from ..core.stats import mean_interval, paired_text, wilson
 
 def summarize(records: list[dict]) -> dict:
     """Accuracy with its interval, and latency over the items run one at a time (``latency_n`` of them):
-    an item whose t2t sharer text was generated in a batch has no single-request latency."""
+    an item scored in a batch (``batch``), or whose t2t sharer text was written in one (``sharer_batch``), has no
+    single-request latency, only a share of its batch's time."""
     n = len(records)
     correct = sum(r["correct"] for r in records)
-    latencies = sorted(r["latency_ms"] for r in records if r.get("sharer_batch", 1) == 1)
+    latencies = sorted(r["latency_ms"] for r in records if r.get("batch", 1) == r.get("sharer_batch", 1) == 1)
     subjects: dict[str, list[bool]] = {}
     for r in records:
         subjects.setdefault(r["subject"] or "all", []).append(r["correct"])

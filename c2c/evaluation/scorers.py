@@ -20,7 +20,7 @@ from ..data import MCItem, cloze_continuations, extract_choice_letter, free_prom
 from ..inputs.align import Prompt, as_messages, render
 from ..inputs.context import context_span, cut_context, with_context
 from ..model.pair import C2CModel
-from ..runtime.passes import continuation_logprobs, decode, next_token_logits, per_character, prompt_cache
+from ..runtime.passes import continuation_logprobs, greedy_texts, last_token_logits, per_character, prompt_cache
 from .answers import extract_answer, free_text_scores
 
 
@@ -40,12 +40,13 @@ class Prefilled:
 
 
 class Scorer(Protocol):
+    """Prefills B prompts in one left-padded batch; ``other_prompts``/``contexts``: per prompt, what a sharer
+    reads instead of the prompt / as a context (None: nothing), as each scorer says."""
+
     name: str
 
-    def prefill(self, prompt: str, other_prompt: str | None = None, context: str | None = None) -> Prefilled: ...
-
-
-BATCHED_SCORINGS = ("cloze", "cloze-options")  # the protocols ``score_items`` runs on several prompts at once
+    def prefill_batch(self, prompts: list[Prompt], other_prompts: list[str | None],
+                      contexts: list[str | None]) -> Prefilled: ...
 
 
 @dataclass
@@ -83,23 +84,40 @@ class EnrichedScorer:
     model: LoadedModel
     chat: bool
 
-    @torch.no_grad()
     def prefill(self, prompt: str, other_prompt: str | None = None, context: str | None = None) -> Prefilled:
-        if not context:
+        return self.prefill_batch([prompt], [other_prompt], [context])
+
+    @torch.no_grad()
+    def prefill_batch(self, prompts: list[str], other_prompts: list[str | None],
+                      contexts: list[str | None]) -> Prefilled:
+        """``prefill`` of several prompts: all read with their contexts in one left-padded batch, then each
+        row's kept positions gathered, re-rotated and left-padded again."""
+        if not all(contexts):
             raise ValueError("receiver-enriched needs items with a context")
-        messages = with_context(prompt, context)
-        view = render(self.model.tokenizer, messages, self.chat)
-        cut = cut_context(view, context_span(view, messages, context))
-        device = self.model.model.device
-        ids = torch.tensor([view.ids], device=device)
-        cache = prompt_cache(self.model.model, ids, torch.ones_like(ids))
-        kept = torch.tensor((cut.prefix + cut.suffix)[:-1], device=device)  # cached positions kept (the last is not)
-        new = torch.arange(len(kept), device=device)[None]
-        rotary = Rotary(self.model.model)
-        layers = [(rotary.move(k[:, :, kept], layer, kept[None], new), v[:, :, kept])
-                  for layer, (k, v) in enumerate(kvcache.all_kv(cache))]
-        kept_ids = torch.tensor([[view.ids[i] for i in cut.prefix + cut.suffix]], device=device)
-        return Prefilled(self.model.model, self.model.tokenizer, kept_ids, kvcache.cache_from_kv(layers))
+        tokenizer, model = self.model.tokenizer, self.model.model
+        views, kept = [], []  # each row's tokens with its context, and the indices kept without it
+        for prompt, context in zip(prompts, contexts):
+            messages = with_context(prompt, context)
+            view = render(tokenizer, messages, self.chat)
+            cut = cut_context(view, context_span(view, messages, context))
+            views.append(view.ids)
+            kept.append(cut.prefix + cut.suffix)
+        device, pad = model.device, tokenizer.pad_token_id or 0
+        ids = pad_rows(views, pad, left=True).to(device)  # (B, P)
+        cache = prompt_cache(model, ids, pad_rows([[1] * len(row) for row in views], 0, left=True).to(device))
+        # the cached positions kept (a row's last token is not cached), left-padded (B, T); padding is masked
+        cached = [row[:-1] for row in kept]
+        old = pad_rows(cached, 0, left=True).to(device)  # positions as read with the context
+        columns = old + torch.tensor([ids.shape[1] - len(row) for row in views], device=device)[:, None]
+        new = pad_rows([list(range(len(row))) for row in cached], 0, left=True).to(device)  # positions without it
+        rotary = Rotary(model)
+        layers = []
+        for layer, (k, v) in enumerate(kvcache.all_kv(cache)):
+            index = columns[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[-1])  # (B, H, T, d)
+            layers.append((rotary.move(k.gather(2, index), layer, old, new), v.gather(2, index)))
+        kept_ids = pad_rows([[view[i] for i in row] for view, row in zip(views, kept)], pad, left=True).to(device)
+        mask = pad_rows([[1] * len(row) for row in kept], 0, left=True).to(device)
+        return Prefilled(model, tokenizer, kept_ids, kvcache.cache_from_kv(layers), mask)
 
 
 @dataclass
@@ -143,57 +161,48 @@ class PairScorer:
 def state_continuations(state: Prefilled, continuations: list[str]) -> list[tuple[float, int]]:
     """(sum of log-probabilities, token count) of each continuation after the prompt, in one batch."""
     sums, counts = continuation_logprobs(state.model, state.tokenizer, state.input_ids,
-                                                 torch.ones_like(state.input_ids), state.cache, [continuations])
+                                         torch.ones_like(state.input_ids), state.cache, [continuations])
     return [(float(total), int(count)) for total, count in zip(sums, counts)]
 
 
 @torch.no_grad()
-def score_items(state: Prefilled, items: list[MCItem], scoring: str) -> list[dict]:
-    """``score_item`` of the B items whose prompts ``state`` holds (``prefill_batch``), every choice of every
-    item in one forward; cloze protocols only (``BATCHED_SCORINGS``)."""
-    if scoring not in BATCHED_SCORINGS:
-        raise ValueError(f"scoring {scoring!r} scores one item at a time; batched: {BATCHED_SCORINGS}")
-    continuations = [cloze_continuations(item) for item in items]
-    sums, _ = continuation_logprobs(state.model, state.tokenizer, state.input_ids, state.mask, state.cache,
-                                    continuations)
-    results = []
-    for row in per_character(sums.double(), continuations):  # float64: the records' scores as Python divides them
-        scores = row.tolist()
-        results.append({"prediction": max(range(len(scores)), key=scores.__getitem__), "scores": scores,
-                        "generated_tokens": 0})
-    return results
+def score_items(state: Prefilled, items: list[MCItem], scoring: str, max_new_tokens: int = 64) -> list[dict]:
+    """Prediction and per-choice scores of the B items whose prompts ``state`` holds (one, or ``prefill_batch``)
+    under a protocol, all in one batch: every choice of every item in one forward (cloze protocols), every
+    prompt's next token (letter), every prompt decoded greedily together (generate, free).
+
+    Under ``free`` the prediction is the short answer read from the generated text, scored against the item's
+    references (``evaluation.answers``); ``correct`` is then the generation score where the item has rivals
+    (synthetic), else exact match. Cloze protocols score the log-likelihood per character of each choice, as
+    lm-eval's acc_norm."""
+    if scoring in ("free", "generate"):
+        texts = greedy_texts(state.model, state.tokenizer, state.input_ids, state.mask,
+                             kvcache.repeat_rows(state.cache, 1), max_new_tokens)
+        return [generated_result(item, text, count, scoring) for item, (text, count) in zip(items, texts)]
+    if scoring == "letter":
+        logprobs = torch.log_softmax(last_token_logits(state.model, state.input_ids, state.mask, state.cache), -1)
+        rows = [row[[state.tokenizer(f" {letter}", add_special_tokens=False)["input_ids"][0]
+                     for letter in item.letters]].tolist() for row, item in zip(logprobs, items)]  # (B, k_i)
+    else:
+        continuations = [cloze_continuations(item) for item in items]
+        sums, _ = continuation_logprobs(state.model, state.tokenizer, state.input_ids, state.mask, state.cache,
+                                        continuations)
+        # float64: the records' scores as Python divides them
+        rows = [row.tolist() for row in per_character(sums.double(), continuations)]
+    return [{"prediction": max(range(len(scores)), key=scores.__getitem__), "scores": scores,
+             "generated_tokens": 0} for scores in rows]
 
 
-@torch.no_grad()
-def greedy_text(state: Prefilled, max_new_tokens: int) -> tuple[str, int]:
-    """Greedy continuation from the prefilled cache; (text, new tokens)."""
-    new = decode(state.model, state.tokenizer, state.input_ids, torch.ones_like(state.input_ids),
-                         kvcache.repeat_rows(state.cache, 1), max_new_tokens, do_sample=False)[0]
-    return state.tokenizer.decode(new, skip_special_tokens=True), len(new)
-
-
-def score_item(state: Prefilled, item: MCItem, scoring: str, max_new_tokens: int) -> dict:
-    """Prediction and per-choice scores of one prefilled item under a protocol. Under ``free`` the prediction is
-    the short answer read from the generated text, scored against the item's references (``evaluation.answers``);
-    ``correct`` is then the generation score where the item has rivals (synthetic), else exact match."""
-    if scoring == "free":
-        text, generated = greedy_text(state, max_new_tokens)
-        answer = extract_answer(text, item.question)
-        scores = free_text_scores(answer, item.gold_answers, item.rivals)
-        return {"prediction": answer, "text": text, "generated_tokens": generated, "scores": None,
-                "gold": item.gold_answers, "correct": scores.get("generation", scores["exact_match"]), **scores}
+def generated_result(item: MCItem, text: str, generated: int, scoring: str) -> dict:
+    """A generated answer's record fields: the short answer and its scores (free), or the choice letter read
+    from the text (generate)."""
     if scoring == "generate":
-        text, generated = greedy_text(state, max_new_tokens)
         return {"prediction": extract_choice_letter(text, len(item.choices)), "text": text,
                 "generated_tokens": generated, "scores": None}
-    if scoring != "letter":  # cloze protocols: log-likelihood per character of each choice, as lm-eval's acc_norm
-        return score_items(state, [item], scoring)[0]
-    with torch.no_grad():
-        logits = next_token_logits(state.model, state.input_ids, state.cache)
-    ids = [state.tokenizer(f" {letter}", add_special_tokens=False)["input_ids"][0] for letter in item.letters]
-    scores = torch.log_softmax(logits, -1)[ids].tolist()
-    return {"prediction": max(range(len(scores)), key=scores.__getitem__), "scores": scores,
-            "generated_tokens": 0}
+    answer = extract_answer(text, item.question)
+    scores = free_text_scores(answer, item.gold_answers, item.rivals)
+    return {"prediction": answer, "text": text, "generated_tokens": generated, "scores": None,
+            "gold": item.gold_answers, "correct": scores.get("generation", scores["exact_match"]), **scores}
 
 
 def item_prompt(item: MCItem, scoring: str) -> str:

@@ -105,11 +105,32 @@ def per_character(sums: torch.Tensor, choices: Sequence[Sequence[str]]) -> list[
     return list((sums / characters).split([len(texts) for texts in choices]))
 
 
-def next_token_logits(model: nn.Module, input_ids: torch.Tensor, cache: DynamicCache) -> torch.Tensor:
-    """(V,) float32 logits after the last token of a single prompt (1, P) whose first P - 1 are in ``cache``."""
-    cache = kvcache.repeat_rows(cache, 1)
-    position = torch.tensor([[kvcache.seq_length(cache)]], device=input_ids.device)
-    return model(input_ids=input_ids[:, -1:], position_ids=position, cache=cache, use_cache=True).logits[0, -1].float()
+def last_token_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: DynamicCache
+                      ) -> torch.Tensor:
+    """(B, V) float32 logits after the last token of left-padded prompts (B, P) whose first P - 1 positions are in
+    ``cache`` (left as it is)."""
+    positions = position_ids(attention_mask)[:, -1:]
+    return model(input_ids=input_ids[:, -1:], attention_mask=attention_mask, position_ids=positions,
+                 cache=kvcache.repeat_rows(cache, 1), use_cache=True).logits[:, -1].float()
+
+
+def eos_ids(model: nn.Module) -> set[int]:
+    """The tokens that end a model's generation (its generation config may name one, several or none)."""
+    eos = model.generation_config.eos_token_id
+    return set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+
+
+def greedy_texts(model: nn.Module, tokenizer, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 cache: DynamicCache, max_new_tokens: int) -> list[tuple[str, int]]:
+    """Greedy continuation of each left-padded prompt (B, P) after ``cache`` (see ``decode``): (text, new tokens,
+    counting the end-of-sequence token where a row stops early), each row as it would read decoded alone:
+    ``generate`` pads the rows that stopped while others go on."""
+    new = decode(model, tokenizer, input_ids, attention_mask, cache, max_new_tokens, do_sample=False)
+    stops, results = eos_ids(model), []
+    for row in new.tolist():
+        end = next((i + 1 for i, token in enumerate(row) if token in stops), len(row))
+        results.append((tokenizer.decode(row[:end], skip_special_tokens=True), end))
+    return results
 
 
 def decode(model: nn.Module, tokenizer, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: DynamicCache,

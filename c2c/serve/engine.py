@@ -33,7 +33,7 @@ from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria,
 from ..inputs.align import Prompt
 from ..inputs.batch import Batch
 from ..model.pair import C2CModel
-from ..runtime.passes import Chunks
+from ..runtime.passes import Chunks, eos_ids
 from .errors import APIError
 
 # ("accepted", prompt tokens) | ("logprobs", [TokenLogprob]) (just before the delta they belong to)
@@ -184,9 +184,7 @@ class Rows(StoppingCriteria):
 
     def __init__(self, jobs: list[Job], pair: C2CModel, between: Callable[[], None] | None = None):
         self.between = between  # called after every step's bookkeeping: another batch may take a turn
-        eos = pair.receiver.model.generation_config.eos_token_id
-        eos_ids = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
-        self.rows = [Row(job, pair.receiver.tokenizer, eos_ids) for job in jobs]
+        self.rows = [Row(job, pair.receiver.tokenizer, eos_ids(pair.receiver.model)) for job in jobs]
         self.scores = LastScores() if any(job.top_logprobs is not None for job in jobs) else None
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
