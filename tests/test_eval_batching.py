@@ -13,7 +13,8 @@ from tiny import tiny
 from c2c.core import cache as kvcache
 from c2c.core.tensors import pad_rows
 from c2c.evaluation.evaluate import EvalConfig, EvalSetup, run_eval
-from c2c.runtime.passes import decode, greedy_texts
+from c2c.runtime import passes
+from c2c.runtime.passes import decode, greedy_texts, prompt_cache
 
 QUESTIONS = [
     ("Which pet does Mira have?", ["dog", "cat", "pony"], 0, "Mira's pet is a dog."),
@@ -134,3 +135,49 @@ def test_greedy_texts_cut_each_row_at_its_own_end_of_sequence(monkeypatch):
     alone = [decoded([row])[0] for row in prompts]
     assert decoded(prompts) == alone
     assert alone[0][1] <= 2 and max(count for _, count in alone) == 6
+
+
+@pytest.mark.parametrize("kind", ["llama", "gemma", "qwen"])
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("rows_of", ["every prompt", "each prompt"])
+def test_packed_continuations_equal_one_row_per_continuation(monkeypatch, kind, attention, rows_of):
+    """Continuations packed (in one row for every prompt, or a row for each) score as one row each: left-padded
+    prompts of different lengths, continuations of 1 to 5 tokens, and (tiny Gemma: a window of 8) prompts longer
+    than the sliding window; both attention implementations that take a built mask."""
+    loaded = tiny(kind)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    monkeypatch.setattr(model.config.get_text_config(decoder=True), "_attn_implementation", attention)
+    monkeypatch.setattr(passes, "_prompts_per_row",
+                        lambda model, lengths, cached: len(lengths) if rows_of == "every prompt" else 1)
+    prompts = [[5, 9, 13, 2, 7, 7, 3, 11, 12, 4, 9, 8], [7, 3], [11, 4, 6, 8, 10]]
+    rows, per_prompt = [[4], [8, 9, 10], [3, 3, 5, 6, 2], [12, 13], [6], [9, 9, 9], [10, 2, 5, 7]], [3, 1, 3]
+    ids = pad_rows(prompts, 0, left=True)
+    mask = pad_rows([[1] * len(row) for row in prompts], 0, left=True)
+    with torch.no_grad():
+        cache = prompt_cache(model, ids, mask)
+        assert passes.packed_masks(model) is not None
+        packed = passes.token_continuations(model, tokenizer, ids, mask, cache, rows, per_prompt)
+        monkeypatch.setattr(passes, "packed_masks", lambda model: None)
+        one_each = passes.token_continuations(model, tokenizer, ids, mask, cache, rows, per_prompt)
+    assert kvcache.seq_length(cache) == ids.shape[1] - 1  # neither pass extended the prompts' cache
+    assert torch.allclose(packed[0], one_each[0], atol=1e-5) and packed[0].abs().min() > 0.1
+    assert packed[1].tolist() == one_each[1].tolist() == [len(row) for row in rows]
+    assert packed[2].tolist() == one_each[2].tolist()
+
+
+def test_packing_is_left_to_attention_it_can_mask(monkeypatch):
+    model = tiny("llama").model
+    monkeypatch.setattr(model.config, "_attn_implementation", "flash_attention_2")
+    assert passes.packed_masks(model) is None
+    monkeypatch.setattr(model.config, "_attn_implementation", "sdpa")
+    monkeypatch.setattr(model.config, "layer_types", ["full_attention", "linear_attention"], raising=False)
+    assert passes.packed_masks(model) is None
+
+
+def test_continuations_share_a_row_when_that_costs_less():
+    """Short prompts with continuations of very different lengths: one row (no padding); long prompts: a row each
+    (no attention across the other prompts' caches)."""
+    model = tiny("llama").model  # hidden 32, intermediate 64: a (query, key) pair costs 1/160 of a token
+    assert passes._prompts_per_row(model, [2, 40, 3, 3], cached=10) == 4
+    assert passes._prompts_per_row(model, [2, 40, 3, 3], cached=4000) == 1
+    assert passes._prompts_per_row(model, [5], cached=10) == 1

@@ -82,7 +82,28 @@ def token_continuations(model: nn.Module, tokenizer, prompt_ids: torch.Tensor, p
                         cache: DynamicCache, rows: Sequence[Sequence[int]], per_prompt: Sequence[int]
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``continuation_logprobs`` on token rows, ``per_prompt[i]`` of them after prompt i: (sum of
-    log-probabilities, token count, greedy: every token is the argmax), each (R,)."""
+    log-probabilities, token count, greedy: every token is the argmax), each (R,).
+
+    Where the model's attention takes a custom mask (``packed_masks``), each prompt's continuations run packed in
+    one row after its last token, each attending to the prompt and to itself only; otherwise one row per
+    continuation, the prompt's cache repeated for each. Either way each log-probability is the one the
+    continuation gets alone."""
+    masks = packed_masks(model)
+    if masks is None:
+        logits, targets, owners = _row_pass(model, tokenizer, prompt_ids, prompt_mask, cache, rows, per_prompt)
+    else:
+        logits, targets, owners = _packed_pass(model, masks, prompt_ids, prompt_mask, cache, rows, per_prompt)
+    logprobs = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets[:, None])[:, 0]  # (T,)
+    missed = (logits.argmax(-1) != targets).float()
+    count = len(rows)
+    sums = logprobs.new_zeros(count).index_add(0, owners, logprobs)
+    counts = torch.bincount(owners, minlength=count).to(logprobs.dtype)
+    return sums, counts, missed.new_zeros(count).index_add(0, owners, missed) == 0
+
+
+def _row_pass(model, tokenizer, prompt_ids, prompt_mask, cache, rows, per_prompt):
+    """One row per continuation after its prompt's cache: (T, V) logits predicting each of the T continuation
+    tokens, the tokens (T,), and the continuation each belongs to (T,)."""
     counts = torch.tensor(list(per_prompt), device=prompt_ids.device)
     last = prompt_ids[:, -1].repeat_interleave(counts)  # (R,)
     pad = tokenizer.pad_token_id or 0
@@ -91,12 +112,104 @@ def token_continuations(model: nn.Module, tokenizer, prompt_ids: torch.Tensor, p
     mask = torch.cat([prompt_mask[:, :-1].repeat_interleave(counts, dim=0), tail_mask], dim=1)
     prefix = prompt_ids.shape[1] - 1
     logits = model(input_ids=tail, attention_mask=mask, position_ids=position_ids(mask)[:, prefix:],
-                   cache=kvcache.repeat_rows(cache, counts), use_cache=True).logits.float()  # (R, 1 + W, V)
-    distribution = torch.log_softmax(logits[:, :-1], dim=-1)  # (R, W, V)
-    logprobs = distribution.gather(-1, tail[:, 1:, None]).squeeze(-1)  # (R, W)
-    valid = tail_mask[:, 1:].to(logprobs.dtype)
-    greedy = ((distribution.argmax(-1) == tail[:, 1:]) | (valid == 0)).all(-1)
-    return (logprobs * valid).sum(-1), valid.sum(-1), greedy
+                   cache=kvcache.repeat_rows(cache, counts), use_cache=True).logits  # (R, 1 + W, V)
+    valid = tail_mask[:, 1:].bool()  # (R, W)
+    owners = torch.arange(len(rows), device=tail.device)[:, None].expand_as(valid)
+    return logits[:, :-1][valid], tail[:, 1:][valid], owners[valid]
+
+
+ATTENTION_TYPES = ("full_attention", "sliding_attention")  # the layer kinds a packed pass can mask
+
+
+def packed_masks(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], object] | None:
+    """How to hand a (B, 1, L, N) boolean attention pattern to ``model``'s layers, as it takes an already built
+    mask (``masking_utils``: a 4D mask passes as it is): None where it cannot take one (attention other than
+    SDPA or eager, chunked or linear layers). The pattern comes with the query and key positions (B, L), (B, N):
+    sliding-window layers get it cut to their window, as the model's own masks are."""
+    config = model.config.get_text_config(decoder=True)
+    implementation = getattr(config, "_attn_implementation", None)
+    layer_types = getattr(config, "layer_types", None)
+    if implementation not in ("sdpa", "eager") or getattr(config, "attention_chunk_size", None) \
+            or any(kind not in ATTENTION_TYPES for kind in layer_types or ()):
+        return None
+    window = getattr(config, "sliding_window", None)
+    dtype = model.dtype
+
+    def form(allowed: torch.Tensor) -> torch.Tensor:  # SDPA reads booleans, eager adds the mask to its scores
+        if implementation == "sdpa":
+            return allowed
+        return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed,
+                                                                                          torch.finfo(dtype).min)
+
+    def masks(allowed: torch.Tensor, queries: torch.Tensor, keys: torch.Tensor) -> object:
+        windowed = allowed & (queries[:, None, :, None] - keys[:, None, None, :] < window) if window else allowed
+        if layer_types is None:  # one kind of layer: windowed where the model has a window
+            return form(windowed)
+        return {kind: form(windowed if kind == "sliding_attention" else allowed) for kind in set(layer_types)}
+    return masks
+
+
+def _packed_pass(model, masks, prompt_ids, prompt_mask, cache, rows, per_prompt):
+    """Continuations packed, per prompt [last, c_1..., c_2..., ...]: token t of c_j at position last + 1 + t,
+    attending to its prompt, the prompt's last token and c_j's first t tokens. Either every prompt's in one row,
+    their caches laid end to end (no padding), or each prompt's in its own row (no attention across prompts'
+    caches), whichever costs less (``_prompts_per_row``). Returns what ``_row_pass`` returns."""
+    device, (batch, width) = prompt_ids.device, prompt_ids.shape
+    cached = width - 1
+    per_row = _prompts_per_row(model, [1 + sum(map(len, rows[sum(per_prompt[:b]):sum(per_prompt[:b + 1])]))
+                                       for b in range(batch)], cached)
+    packed = [dict(tokens=[], prompt=[], segment=[], offset=[]) for _ in range(batch // per_row)]
+    sources, targets, owners, row = [], [], [], 0
+    for prompt, count in enumerate(per_prompt):
+        group = packed[prompt // per_row]
+        last = len(group["tokens"])
+
+        def put(token: int, segment: int, offset: int) -> None:
+            group["tokens"].append(token), group["prompt"].append(prompt % per_row)
+            group["segment"].append(segment), group["offset"].append(offset)
+        put(int(prompt_ids[prompt, -1]), 0, 0)  # segment 0: the prompt's last token, which every choice reads
+        for choice in range(1, count + 1):
+            for t, token in enumerate(rows[row]):
+                sources.append((prompt // per_row, len(group["tokens"]) - 1 if t else last))  # predicts token t
+                targets.append(token)
+                owners.append(row)
+                put(token, choice, 1 + t)
+            row += 1
+    ids, within, segment, offset = (pad_rows([g[key] for g in packed], -1 if key in ("prompt", "segment") else 0,
+                                             left=False).to(device) for key in ("tokens", "prompt", "segment", "offset"))
+    ids = ids.clamp(min=0)  # (G, L); padding: prompt and segment -1, attending to nothing but itself
+    prompt_positions = position_ids(prompt_mask).view(-1, per_row, width)  # (G, m, P)
+    rows_index = torch.arange(len(packed), device=device)[:, None]
+    queries = prompt_positions[rows_index, within.clamp(min=0), -1] + offset  # (G, L)
+    same = within[:, :, None] == within[:, None, :]
+    own = same & ((segment[:, None, :] == 0) | (segment[:, :, None] == segment[:, None, :])) \
+        & (offset[:, None, :] <= offset[:, :, None])  # (G, L, L): its prompt's last token, its own earlier tokens
+    own |= torch.eye(ids.shape[1], dtype=torch.bool, device=device)  # padding attends to itself
+    owner = torch.arange(per_row, device=device).repeat_interleave(cached)  # (m * (P - 1),) prompt of each column
+    real = prompt_mask[:, :-1].reshape(len(packed), -1).bool()  # (G, m * (P - 1))
+    on_prompt = (within[:, :, None] == owner[None, None, :]) & real[:, None, :]  # (G, L, m * (P - 1))
+    allowed = torch.cat([on_prompt, own], dim=-1)[:, None]  # (G, 1, L, m * (P - 1) + L)
+    keys = torch.cat([prompt_positions[:, :, :-1].reshape(len(packed), -1), queries], dim=-1)
+    joined = kvcache.cache_from_kv([tuple(x.reshape(len(packed), per_row, *x.shape[1:]).transpose(1, 2)
+                                          .reshape(len(packed), x.shape[1], per_row * cached, x.shape[-1])
+                                          for x in kv) for kv in kvcache.all_kv(cache)])  # (G, H, m * (P - 1), d)
+    logits = model(input_ids=ids, attention_mask=masks(allowed, queries, keys), position_ids=queries, cache=joined,
+                   use_cache=True).logits  # (G, L, V)
+    where = torch.tensor(sources, device=device)
+    return (logits[where[:, 0], where[:, 1]], torch.tensor(targets, device=device),
+            torch.tensor(owners, device=device))
+
+
+def _prompts_per_row(model: nn.Module, lengths: Sequence[int], cached: int) -> int:
+    """1 (a row per prompt) or all B (one row) for ``_packed_pass``: whichever costs fewer operations, counting
+    per token ~ the layers' weights and per (query, key) pair what attention adds, (4h + 3i) / 2 : 1 of them."""
+    config = model.config.get_text_config(decoder=True)
+    hidden = config.hidden_size
+    pair_cost = 2 / (4 * hidden + 3 * (getattr(config, "intermediate_size", None) or 4 * hidden))
+    batch, longest, total = len(lengths), max(lengths), sum(lengths)
+    one_each = batch * longest * (1 + pair_cost * (cached + longest))
+    together = total * (1 + pair_cost * (batch * cached + total))
+    return batch if together < one_each else 1
 
 
 def per_character(sums: torch.Tensor, choices: Sequence[Sequence[str]]) -> list[torch.Tensor]:
