@@ -618,3 +618,26 @@ def test_a_chunked_prefill_is_the_same_cache_and_yields_between_chunks():
     assert len(calls) >= (batch.prompt_length - 1) // 3  # at least one yield per 3 receiver tokens
     assert pair.generate(PROMPTS, max_new_tokens=4) == pair.generate(PROMPTS, max_new_tokens=4,
                                                                     prefill_chunks=Chunks(2, lambda: None))
+
+
+@pytest.mark.parametrize("kind", ["llama", "gemma", "qwen"])
+def test_a_prompt_cache_is_filled_without_the_lm_head(kind):
+    """The K/V of a prefill come from the decoder alone (the LM head would read the whole vocabulary's weights
+    for nothing) and equal those the whole model caches."""
+    from c2c.runtime.passes import prompt_cache
+    model = tiny(kind).model
+    ids, mask = torch.tensor([[0, 5, 9, 13, 2], [7, 3, 4, 8, 1]]), torch.tensor([[0, 1, 1, 1, 1], [1, 1, 1, 1, 1]])
+    calls = []
+    hook = model.get_output_embeddings().register_forward_hook(lambda *args: calls.append(1))
+    try:
+        with torch.no_grad():
+            cache = prompt_cache(model, ids, mask)
+            assert calls == []
+            whole = kvcache.full_length_cache()
+            model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=position_ids(mask[:, :-1]),
+                  cache=whole, use_cache=True)
+            assert calls == [1]
+    finally:
+        hook.remove()
+    for (k, v), (k_whole, v_whole) in zip(kvcache.all_kv(cache), kvcache.all_kv(whole), strict=True):
+        assert torch.equal(k, k_whole) and torch.equal(v, v_whole)
