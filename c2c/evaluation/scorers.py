@@ -7,7 +7,6 @@ receiver) through the same passes (``runtime.passes``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
 
 import torch
 from transformers import DynamicCache
@@ -39,27 +38,29 @@ class Prefilled:
         return self.attention_mask if self.attention_mask is not None else torch.ones_like(self.input_ids)
 
 
-class Scorer(Protocol):
-    """Prefills B prompts in one left-padded batch; ``other_prompts``/``contexts``: per prompt, what a sharer
-    reads instead of the prompt / as a context (None: nothing), as each scorer says."""
+class Scorer:
+    """Prefills B prompts in one left-padded batch (``prefill_batch``); ``other_prompts``/``contexts``: per prompt,
+    what a sharer reads instead of the prompt / as a context (None: nothing), as each scorer says."""
 
     name: str
 
     def prefill_batch(self, prompts: list[Prompt], other_prompts: list[str | None],
-                      contexts: list[str | None]) -> Prefilled: ...
+                      contexts: list[str | None]) -> Prefilled:
+        raise NotImplementedError
+
+    def prefill(self, prompt: Prompt, other_prompt: str | None = None, context: str | None = None) -> Prefilled:
+        """One prompt: ``prefill_batch`` of one."""
+        return self.prefill_batch([prompt], [other_prompt], [context])
 
 
 @dataclass
-class ModelScorer:
+class ModelScorer(Scorer):
     """A model alone (the sharer, a LoRA receiver), reading the prompt through its own chat template (if ``chat``
     and it has one), with ``context`` as text ahead of the question when given."""
 
     name: str
     model: LoadedModel
     chat: bool
-
-    def prefill(self, prompt: str, other_prompt: str | None = None, context: str | None = None) -> Prefilled:
-        return self.prefill_batch([prompt], [other_prompt], [context])
 
     @torch.no_grad()
     def prefill_batch(self, prompts: list[str], other_prompts: list[str | None],
@@ -76,16 +77,13 @@ class ModelScorer:
 
 
 @dataclass
-class EnrichedScorer:
+class EnrichedScorer(Scorer):
     """The cache-enrichment oracle: the receiver prefills context + question, then the context's positions are
     dropped and the question's keys re-rotated to the positions they would have without it."""
 
     name: str
     model: LoadedModel
     chat: bool
-
-    def prefill(self, prompt: str, other_prompt: str | None = None, context: str | None = None) -> Prefilled:
-        return self.prefill_batch([prompt], [other_prompt], [context])
 
     @torch.no_grad()
     def prefill_batch(self, prompts: list[str], other_prompts: list[str | None],
@@ -121,7 +119,7 @@ class EnrichedScorer:
 
 
 @dataclass
-class PairScorer:
+class PairScorer(Scorer):
     """The pair's receiver: reading a fused cache, or with ``fuse=False`` the receiver alone (the baseline).
 
     Fusing, ``other_prompt`` makes the sharer read another question and ``context`` gives the sharer a context
@@ -133,9 +131,6 @@ class PairScorer:
     pair: C2CModel
     channel: str | None = None
     fuse: bool = True
-
-    def prefill(self, prompt: Prompt, other_prompt: str | None = None, context: str | None = None) -> Prefilled:
-        return self.prefill_batch([prompt], [other_prompt], [context])
 
     @torch.no_grad()
     def prefill_batch(self, prompts: list[Prompt], other_prompts: list[str | None],

@@ -4,6 +4,7 @@ cache these read (fused or not), never in this code."""
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -166,42 +167,41 @@ def _packed_pass(model, masks, prompt_ids, prompt_mask, cache, rows, per_prompt)
     caches), whichever costs less (``_prompts_per_row``). Returns what ``_row_pass`` returns."""
     device, (batch, width) = prompt_ids.device, prompt_ids.shape
     cached = width - 1
-    per_row = _prompts_per_row(model, [1 + sum(map(len, rows[sum(per_prompt[:b]):sum(per_prompt[:b + 1])]))
-                                       for b in range(batch)], cached)
-    packed = [dict(tokens=[], prompt=[], segment=[], offset=[]) for _ in range(batch // per_row)]
-    sources, targets, owners, row = [], [], [], 0
-    for prompt, count in enumerate(per_prompt):
-        group = packed[prompt // per_row]
-        last = len(group["tokens"])
-
-        def put(token: int, segment: int, offset: int) -> None:
-            group["tokens"].append(token), group["prompt"].append(prompt % per_row)
-            group["segment"].append(segment), group["offset"].append(offset)
-        put(int(prompt_ids[prompt, -1]), 0, 0)  # segment 0: the prompt's last token, which every choice reads
-        for choice in range(1, count + 1):
+    starts = [0, *itertools.accumulate(per_prompt)]  # prompt b's continuations: rows[starts[b]:starts[b + 1]]
+    per_row = _prompts_per_row(model, [1 + sum(map(len, rows[starts[b]:starts[b + 1]])) for b in range(batch)],
+                               cached)
+    packed = {key: [[] for _ in range(batch // per_row)] for key in ("tokens", "prompt", "segment", "offset")}
+    sources, targets, owners = [], [], []  # per continuation token: (packed row, index) predicting it; token; row
+    for prompt in range(batch):
+        group, within = divmod(prompt, per_row)
+        last = len(packed["tokens"][group])  # where the prompt's last token goes, which every choice reads
+        entries = [(int(prompt_ids[prompt, -1]), 0, 0)]  # (token, segment: 0 or the choice's number, offset)
+        for choice, row in enumerate(range(starts[prompt], starts[prompt + 1]), start=1):
             for t, token in enumerate(rows[row]):
-                sources.append((prompt // per_row, len(group["tokens"]) - 1 if t else last))  # predicts token t
+                sources.append((group, last + len(entries) - 1 if t else last))
                 targets.append(token)
                 owners.append(row)
-                put(token, choice, 1 + t)
-            row += 1
-    ids, within, segment, offset = (pad_rows([g[key] for g in packed], -1 if key in ("prompt", "segment") else 0,
-                                             left=False).to(device) for key in ("tokens", "prompt", "segment", "offset"))
-    ids = ids.clamp(min=0)  # (G, L); padding: prompt and segment -1, attending to nothing but itself
+                entries.append((token, choice, 1 + t))
+        for key, values in zip(("tokens", "segment", "offset"), zip(*entries)):
+            packed[key][group].extend(values)
+        packed["prompt"][group].extend([within] * len(entries))
+    ids, within, segment, offset = (pad_rows(packed[key], -1 if key in ("prompt", "segment") else 0, left=False)
+                                    .to(device) for key in ("tokens", "prompt", "segment", "offset"))
+    ids, groups = ids.clamp(min=0), ids.shape[0]  # (G, L); padding: prompt and segment -1, attends to itself only
     prompt_positions = position_ids(prompt_mask).view(-1, per_row, width)  # (G, m, P)
-    rows_index = torch.arange(len(packed), device=device)[:, None]
+    rows_index = torch.arange(groups, device=device)[:, None]
     queries = prompt_positions[rows_index, within.clamp(min=0), -1] + offset  # (G, L)
     same = within[:, :, None] == within[:, None, :]
     own = same & ((segment[:, None, :] == 0) | (segment[:, :, None] == segment[:, None, :])) \
         & (offset[:, None, :] <= offset[:, :, None])  # (G, L, L): its prompt's last token, its own earlier tokens
     own |= torch.eye(ids.shape[1], dtype=torch.bool, device=device)  # padding attends to itself
     owner = torch.arange(per_row, device=device).repeat_interleave(cached)  # (m * (P - 1),) prompt of each column
-    real = prompt_mask[:, :-1].reshape(len(packed), -1).bool()  # (G, m * (P - 1))
+    real = prompt_mask[:, :-1].reshape(groups, -1).bool()  # (G, m * (P - 1))
     on_prompt = (within[:, :, None] == owner[None, None, :]) & real[:, None, :]  # (G, L, m * (P - 1))
     allowed = torch.cat([on_prompt, own], dim=-1)[:, None]  # (G, 1, L, m * (P - 1) + L)
-    keys = torch.cat([prompt_positions[:, :, :-1].reshape(len(packed), -1), queries], dim=-1)
-    joined = kvcache.cache_from_kv([tuple(x.reshape(len(packed), per_row, *x.shape[1:]).transpose(1, 2)
-                                          .reshape(len(packed), x.shape[1], per_row * cached, x.shape[-1])
+    keys = torch.cat([prompt_positions[:, :, :-1].reshape(groups, -1), queries], dim=-1)
+    joined = kvcache.cache_from_kv([tuple(x.reshape(groups, per_row, *x.shape[1:]).transpose(1, 2)
+                                          .reshape(groups, x.shape[1], per_row * cached, x.shape[-1])
                                           for x in kv) for kv in kvcache.all_kv(cache)])  # (G, H, m * (P - 1), d)
     logits = model(input_ids=ids, attention_mask=masks(allowed, queries, keys), position_ids=queries, cache=joined,
                    use_cache=True).logits  # (G, L, V)
