@@ -41,7 +41,7 @@ import torch
 from c2c.core.models import LoadedModel, load_model
 from c2c.core.rotary import Rotary
 from c2c.core.stats import wilson
-from c2c.core.tensors import pad_rows, position_ids
+from c2c.core.tensors import pad_rows, position_ids, row_mask
 from c2c.data import MCItem, load_benchmark
 from c2c.evaluation.scorers import item_prompt
 from c2c.inputs.align import as_messages, render
@@ -76,7 +76,7 @@ def question_features(model: LoadedModel, items: list[MCItem], batch_size: int =
     for begin in range(0, len(items), batch_size):
         rows, columns = zip(*(question_columns(model.tokenizer, item) for item in items[begin:begin + batch_size]))
         ids = pad_rows(rows, pad, left=True).to(device)
-        mask = pad_rows([[1] * len(r) for r in rows], 0, left=True).to(device)
+        mask = row_mask(rows, left=True).to(device)
         positions = position_ids(mask)
         width = ids.shape[1]
         select = torch.zeros(len(rows), width, device=device)  # (B, N) weights of the question's tokens

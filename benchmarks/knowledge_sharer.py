@@ -42,7 +42,7 @@ import torch
 from c2c.core.models import LoadedModel, load_model
 from c2c.core.runlog import append_jsonl, atomic_write
 from c2c.core.stats import wilson
-from c2c.core.tensors import pad_rows
+from c2c.core.tensors import pad_rows, row_mask
 from c2c.data import load_benchmark
 from c2c.data.encyclopedia import DEFAULT_CHOICES, DEFAULT_SIZES, PERSON_SETS, write_encyclopedia
 from c2c.evaluation.scorers import ModelScorer, item_prompt, score_items
@@ -76,7 +76,7 @@ def text_batch(tokenizer, texts: list[str], max_length: int, device) -> tuple[to
     rows = [tokenizer(t, truncation=True, max_length=max_length)["input_ids"] for t in texts]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     ids = pad_rows(rows, pad, left=False).to(device)
-    mask = pad_rows([[1] * len(r) for r in rows], 0, left=False).to(device)
+    mask = row_mask(rows, left=False).to(device)
     return ids, mask
 
 

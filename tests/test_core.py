@@ -641,3 +641,9 @@ def test_a_prompt_cache_is_filled_without_the_lm_head(kind):
         hook.remove()
     for (k, v), (k_whole, v_whole) in zip(kvcache.all_kv(cache), kvcache.all_kv(whole), strict=True):
         assert torch.equal(k, k_whole) and torch.equal(v, v_whole)
+
+
+def test_row_mask_marks_the_tokens_of_padded_rows():
+    from c2c.core.tensors import row_mask
+    assert row_mask([[7, 8, 9], [5]], left=True).tolist() == [[1, 1, 1], [0, 0, 1]]
+    assert row_mask([[7, 8, 9], [5]], left=False).tolist() == [[1, 1, 1], [1, 0, 0]]

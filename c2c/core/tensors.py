@@ -1,5 +1,5 @@
-"""Token rows as tensors: padding rows to one width, and the positions a padded row's tokens take; a tensor's
-in-place version, for caches keyed by the tensors they were computed from; a module's weights fingerprint, for
+"""Token rows as tensors: padding rows to one width, their mask, and the positions a padded row's tokens take; a
+tensor's in-place version, for caches keyed by the tensors they were computed from; a module's weights fingerprint, for
 caches keyed by the weights they were computed with."""
 
 from __future__ import annotations
@@ -15,6 +15,11 @@ def pad_rows(rows: Sequence[Sequence[int]], value: int, left: bool) -> torch.Ten
     width = max(len(r) for r in rows)
     padded = [([value] * (width - len(r)) + list(r)) if left else (list(r) + [value] * (width - len(r))) for r in rows]
     return torch.tensor(padded, dtype=torch.long)
+
+
+def row_mask(rows: Sequence[Sequence[int]], left: bool) -> torch.Tensor:
+    """The attention mask of ``pad_rows(rows, ..., left)``: 1 on each row's tokens, 0 on its padding."""
+    return pad_rows([[1] * len(row) for row in rows], 0, left)
 
 
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,7 @@ from ..core.models import LoadedModel
 from ..core.names import DERIVED_METHODS, METHODS, RUN_METHODS, SCORINGS
 from ..core.runlog import read_jsonl, training_minutes, write_jsonl
 from ..core.stats import agreement, paired_difference
-from ..core.tensors import pad_rows
+from ..core.tensors import pad_rows, row_mask
 from ..data import DataError, MCItem, load_benchmark
 from ..inputs.align import Prompt, as_messages, render
 from ..inputs.context import with_context
@@ -168,7 +168,7 @@ def sharer_backgrounds(setup: EvalSetup, items: list[MCItem]) -> list[tuple[str,
     rows = [render(tokenizer, with_context(prompt, item.context) if item.context else as_messages(prompt),
                    setup.chat).ids for prompt, item in zip(prompts, items)]
     ids = pad_rows(rows, tokenizer.pad_token_id, left=True).to(model.device)  # (B, P)
-    mask = pad_rows([[1] * len(row) for row in rows], 0, left=True).to(model.device)
+    mask = row_mask(rows, left=True).to(model.device)
     return greedy_texts(model, tokenizer, ids, mask, kvcache.full_length_cache(), setup.t2t_tokens)
 
 

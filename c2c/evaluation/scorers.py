@@ -14,7 +14,7 @@ from transformers import DynamicCache
 from ..core import cache as kvcache
 from ..core.models import LoadedModel
 from ..core.rotary import Rotary
-from ..core.tensors import pad_rows
+from ..core.tensors import pad_rows, position_ids, row_mask
 from ..data import MCItem, cloze_continuations, extract_choice_letter, free_prompt, mc_prompt
 from ..inputs.align import Prompt, as_messages, render
 from ..inputs.context import context_span, cut_context, with_context
@@ -71,7 +71,7 @@ class ModelScorer(Scorer):
         device = self.model.model.device
         pad = self.model.tokenizer.pad_token_id or 0
         ids = pad_rows(rows, pad, left=True).to(device)
-        mask = pad_rows([[1] * len(row) for row in rows], 0, left=True).to(device)
+        mask = row_mask(rows, left=True).to(device)
         cache = prompt_cache(self.model.model, ids, mask)
         return Prefilled(self.model.model, self.model.tokenizer, ids, cache, mask)
 
@@ -102,19 +102,19 @@ class EnrichedScorer(Scorer):
             kept.append(cut.prefix + cut.suffix)
         device, pad = model.device, tokenizer.pad_token_id or 0
         ids = pad_rows(views, pad, left=True).to(device)  # (B, P)
-        cache = prompt_cache(model, ids, pad_rows([[1] * len(row) for row in views], 0, left=True).to(device))
+        cache = prompt_cache(model, ids, row_mask(views, left=True).to(device))
         # the cached positions kept (a row's last token is not cached), left-padded (B, T); padding is masked
         cached = [row[:-1] for row in kept]
         old = pad_rows(cached, 0, left=True).to(device)  # positions as read with the context
         columns = old + torch.tensor([ids.shape[1] - len(row) for row in views], device=device)[:, None]
-        new = pad_rows([list(range(len(row))) for row in cached], 0, left=True).to(device)  # positions without it
+        new = position_ids(row_mask(cached, left=True)).to(device)  # positions without it
         rotary = Rotary(model)
         layers = []
         for layer, (k, v) in enumerate(kvcache.all_kv(cache)):
             index = columns[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[-1])  # (B, H, T, d)
             layers.append((rotary.move(k.gather(2, index), layer, old, new), v.gather(2, index)))
         kept_ids = pad_rows([[view[i] for i in row] for view, row in zip(views, kept)], pad, left=True).to(device)
-        mask = pad_rows([[1] * len(row) for row in kept], 0, left=True).to(device)
+        mask = row_mask(kept, left=True).to(device)
         return Prefilled(model, tokenizer, kept_ids, kvcache.cache_from_kv(layers), mask)
 
 

@@ -9,7 +9,7 @@ from typing import Sequence
 import torch
 
 from ..core.models import max_positions, sliding_window
-from ..core.tensors import pad_rows
+from ..core.tensors import pad_rows, row_mask
 from .align import Prompt, Rendered, as_messages, render
 from .sections import TranslatedSection, align_row, context_text, row_contexts, row_layout, translated_section
 
@@ -141,7 +141,7 @@ def prepare(pair, prompts: Sequence[Prompt], responses: Sequence[str] | None = N
         # Left padding shifts each sharer row right; shift the positions that point into it.
         maps = [[p + width - len(r) if p >= 0 else -1 for p in m] for m, r in zip(maps, sharer_rows)]
         sharer_ids.append(pad_rows(sharer_rows, sharer.tokenizer.pad_token_id, left=True))
-        sharer_mask.append(pad_rows([[1] * len(r) for r in sharer_rows], 0, left=True))
+        sharer_mask.append(row_mask(sharer_rows, left=True))
         positions.append(torch.tensor(maps, dtype=torch.long))
         sections.append(translated_section(rows, j, starts, widths))
     prompt_length = input_ids.shape[1]
@@ -149,7 +149,7 @@ def prepare(pair, prompts: Sequence[Prompt], responses: Sequence[str] | None = N
     if responses is not None:
         responses_ids = [response_ids(pair, p, r, response_template) for p, r in zip(prompts, responses)]
         input_ids = torch.cat([input_ids, pad_rows(responses_ids, pad, left=False)], dim=1)
-        attention_mask = torch.cat([attention_mask, pad_rows([[1] * len(r) for r in responses_ids], 0, left=False)], 1)
+        attention_mask = torch.cat([attention_mask, row_mask(responses_ids, left=False)], 1)
         labels = torch.cat([torch.full((len(prompts), prompt_length), -100),
                             pad_rows(responses_ids, -100, left=False)], dim=1)
     return Batch(input_ids, attention_mask, prompt_length, sharer_ids, sharer_mask, positions, labels,

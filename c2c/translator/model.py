@@ -25,7 +25,7 @@ from torch import nn
 from ..core import cache as kvcache
 from ..core.models import LoadedModel
 from ..core.rotary import Rotary
-from ..core.tensors import pad_rows, position_ids
+from ..core.tensors import pad_rows, position_ids, row_mask
 from ..inputs.align import layer_map
 from ..runtime import passes
 from .config import TranslatorConfig
@@ -175,7 +175,7 @@ def token_kv(model: LoadedModel, rows: Sequence[Sequence[int]], picks: Sequence[
     """A model's position-free K/V of token ``rows`` (read in one left-padded batch) at the ``picks`` of each row (its
     token indices), every row's in turn as one sequence: per layer (1, H, sum of picks, d)."""
     ids = pad_rows(rows, model.tokenizer.pad_token_id, left=True).to(model.model.device)
-    mask = pad_rows([[1] * len(r) for r in rows], 0, left=True).to(ids.device)
+    mask = row_mask(rows, left=True).to(ids.device)
     kv = position_free_kv(model, ids, mask)  # per layer (B, H, N, d)
     row = torch.tensor([b for b, pick in enumerate(picks) for _ in pick], device=ids.device)
     column = torch.tensor([ids.shape[1] - len(rows[b]) + t for b, pick in enumerate(picks) for t in pick],
